@@ -1,0 +1,129 @@
+# Lethe: the one entry point. `make` builds build/lethec and build/lethe,
+# `make test` runs every test and ends with "N passed, M failed".
+#
+#   make                 compiler, runtime library, lethe command
+#   make test            all tests (under 10 minutes on 2 cores)
+#   make test-san        the same tests built with ASan + UBSan (into build-san/)
+#   make test-long       longer runs (full fuzzing session, bigger end-to-end runs)
+#   make bench           benchmarks against PyTorch (bench/)
+#   make demo            the README's main job
+#   make clean
+#
+# Sources are discovered: a new compiler/*.c, runtime/*.c or tests/unit/test_*.c
+# file is built without touching this file.
+
+CC          ?= cc
+LLVM_CONFIG ?= llvm-config-19
+BISON       ?= bison
+FLEX        ?= flex
+B           ?= build
+OPT         ?= -O2
+SAN_FLAGS   ?=
+
+LLVM_CFLAGS := $(shell $(LLVM_CONFIG) --cflags 2>/dev/null)
+LLVM_LIBS   := $(shell $(LLVM_CONFIG) --ldflags 2>/dev/null) $(shell $(LLVM_CONFIG) --libs core native passes target 2>/dev/null)
+
+WARN     := -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+CFLAGS   += -std=gnu11 $(OPT) -g -fPIC $(WARN) $(SAN_FLAGS) -Icompiler -Iruntime -I$(B)/gen
+LDFLAGS  += $(SAN_FLAGS)
+SYS_LIBS := -lopenblas -lz -lm -lpthread -ldl
+
+COMPILER_SRC := $(sort $(wildcard compiler/*.c compiler/passes/*.c))
+COMPILER_LIB_SRC := $(filter-out compiler/main.c,$(COMPILER_SRC))
+COMPILER_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(COMPILER_LIB_SRC)) $(B)/obj/gen/parser.o $(B)/obj/gen/lexer.o
+RUNTIME_SRC  := $(sort $(filter-out runtime/main.c,$(wildcard runtime/*.c)))
+RUNTIME_OBJ  := $(patsubst %.c,$(B)/obj/%.o,$(RUNTIME_SRC))
+TEST_SRC     := $(sort $(wildcard tests/unit/test_*.c))
+TEST_BIN     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
+TEST_SUPPORT := $(patsubst %.c,$(B)/obj/%.o,$(sort $(wildcard tests/support/*.c)))
+
+# Debian 12 packages: compiler toolchain and libraries, the embedded data
+# set, and PyTorch for the parity references and benchmarks.
+DEB_PACKAGES := build-essential llvm-19-dev clang-19 libclang-rt-19-dev libopenblas-dev flex bison zlib1g-dev \
+                dataset-fashion-mnist gnuplot-nox python3-torch python3-numpy
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps test test-san test-long bench demo clean fuzz
+all: $(B)/lethec $(B)/liblethe.a $(if $(wildcard runtime/main.c),$(B)/lethe)
+
+$(B)/gen/parser.c $(B)/gen/parser.h: grammar/parser.y
+	@mkdir -p $(B)/gen
+	$(BISON) -Wall -Werror --defines=$(B)/gen/parser.h -o $(B)/gen/parser.c $<
+
+$(B)/gen/lexer.c: grammar/lexer.l $(B)/gen/parser.h
+	@mkdir -p $(B)/gen
+	$(FLEX) -o $@ $<
+
+# generated C gets fewer warnings: it is flex's and bison's code
+$(B)/obj/gen/%.o: $(B)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(OPT) -g -fPIC $(SAN_FLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar -c $< -o $@
+
+$(B)/obj/compiler/%.o: compiler/%.c compiler/*.h compiler/ops.def runtime/lethe_abi.h runtime/philox.h $(B)/gen/parser.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LLVM_CFLAGS) -c $< -o $@
+
+$(B)/obj/runtime/%.o: runtime/%.c runtime/*.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/obj/tests/%.o: tests/%.c tests/support/*.h runtime/*.h compiler/*.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LLVM_CFLAGS) -Itests/support -c $< -o $@
+
+$(B)/libletheccore.a: $(COMPILER_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/liblethe.a: $(RUNTIME_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/lethec: $(B)/obj/compiler/main.o $(B)/libletheccore.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
+
+$(B)/lethe: $(B)/obj/runtime/main.o $(B)/liblethe.a
+	$(CC) $(LDFLAGS) -rdynamic -o $@ $^ $(SYS_LIBS)
+
+$(B)/obj/runtime/main.o: runtime/main.c runtime/*.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_SUPPORT) $(B)/libletheccore.a $(B)/liblethe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -rdynamic -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
+
+# libFuzzer harness over parser + checker (clang only; `make fuzz`)
+FUZZ_CC ?= clang-19
+$(B)/fuzz/fuzz_frontend: tests/fuzz/fuzz_frontend.c $(COMPILER_LIB_SRC) $(B)/gen/parser.c $(B)/gen/lexer.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(LLVM_CFLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar \
+	    -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
+fuzz: $(B)/fuzz/fuzz_frontend
+	$< -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 tests/fuzz/corpus
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	else echo "all Debian packages present"; fi
+
+test: all $(TEST_BIN)
+	@B=$(B) tests/run.sh
+
+test-san:
+	$(MAKE) B=build-san OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+
+test-long: all $(TEST_BIN)
+	@B=$(B) LETHE_TEST_LONG=1 tests/run.sh
+
+bench: all
+	bench/run.sh
+
+demo: all
+	$(B)/lethe run graphs/experiments/gaussian_fmnist_demo.lth --out out/demo
+
+clean:
+	rm -rf build build-san
+	find generated -type f ! -name README.md -delete

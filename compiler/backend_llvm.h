@@ -1,0 +1,53 @@
+/* backend_llvm.h: what the files of the LLVM backend share (backend_llvm.c,
+ * backend_llvm_abi.c, llvm_math.c). Nothing outside the backend includes it;
+ * the public entry point is llvm_emit() in loopir.h.
+ */
+#ifndef LETHE_BACKEND_LLVM_H
+#define LETHE_BACKEND_LLVM_H
+
+#include <llvm-c/Core.h>
+#include <llvm-c/Target.h>
+#include <llvm-c/TargetMachine.h>
+
+#include "loopir.h"
+
+/* One compilation: one LLVMContext, one module, one target machine. */
+typedef struct LL {
+    LLVMContextRef ctx;
+    LLVMModuleRef mod;
+    LLVMTargetMachineRef tm;
+    LLVMTargetDataRef td;
+    char *triple, *cpu, *features;   /* LLVMDisposeMessage'd at the end */
+    const BackendOptions *opt;
+    LLVMTypeRef t_void, t_i1, t_i8, t_i32, t_i64, t_f32, t_f64, t_ptr;
+    /* lazily created helpers of llvm_math.c: [LLMath][f32, f64], [kind] */
+    LLVMValueRef math_fn[4][2];
+    LLVMValueRef rand_fn[3];
+} LL;
+
+/* backend_llvm.c: small shared helpers */
+LLVMTypeRef ll_type(LL *ll, DType dt);          /* register type: bool is i1 */
+LLVMValueRef ll_call_intrinsic(LL *ll, LLVMBuilderRef b, const char *name, LLVMTypeRef overload, LLVMValueRef *args,
+                               int nargs);
+LLVMValueRef ll_new_function(LL *ll, const char *name, LLVMTypeRef fnty, bool internal);
+void ll_fn_attr(LL *ll, LLVMValueRef fn, const char *attr);
+void ll_param_attr(LL *ll, LLVMValueRef fn, int param, const char *attr, uint64_t val);
+
+/* llvm_math.c: vectorizable transcendentals and Philox, each an internal
+ * always-inline function without fast-math flags, so that -O0 and -O3 (and
+ * scalar and vector code) compute the same bits. `x` has type ll_type(dt),
+ * dt is DT_F32 or DT_F64. */
+typedef enum LLMath { LM_EXP, LM_LOG, LM_TANH, LM_POW } LLMath;   /* indexes LL.math_fn */
+LLVMValueRef llm_call(LL *ll, LLVMBuilderRef b, LLMath f, DType dt, LLVMValueRef x, LLVMValueRef y);
+/* philox_{uniform,normal}_at(seed, stream, step, index) of runtime/philox.h,
+ * rounded to dt (DT_F32 or DT_F64); all operands i64. */
+LLVMValueRef llm_rand(LL *ll, LLVMBuilderRef b, Op op, DType dt, LLVMValueRef seed, uint64_t stream, LLVMValueRef step,
+                      LLVMValueRef index);
+
+/* backend_llvm_abi.c: the constant `lethe_program` descriptor of
+ * runtime/lethe_abi.h for programs progs[0..n) whose entry functions are
+ * entry_fns[0..n). */
+void ll_emit_descriptor(LL *ll, const CompUnit *cu, LProgram **progs, int n, LLVMValueRef *entry_fns,
+                        const char *symbol);
+
+#endif

@@ -1,0 +1,143 @@
+/* diag.c: error messages with the source line and a caret (chibicc style).
+ *
+ *   f.lth:3:11: error: unknown name 'foo'
+ *       3 |     let y = foo + 1
+ *         |             ^~~
+ *
+ * Notes queued with diag_note() are printed after the next error. After the
+ * error, control goes to *diag_recover (the driver and the fuzzer set it) or
+ * the process exits with status 1.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lethec.h"
+
+jmp_buf *diag_recover;
+int diag_error_count;
+
+enum { MAX_NOTES = 8 };
+static struct { Loc loc; char msg[512]; } notes[MAX_NOTES];
+static int nnotes;
+
+SrcFile *srcfile_from_string(const char *path, const char *text, size_t len) {
+    SrcFile *f = xalloc(sizeof *f);
+    f->path = xstrdup(path);
+    f->text = xstrndup(text, len);
+    f->len = len;
+    return f;
+}
+
+SrcFile *srcfile_read(const char *path) {
+    FILE *fp = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!fp)
+        return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while (buf && (n = fread(buf + len, 1, cap - len, fp)) > 0) {
+        len += n;
+        if (len == cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    int bad = !buf || ferror(fp);
+    if (fp != stdin)
+        fclose(fp);
+    SrcFile *f = bad ? NULL : srcfile_from_string(path, buf, len);
+    free(buf);
+    return f;
+}
+
+/* Print the source line of `loc` with a caret under loc.col .. col+len-1. */
+static void show_line(Loc loc) {
+    if (!loc.file || loc.line < 1)
+        return;
+    const char *p = loc.file->text, *end = p + loc.file->len;
+    for (int line = 1; line < loc.line && p < end; p++)
+        if (*p == '\n')
+            line++;
+    const char *eol = p;
+    while (eol < end && *eol != '\n' && *eol != '\r')
+        eol++;
+    fprintf(stderr, "%5d | ", loc.line);
+    /* tabs and control characters become spaces so the caret lines up */
+    for (const char *q = p; q < eol; q++)
+        fputc((unsigned char)*q < ' ' ? ' ' : *q, stderr);
+    fputc('\n', stderr);
+    fprintf(stderr, "      | ");
+    int width = (int)(eol - p);
+    int col = loc.col > 0 ? loc.col : 1;
+    for (int i = 1; i < col && i <= width; i++)
+        fputc(' ', stderr);
+    fputc('^', stderr);
+    for (int i = 1; i < loc.len && col + i <= width; i++)
+        fputc('~', stderr);
+    fputc('\n', stderr);
+}
+
+static void print_at(Loc loc, const char *kind, const char *fmt, va_list ap) {
+    if (loc.file)
+        fprintf(stderr, "%s:%d:%d: %s: ", loc.file->path, loc.line, loc.col, kind);
+    else
+        fprintf(stderr, "lethec: %s: ", kind);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    show_line(loc);
+}
+
+void diag_note(Loc loc, const char *fmt, ...) {
+    if (nnotes == MAX_NOTES)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    notes[nnotes].loc = loc;
+    vsnprintf(notes[nnotes].msg, sizeof notes[nnotes].msg, fmt, ap);
+    va_end(ap);
+    nnotes++;
+}
+
+static noreturn void finish_error(void) {
+    for (int i = 0; i < nnotes; i++) {
+        Loc l = notes[i].loc;
+        if (l.file)
+            fprintf(stderr, "%s:%d:%d: note: %s\n", l.file->path, l.line, l.col, notes[i].msg);
+        else
+            fprintf(stderr, "lethec: note: %s\n", notes[i].msg);
+        show_line(l);
+    }
+    nnotes = 0;
+    diag_error_count++;
+    fflush(stderr);
+    if (diag_recover)
+        longjmp(*diag_recover, 1);
+    exit(1);
+}
+
+noreturn void error_at(Loc loc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    print_at(loc, "error", fmt, ap);
+    va_end(ap);
+    finish_error();
+}
+
+noreturn void error_noloc(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    Loc none = {0};
+    print_at(none, "error", fmt, ap);
+    va_end(ap);
+    finish_error();
+}
+
+noreturn void internal_error(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "lethec: internal error at %s:%d: ", file, line);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n---> HINT: this is a compiler bug; please report it with the input file\n");
+    fflush(stderr);
+    abort();
+}

@@ -1,0 +1,406 @@
+/* loopir.c: constructors, the verifier and the -d loops dump of the loop IR
+ * (semantics in loopir.h). */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "loopir.h"
+
+static LExpr *le_new(LExprKind kind, DType dt) {
+    LExpr *e = xalloc(sizeof *e);
+    e->kind = kind;
+    e->dtype = dt;
+    return e;
+}
+
+static bool is_int_dtype(DType dt) { return dt == DT_I64 || dt == DT_I32 || dt == DT_BOOL; }
+
+LExpr *le_const_f(DType dt, double v) {
+    if (is_int_dtype(dt))
+        return le_const_i(dt, (int64_t)v);
+    LExpr *e = le_new(LE_CONST, dt);
+    e->cval = v;
+    return e;
+}
+
+LExpr *le_const_i(DType dt, int64_t v) {
+    if (!is_int_dtype(dt))
+        return le_const_f(dt, (double)v);
+    LExpr *e = le_new(LE_CONST, dt);
+    e->ival = v;
+    e->cval = (double)v;
+    return e;
+}
+
+LExpr *le_var(LKernel *k, int var) {
+    ASSERT(var >= 0 && var < k->vars.len);
+    LExpr *e = le_new(LE_VAR, k->vars.data[var]);
+    e->var = var;
+    return e;
+}
+
+LExpr *le_load(LProgram *p, int buf, LExpr *index, LExpr *valid) {
+    ASSERT(buf >= 0 && buf < p->bufs.len);
+    ASSERT(index && index->dtype == DT_I64);
+    LExpr *e = le_new(LE_LOAD, p->bufs.data[buf].dtype);
+    e->buf = buf;
+    e->index = index;
+    e->valid = valid;
+    return e;
+}
+
+LExpr *le_op1(Op op, DType dt, LExpr *a) {
+    ASSERT(op_info[op].arity == 1 && op_info[op].kind == OK_ELEM);
+    if (op == OP_CAST && a->dtype == dt)
+        return a;
+    LExpr *e = le_new(LE_OP, dt);
+    e->op = op;
+    e->a[0] = a;
+    return e;
+}
+
+static bool is_iconst(const LExpr *e, int64_t v) {
+    return e->kind == LE_CONST && e->dtype == DT_I64 && e->ival == v;
+}
+
+LExpr *le_op2(Op op, DType dt, LExpr *a, LExpr *b) {
+    ASSERT(op_info[op].arity == 2 && op_info[op].kind == OK_ELEM);
+    /* index arithmetic is built generously by lowering; fold the trivial
+     * cases here so the IR (and the dumps) stay readable */
+    if (dt == DT_I64) {
+        if (a->kind == LE_CONST && b->kind == LE_CONST) {
+            int64_t x = a->ival, y = b->ival;
+            switch (op) {
+            case OP_ADD: return le_const_i(DT_I64, x + y);
+            case OP_SUB: return le_const_i(DT_I64, x - y);
+            case OP_MUL: return le_const_i(DT_I64, x * y);
+            case OP_DIV: if (y) return le_const_i(DT_I64, x / y); break;
+            case OP_MOD: if (y) return le_const_i(DT_I64, x % y); break;
+            default: break;
+            }
+        }
+        if (op == OP_ADD && is_iconst(a, 0)) return b;
+        if ((op == OP_ADD || op == OP_SUB) && is_iconst(b, 0)) return a;
+        if (op == OP_MUL && (is_iconst(a, 0) || is_iconst(b, 0))) return le_const_i(DT_I64, 0);
+        if (op == OP_MUL && is_iconst(a, 1)) return b;
+        if ((op == OP_MUL || op == OP_DIV) && is_iconst(b, 1)) return a;
+        if (op == OP_MOD && is_iconst(b, 1)) return le_const_i(DT_I64, 0);
+    }
+    if (op == OP_AND && dt == DT_BOOL) {
+        if (a->kind == LE_CONST) return a->ival ? b : a;
+        if (b->kind == LE_CONST) return b->ival ? a : b;
+    }
+    LExpr *e = le_new(LE_OP, dt);
+    e->op = op;
+    e->a[0] = a;
+    e->a[1] = b;
+    return e;
+}
+
+LExpr *le_op3(Op op, DType dt, LExpr *a, LExpr *b, LExpr *c) {
+    ASSERT(op_info[op].arity == 3 && op_info[op].kind == OK_ELEM);
+    if (a->kind == LE_CONST && a->dtype == DT_BOOL)
+        return a->ival ? b : c;
+    LExpr *e = le_new(LE_OP, dt);
+    e->op = op;
+    e->a[0] = a;
+    e->a[1] = b;
+    e->a[2] = c;
+    return e;
+}
+
+LExpr *le_rand(Op op, DType dt, uint64_t stream, LExpr *index) {
+    ASSERT(op == OP_RAND_UNIFORM || op == OP_RAND_NORMAL);
+    LExpr *e = le_new(LE_RAND, dt);
+    e->op = op;
+    e->stream = stream;
+    e->a[0] = index;
+    return e;
+}
+
+int lk_new_var(LKernel *k, DType dt) {
+    vec_push(&k->vars, dt);
+    return k->vars.len - 1;
+}
+
+static LStmt *ls_new(LStmtKind kind) {
+    LStmt *s = xalloc(sizeof *s);
+    s->kind = kind;
+    return s;
+}
+
+LStmt *ls_for(LKernel *k, int64_t extent, bool parallel, int *var_out) {
+    LStmt *s = ls_new(LS_FOR);
+    s->var = lk_new_var(k, DT_I64);
+    s->extent = extent;
+    s->parallel = parallel;
+    *var_out = s->var;
+    return s;
+}
+
+LStmt *ls_let(LKernel *k, DType dt, LExpr *value, int *var_out) {
+    LStmt *s = ls_new(LS_LET);
+    s->var = lk_new_var(k, dt);
+    s->value = value;
+    *var_out = s->var;
+    return s;
+}
+
+LStmt *ls_assign(int var, LExpr *value) {
+    LStmt *s = ls_new(LS_ASSIGN);
+    s->var = var;
+    s->value = value;
+    return s;
+}
+
+LStmt *ls_store(int buf, LExpr *index, LExpr *value, bool accumulate) {
+    LStmt *s = ls_new(LS_STORE);
+    s->buf = buf;
+    s->index = index;
+    s->value = value;
+    s->accumulate = accumulate;
+    return s;
+}
+
+LStmt *ls_gemm(const LGemm *gm) {
+    LStmt *s = ls_new(LS_GEMM);
+    s->gemm = *gm;
+    return s;
+}
+
+LKernel *lk_new(LProgram *p, const char *name) {
+    LKernel *k = xalloc(sizeof *k);
+    k->name = xstrdup(name);
+    vec_push(&p->kernels, k);
+    return k;
+}
+
+int lp_add_buf(LProgram *p, LBuf b) {
+    vec_push(&p->bufs, b);
+    return p->bufs.len - 1;
+}
+
+/* ---------------------------------------------------------------------------
+ * dump */
+
+static void dump_expr(const LProgram *p, const LExpr *e, FILE *out) {
+    switch (e->kind) {
+    case LE_CONST:
+        if (is_int_dtype(e->dtype))
+            fprintf(out, "%lld", (long long)e->ival);
+        else
+            fprintf(out, "%.9g", e->cval);
+        return;
+    case LE_VAR:
+        fprintf(out, "v%d", e->var);
+        return;
+    case LE_LOAD:
+        fprintf(out, "%s[", p->bufs.data[e->buf].name ? p->bufs.data[e->buf].name : "?");
+        dump_expr(p, e->index, out);
+        fprintf(out, "]");
+        if (e->valid) {
+            fprintf(out, " if ");
+            dump_expr(p, e->valid, out);
+        }
+        return;
+    case LE_RAND:
+        fprintf(out, "%s<%s>(#%llu, ", op_info[e->op].name, dtype_name(e->dtype), (unsigned long long)e->stream);
+        dump_expr(p, e->a[0], out);
+        fprintf(out, ")");
+        return;
+    case LE_OP: {
+        int n = op_info[e->op].arity;
+        if (e->op == OP_CAST)
+            fprintf(out, "%s(", dtype_name(e->dtype));
+        else
+            fprintf(out, "%s(", op_info[e->op].name);
+        for (int i = 0; i < n; i++) {
+            if (i)
+                fprintf(out, ", ");
+            dump_expr(p, e->a[i], out);
+        }
+        fprintf(out, ")");
+        return;
+    }
+    }
+}
+
+static void dump_stmt(const LProgram *p, const LStmt *s, int depth, FILE *out) {
+    fprintf(out, "%*s", 2 * depth + 4, "");
+    switch (s->kind) {
+    case LS_FOR:
+        fprintf(out, "for v%d in 0..%lld%s {\n", s->var, (long long)s->extent, s->parallel ? " parallel" : "");
+        for (int i = 0; i < s->body.len; i++)
+            dump_stmt(p, s->body.data[i], depth + 1, out);
+        fprintf(out, "%*s}\n", 2 * depth + 4, "");
+        return;
+    case LS_LET:
+    case LS_ASSIGN:
+        fprintf(out, "%sv%d = ", s->kind == LS_LET ? "let " : "", s->var);
+        dump_expr(p, s->value, out);
+        fprintf(out, "\n");
+        return;
+    case LS_STORE:
+        fprintf(out, "%s[", p->bufs.data[s->buf].name ? p->bufs.data[s->buf].name : "?");
+        dump_expr(p, s->index, out);
+        fprintf(out, "] %s ", s->accumulate ? "+=" : "=");
+        dump_expr(p, s->value, out);
+        fprintf(out, "\n");
+        return;
+    case LS_GEMM: {
+        const LGemm *g = &s->gemm;
+        fprintf(out, "gemm%s%s m=%lld n=%lld k=%lld alpha=%g beta=%g  %s[", g->trans_a ? " At" : "", g->trans_b ? " Bt" : "",
+                (long long)g->m, (long long)g->n, (long long)g->k, g->alpha, g->beta, p->bufs.data[g->c_buf].name);
+        dump_expr(p, g->c_off, out);
+        fprintf(out, "] <- %s[", p->bufs.data[g->a_buf].name);
+        dump_expr(p, g->a_off, out);
+        fprintf(out, "] lda=%lld @ %s[", (long long)g->lda, p->bufs.data[g->b_buf].name);
+        dump_expr(p, g->b_off, out);
+        fprintf(out, "] ldb=%lld ldc=%lld\n", (long long)g->ldb, (long long)g->ldc);
+        return;
+    }
+    }
+}
+
+void loopir_dump(const LProgram *p, FILE *out) {
+    fprintf(out, "loops %s: %d kernels, workspace %llu bytes\n", p->entry ? p->entry->name : "?", p->kernels.len,
+            (unsigned long long)p->workspace_bytes);
+    for (int i = 0; i < p->bufs.len; i++) {
+        const LBuf *b = &p->bufs.data[i];
+        if (b->kind == LB_ARG)
+            fprintf(out, "  buf %-24s %s[%lld] arg %d\n", b->name, dtype_name(b->dtype), (long long)b->nelem, b->arg);
+        else
+            fprintf(out, "  buf %-24s %s[%lld] workspace+%llu\n", b->name, dtype_name(b->dtype), (long long)b->nelem,
+                    (unsigned long long)b->offset);
+    }
+    for (int i = 0; i < p->kernels.len; i++) {
+        const LKernel *k = p->kernels.data[i];
+        fprintf(out, "  kernel %s%s%s\n", k->name, k->what ? "  # " : "", k->what ? k->what : "");
+        for (int j = 0; j < k->body.len; j++)
+            dump_stmt(p, k->body.data[j], 0, out);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * verify */
+
+typedef struct VerifyCtx {
+    const LProgram *p;
+    const LKernel *k;
+    char *defined;     /* per variable: defined and in scope */
+    bool in_parallel;
+} VerifyCtx;
+
+static void verify_expr(VerifyCtx *v, const LExpr *e) {
+    ASSERT(e);
+    switch (e->kind) {
+    case LE_CONST:
+        return;
+    case LE_VAR:
+        if (e->var < 0 || e->var >= v->k->vars.len || !v->defined[e->var])
+            internal_error(__FILE__, __LINE__, "kernel %s: variable v%d used outside its scope", v->k->name, e->var);
+        ASSERT(e->dtype == v->k->vars.data[e->var]);
+        return;
+    case LE_LOAD:
+        ASSERT(e->buf >= 0 && e->buf < v->p->bufs.len);
+        ASSERT(e->dtype == v->p->bufs.data[e->buf].dtype);
+        ASSERT(e->index->dtype == DT_I64);
+        verify_expr(v, e->index);
+        if (e->valid) {
+            ASSERT(e->valid->dtype == DT_BOOL);
+            verify_expr(v, e->valid);
+        }
+        return;
+    case LE_RAND:
+        ASSERT(e->a[0] && e->a[0]->dtype == DT_I64);
+        verify_expr(v, e->a[0]);
+        return;
+    case LE_OP:
+        for (int i = 0; i < op_info[e->op].arity; i++)
+            verify_expr(v, e->a[i]);
+        return;
+    }
+}
+
+static void verify_stmts(VerifyCtx *v, LStmt *const *body, int n, bool top) {
+    int first_new = -1;
+    for (int i = 0; i < n; i++) {
+        const LStmt *s = body[i];
+        switch (s->kind) {
+        case LS_FOR: {
+            ASSERT(s->extent >= 0);
+            if (s->parallel && !top)
+                internal_error(__FILE__, __LINE__, "kernel %s: parallel loop v%d is not at the top level", v->k->name, s->var);
+            ASSERT(!v->defined[s->var]);
+            char *saved = NULL;
+            if (s->parallel) {
+                /* a parallel body sees only what it defines itself */
+                saved = xalloc((size_t)v->k->vars.len);
+                memcpy(saved, v->defined, (size_t)v->k->vars.len);
+                memset(v->defined, 0, (size_t)v->k->vars.len);
+            }
+            v->defined[s->var] = 1;
+            verify_stmts(v, s->body.data, s->body.len, false);
+            v->defined[s->var] = 0;
+            if (saved)
+                memcpy(v->defined, saved, (size_t)v->k->vars.len);
+            break;
+        }
+        case LS_LET:
+            verify_expr(v, s->value);
+            ASSERT(!v->defined[s->var]);
+            ASSERT(s->value->dtype == v->k->vars.data[s->var]);
+            v->defined[s->var] = 1;
+            if (first_new < 0)
+                first_new = i;
+            break;
+        case LS_ASSIGN:
+            verify_expr(v, s->value);
+            ASSERT(v->defined[s->var]);
+            ASSERT(s->value->dtype == v->k->vars.data[s->var]);
+            break;
+        case LS_STORE:
+            ASSERT(s->buf >= 0 && s->buf < v->p->bufs.len);
+            ASSERT(s->index->dtype == DT_I64);
+            ASSERT(s->value->dtype == v->p->bufs.data[s->buf].dtype);
+            verify_expr(v, s->index);
+            verify_expr(v, s->value);
+            break;
+        case LS_GEMM: {
+            const LGemm *g = &s->gemm;
+            ASSERT(g->a_buf >= 0 && g->a_buf < v->p->bufs.len);
+            ASSERT(g->b_buf >= 0 && g->b_buf < v->p->bufs.len);
+            ASSERT(g->c_buf >= 0 && g->c_buf < v->p->bufs.len);
+            DType dt = v->p->bufs.data[g->c_buf].dtype;
+            ASSERT(dt == DT_F32 || dt == DT_F64);
+            ASSERT(v->p->bufs.data[g->a_buf].dtype == dt && v->p->bufs.data[g->b_buf].dtype == dt);
+            ASSERT(g->beta == 0 || g->beta == 1);
+            verify_expr(v, g->a_off);
+            verify_expr(v, g->b_off);
+            verify_expr(v, g->c_off);
+            break;
+        }
+        }
+    }
+    /* lets go out of scope at the end of their block */
+    if (first_new >= 0)
+        for (int i = first_new; i < n; i++)
+            if (body[i]->kind == LS_LET)
+                v->defined[body[i]->var] = 0;
+}
+
+void loopir_verify(const LProgram *p) {
+    for (int i = 0; i < p->bufs.len; i++) {
+        const LBuf *b = &p->bufs.data[i];
+        ASSERT(b->nelem >= 0);
+        if (b->kind == LB_WORKSPACE) {
+            ASSERT(b->offset % 64 == 0);
+            ASSERT(b->offset + (uint64_t)b->nelem * (uint64_t)dtype_size(b->dtype) <= p->workspace_bytes);
+        }
+    }
+    for (int i = 0; i < p->kernels.len; i++) {
+        VerifyCtx v = {.p = p, .k = p->kernels.data[i]};
+        v.defined = xalloc((size_t)v.k->vars.len + 1);
+        verify_stmts(&v, v.k->body.data, v.k->body.len, true);
+    }
+}

@@ -1,0 +1,160 @@
+/* loopir.h: the loop IR, the one thing both backends read.
+ *
+ * lower.c turns each fused group of graph nodes into a kernel: a small tree of
+ * loops, scalar lets, loads, stores and library GEMM calls over flat buffers.
+ * backend_llvm.c renders it through the LLVM C API; backend_cuda.c will render
+ * the same kernels as CUDA C. Nothing here knows about LLVM or CUDA.
+ *
+ * Semantics, precisely:
+ *  - A buffer is a flat array of `nelem` elements of `dtype`. LB_ARG buffers
+ *    are the entry's arguments (args[arg]); LB_WORKSPACE buffers live at
+ *    `offset` bytes (a multiple of 64) inside the workspace. Two distinct
+ *    buffers used by one kernel never overlap in memory (the memory planner
+ *    guarantees it), so backends may mark them noalias.
+ *  - Variables are numbered per kernel (0..nvars-1), each with a dtype. Loop
+ *    variables are DT_I64. Every variable is defined exactly once (by its
+ *    LS_FOR or its LS_LET) before use; LS_ASSIGN updates a variable already
+ *    defined by LS_LET (reduction accumulators).
+ *  - Index expressions are DT_I64 LE_OP trees using ADD SUB MUL DIV MOD and
+ *    comparisons/AND/WHERE; DIV and MOD are only applied to non-negative values.
+ *  - LE_LOAD reads buf[index] (element index). With `valid` set, the value is
+ *    `valid ? buf[index] : 0` and memory is NOT touched when valid is false
+ *    (backends clamp or predicate the address).
+ *  - LE_OP applies an op of ops.def to scalars. Operand dtypes follow the op's
+ *    dtype rule; CAST converts a[0] to the expression's dtype (float->int
+ *    truncates, ->bool is != 0).
+ *  - LE_RAND: op is OP_RAND_UNIFORM or OP_RAND_NORMAL; a[0] is the element
+ *    index (DT_I64); the value is philox_*_at(ctx->seed, stream, ctx->counter,
+ *    index) from runtime/philox.h, rounded to the expression's dtype.
+ *  - LS_FOR with `parallel` set may only appear at the top level of a kernel.
+ *    Its iterations are independent (they write disjoint elements and use no
+ *    accumulating store on a shared element), and its body refers only to
+ *    variables it defines (its loop variable included). The backend may run
+ *    chunks [begin, end) of it on ctx->parallel_for.
+ *  - LS_GEMM computes C = alpha * op(A) @ op(B) + beta * C on row-major
+ *    sub-matrices starting at element offsets a_off/b_off/c_off (I64
+ *    expressions, may use enclosing loop variables), op = transpose if trans_*.
+ *    A,B,C share the dtype (f32 -> sgemm, f64 -> dgemm). beta is 0 or 1.
+ *  - Kernels run one after another in LProgram order; a kernel sees every
+ *    write of the kernels before it.
+ */
+#ifndef LETHE_LOOPIR_H
+#define LETHE_LOOPIR_H
+
+#include "graph.h"
+
+typedef enum LBufKind { LB_ARG, LB_WORKSPACE } LBufKind;
+
+typedef struct LBuf {
+    LBufKind kind;
+    int arg;               /* LB_ARG: index into Entry.args */
+    uint64_t offset;       /* LB_WORKSPACE: bytes, multiple of 64 */
+    DType dtype;
+    int64_t nelem;
+    const char *name;      /* for dumps: the arg name or "t<node id>" */
+} LBuf;
+
+typedef enum LExprKind { LE_CONST, LE_VAR, LE_LOAD, LE_OP, LE_RAND } LExprKind;
+
+typedef struct LExpr LExpr;
+struct LExpr {
+    LExprKind kind;
+    DType dtype;
+    double cval;           /* LE_CONST, floating dtypes */
+    int64_t ival;          /* LE_CONST, integer and bool dtypes */
+    int var;               /* LE_VAR */
+    int buf;               /* LE_LOAD: index into LProgram.bufs */
+    LExpr *index;          /* LE_LOAD */
+    LExpr *valid;          /* LE_LOAD: NULL = always valid */
+    Op op;                 /* LE_OP, LE_RAND */
+    LExpr *a[3];           /* LE_OP operands; LE_RAND: a[0] = element index */
+    uint64_t stream;       /* LE_RAND */
+};
+
+typedef enum LStmtKind { LS_FOR, LS_LET, LS_ASSIGN, LS_STORE, LS_GEMM } LStmtKind;
+
+typedef struct LGemm {
+    bool trans_a, trans_b;
+    int64_t m, n, k;
+    double alpha, beta;
+    int a_buf, b_buf, c_buf;
+    LExpr *a_off, *b_off, *c_off;
+    int64_t lda, ldb, ldc;
+} LGemm;
+
+typedef struct LStmt LStmt;
+struct LStmt {
+    LStmtKind kind;
+    int var;               /* LS_FOR: loop var; LS_LET/LS_ASSIGN: the variable */
+    int64_t extent;        /* LS_FOR: var runs over [0, extent) */
+    bool parallel;         /* LS_FOR */
+    VEC(LStmt *) body;     /* LS_FOR */
+    int buf;               /* LS_STORE */
+    LExpr *index;          /* LS_STORE */
+    LExpr *value;          /* LS_STORE, LS_LET, LS_ASSIGN */
+    bool accumulate;       /* LS_STORE: buf[index] += value */
+    LGemm gemm;            /* LS_GEMM */
+};
+
+typedef struct LKernel {
+    const char *name;      /* unique in the program: "k3_reduce_sum" */
+    VEC(LStmt *) body;
+    VEC(DType) vars;       /* dtype of each variable */
+    const char *what;      /* for dumps: the graph nodes it computes */
+    double flops;          /* rough count, for dumps and benchmarks */
+} LKernel;
+
+typedef struct LProgram {
+    const Entry *entry;
+    VEC(LBuf) bufs;
+    VEC(LKernel *) kernels;
+    uint64_t workspace_bytes;
+} LProgram;
+
+/* loopir.c: constructors and the -d loops dump. */
+LExpr *le_const_f(DType dt, double v);
+LExpr *le_const_i(DType dt, int64_t v);   /* DT_I64 / DT_I32 / DT_BOOL */
+LExpr *le_var(LKernel *k, int var);
+LExpr *le_load(LProgram *p, int buf, LExpr *index, LExpr *valid);
+LExpr *le_op1(Op op, DType dt, LExpr *a);
+LExpr *le_op2(Op op, DType dt, LExpr *a, LExpr *b);  /* folds I64 constants, x*1, x+0 */
+LExpr *le_op3(Op op, DType dt, LExpr *a, LExpr *b, LExpr *c);
+LExpr *le_rand(Op op, DType dt, uint64_t stream, LExpr *index);
+int lk_new_var(LKernel *k, DType dt);
+LStmt *ls_for(LKernel *k, int64_t extent, bool parallel, int *var_out);
+LStmt *ls_let(LKernel *k, DType dt, LExpr *value, int *var_out);
+LStmt *ls_assign(int var, LExpr *value);
+LStmt *ls_store(int buf, LExpr *index, LExpr *value, bool accumulate);
+LStmt *ls_gemm(const LGemm *gm);
+LKernel *lk_new(LProgram *p, const char *name);
+int lp_add_buf(LProgram *p, LBuf b);
+void loopir_dump(const LProgram *p, FILE *out);
+void loopir_verify(const LProgram *p);   /* internal_error on a broken invariant */
+
+/* lower.c + fusion.c + memplan.c: graph -> loop IR. */
+typedef struct LowerOptions {
+    int64_t parallel_min_work;  /* below this many scalar ops a loop stays serial */
+} LowerOptions;
+LProgram *lower_entry(const Entry *e, const LowerOptions *opt);
+
+/* backend_llvm.c: loop IR -> object file / shared object / IR / assembly. */
+typedef enum EmitKind { EMIT_OBJ, EMIT_SO, EMIT_LL, EMIT_ASM, EMIT_HEADER } EmitKind;
+typedef struct BackendOptions {
+    int opt_level;              /* 0..3 */
+    const char *cpu;            /* NULL: the host CPU; e.g. "x86-64-v3" */
+    const char *features;       /* NULL: host features when cpu is NULL, else none */
+    bool fast_math;             /* reassoc/contract/afn etc. on float math */
+    const char *program_symbol; /* "lethe_program" by default */
+} BackendOptions;
+/* Emits every program of `cu` into one output. Errors are reported with
+ * error_noloc. */
+void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind,
+               const char *out_path, const BackendOptions *opt);
+/* header.c: the --emit=header C header (argument indices per entry). */
+void emit_header(const CompUnit *cu, const char *out_path, const char *program_symbol);
+/* The same plus each entry's workspace size; progs[i] is the program of
+ * cu->entries.data[i] (llvm_emit(..., EMIT_HEADER, ...) calls this). */
+void emit_header_programs(const CompUnit *cu, LProgram **progs, int nprogs, const char *out_path,
+                          const char *program_symbol);
+
+#endif

@@ -1,0 +1,272 @@
+/* main.c: the lethec command. The whole compiler is the flat list of passes
+ * in compile() (QBE style), with the verifier between passes and a -d flag
+ * for each stage's dump.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "graph.h"
+#include "loopir.h"
+
+unsigned dump_flags;
+FILE *dump_file;
+
+static const char usage[] =
+    "usage: lethec IN.lth [-o OUT] [options]\n"
+    "\n"
+    "Compiles a .lth file: every `export` becomes a C-callable entry point with a\n"
+    "descriptor (runtime/lethe_abi.h), every experiment a JSON plan in the program.\n"
+    "\n"
+    "  -o OUT              output path (default: IN's name with the emitted suffix)\n"
+    "  --emit=KINDS        comma list of obj, so, ll, asm, header (default obj); with\n"
+    "                      several kinds, OUT names the first and the others get its\n"
+    "                      stem with .o .so .ll .s .h\n"
+    "  -O0 -O1 -O2 -O3     LLVM optimisation level (default -O3)\n"
+    "  --cpu=NAME          target CPU (default: this machine's); e.g. x86-64-v3\n"
+    "  --no-fast-math      no reassociation/contraction of float math\n"
+    "  --f64               compute in f64 wherever the program says f32\n"
+    "  --name=SYMBOL       name of the program table (default lethe_program)\n"
+    "  -I DIR              search DIR for imports (after the importing file's folder;\n"
+    "                      then $LETHE_PATH, then the graphs/ folder of this install)\n"
+    "  --check             parse and check only; write nothing\n"
+    "  -d STAGES           dump stages to stderr: ast,shapes,grad,opt,fusion,memory,loops,ir\n"
+    "  --dump-to=FILE      write dumps to FILE instead of stderr\n"
+    "  --help, --version\n";
+
+typedef struct Options {
+    const char *in, *out;
+    unsigned emit;          /* bit per EmitKind */
+    EmitKind first_emit;
+    bool check_only;
+    SemaOptions sema;
+    BackendOptions backend;
+    VEC(const char *) includes;
+} Options;
+
+static noreturn void usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "lethec: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n(try lethec --help)\n");
+    exit(2);
+}
+
+static unsigned parse_flags(const char *list, const char *const *names, const unsigned *bits, int n, const char *what) {
+    unsigned out = 0;
+    char *copy = xstrdup(list);
+    for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+        int k = -1;
+        for (int i = 0; i < n; i++)
+            if (!strcmp(tok, names[i]))
+                k = i;
+        if (k < 0)
+            usage_error(xfmt("unknown %s '%%s'", what), tok);
+        out |= bits[k];
+    }
+    return out;
+}
+
+static const char *self_dir(void) {
+    char buf[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0)
+        return NULL;
+    buf[n] = 0;
+    char *slash = strrchr(buf, '/');
+    if (slash)
+        *slash = 0;
+    return xstrdup(buf);
+}
+
+static void parse_args(int argc, char **argv, Options *o) {
+    static const char *const emit_names[] = {"obj", "so", "ll", "asm", "header"};
+    static const unsigned emit_bits[] = {1 << EMIT_OBJ, 1 << EMIT_SO, 1 << EMIT_LL, 1 << EMIT_ASM, 1 << EMIT_HEADER};
+    static const char *const dump_names[] = {"ast", "shapes", "grad", "opt", "fusion", "memory", "loops", "ir"};
+    static const unsigned dump_bits[] = {DUMP_AST, DUMP_SHAPES, DUMP_GRAD, DUMP_OPT, DUMP_FUSION, DUMP_MEMORY, DUMP_LOOPS, DUMP_IR};
+    o->backend.opt_level = 3;
+    o->backend.fast_math = true;
+    o->backend.program_symbol = "lethe_program";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            exit(0);
+        } else if (!strcmp(a, "--version")) {
+            printf("lethec %s (LLVM 19 backend, ABI %d)\n", LETHEC_VERSION, 1);
+            exit(0);
+        } else if (!strcmp(a, "-o")) {
+            if (++i == argc)
+                usage_error("%s needs a path", "-o");
+            o->out = argv[i];
+        } else if (!strncmp(a, "--emit=", 7)) {
+            o->emit = parse_flags(a + 7, emit_names, emit_bits, 5, "--emit kind");
+            for (int k = 0; k < 5; k++)
+                if (!strncmp(a + 7, emit_names[k], strlen(emit_names[k]))) {
+                    o->first_emit = (EmitKind)k;
+                    break;
+                }
+        } else if (a[0] == '-' && a[1] == 'O' && a[2] >= '0' && a[2] <= '3' && !a[3]) {
+            o->backend.opt_level = a[2] - '0';
+        } else if (!strncmp(a, "--cpu=", 6)) {
+            o->backend.cpu = a + 6;
+        } else if (!strcmp(a, "--no-fast-math")) {
+            o->backend.fast_math = false;
+        } else if (!strcmp(a, "--f64")) {
+            o->sema.promote_f64 = true;
+        } else if (!strncmp(a, "--name=", 7)) {
+            o->backend.program_symbol = xfmt("lethe_program_%s", a + 7);
+        } else if (!strcmp(a, "-I") || (!strncmp(a, "-I", 2) && a[2])) {
+            const char *dir = a[2] ? a + 2 : (++i < argc ? argv[i] : NULL);
+            if (!dir)
+                usage_error("%s needs a directory", "-I");
+            vec_push(&o->includes, dir);
+        } else if (!strcmp(a, "--check")) {
+            o->check_only = true;
+        } else if (!strcmp(a, "-d")) {
+            if (++i == argc)
+                usage_error("%s needs a list of stages", "-d");
+            dump_flags |= parse_flags(argv[i], dump_names, dump_bits, 8, "-d stage");
+        } else if (!strncmp(a, "--dump-to=", 10)) {
+            dump_file = fopen(a + 10, "w");
+            if (!dump_file)
+                usage_error("cannot write %s", a + 10);
+        } else if (a[0] == '-' && a[1]) {
+            usage_error("unknown option '%s'", a);
+        } else {
+            if (o->in)
+                usage_error("one input file at a time (got a second: %s)", a);
+            o->in = a;
+        }
+    }
+    if (!o->in)
+        usage_error("%s", "no input file");
+    if (!o->emit) {
+        o->emit = 1 << EMIT_OBJ;
+        o->first_emit = EMIT_OBJ;
+    }
+    const char *env = getenv("LETHE_PATH");
+    if (env)
+        for (char *p = strtok(xstrdup(env), ":"); p; p = strtok(NULL, ":"))
+            vec_push(&o->includes, p);
+    const char *dir = self_dir();
+    if (dir)
+        vec_push(&o->includes, xfmt("%s/../graphs", dir));
+    o->sema.include_dirs = o->includes.data;
+    o->sema.ninclude = o->includes.len;
+    if (!dump_file)
+        dump_file = stderr;
+}
+
+static const char *suffix_of(EmitKind k) {
+    static const char *s[] = {".o", ".so", ".ll", ".s", ".h"};
+    return s[k];
+}
+
+static const char *output_path(const Options *o, EmitKind k) {
+    const char *base = o->out ? o->out : o->in;
+    if (o->out && k == o->first_emit)
+        return o->out;
+    const char *slash = strrchr(base, '/');
+    const char *dot = strrchr(base, '.');
+    size_t stem = dot && (!slash || dot > slash) ? (size_t)(dot - base) : strlen(base);
+    if (!o->out && slash)   /* default outputs go to the current directory */
+        return xfmt("%.*s%s", (int)(stem - (size_t)(slash + 1 - base)), slash + 1, suffix_of(k));
+    return xfmt("%.*s%s", (int)stem, base, suffix_of(k));
+}
+
+/* After the passes: arguments whose INPUT node died are not read, and an
+ * argument neither read nor written (other than a scalar) leaves the
+ * signature. */
+static void finish_args(Entry *e) {
+    bool *live = xalloc((size_t)e->args.len + 1);
+    for (int i = 0; i < e->g->nodes.len; i++) {
+        Node *n = e->g->nodes.data[i];
+        if (n->op == OP_INPUT && n->attr.arg >= 0 && n->attr.arg < e->args.len && e->args.data[n->attr.arg].in == n)
+            live[n->attr.arg] = true;
+    }
+    int n = 0;
+    for (int i = 0; i < e->args.len; i++) {
+        EntryArg a = e->args.data[i];
+        if (!live[i])
+            a.in = NULL;
+        if (!a.in && !a.out && a.kind != 4 /* LETHE_SCALAR */)
+            continue;
+        a.access = (a.in || a.kind == 4 ? 1 : 0) | (a.out ? 2 : 0);
+        if (a.in)
+            a.in->attr.arg = n;
+        e->args.data[n++] = a;
+    }
+    e->args.len = n;
+}
+
+static void optimize(Entry *e) {
+    pass_verify(e, "sema");
+    for (int round = 0; round < 2; round++) {
+        pass_fold(e);
+        pass_verify(e, "fold");
+        pass_simplify(e);
+        pass_verify(e, "simplify");
+        pass_cse(e);
+        pass_verify(e, "cse");
+        pass_dce(e);
+        pass_verify(e, "dce");
+    }
+    finish_args(e);
+    pass_verify(e, "args");
+}
+
+static int compile(Options *o) {
+    SrcFile *file = srcfile_read(o->in);
+    if (!file) {
+        fprintf(stderr, "lethec: cannot read %s\n", o->in);
+        return 1;
+    }
+    Program *prog = parse_file(file);
+    if (dump_flags & DUMP_AST)
+        ast_dump(prog, dump_file);
+    CompUnit *cu = sema_program(prog, &o->sema);
+    if (dump_flags & DUMP_SHAPES)
+        for (int i = 0; i < cu->entries.len; i++)
+            graph_dump(cu->entries.data[i], dump_file);
+    if (o->check_only)
+        return 0;
+    LowerOptions lopt = {.parallel_min_work = 1 << 15};
+    LProgram **progs = xalloc(sizeof(LProgram *) * (size_t)(cu->entries.len + 1));
+    for (int i = 0; i < cu->entries.len; i++) {
+        Entry *e = cu->entries.data[i];
+        optimize(e);
+        if (dump_flags & DUMP_OPT)
+            graph_dump(e, dump_file);
+        progs[i] = lower_entry(e, &lopt);
+        if (dump_flags & DUMP_LOOPS)
+            loopir_dump(progs[i], dump_file);
+    }
+    for (int k = 0; k <= EMIT_HEADER; k++) {
+        if (!(o->emit & (1u << k)))
+            continue;
+        if (k == EMIT_HEADER)
+            emit_header(cu, output_path(o, EMIT_HEADER), o->backend.program_symbol);
+        else
+            llvm_emit(cu, progs, cu->entries.len, (EmitKind)k, output_path(o, (EmitKind)k), &o->backend);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    Options o = {0};
+    parse_args(argc, argv, &o);
+    jmp_buf recover;
+    diag_recover = &recover;
+    if (setjmp(recover)) {
+        arena_reset();
+        return 1;
+    }
+    int rc = compile(&o);
+    if (dump_file && dump_file != stderr)
+        fclose(dump_file);
+    arena_reset();
+    return rc;
+}

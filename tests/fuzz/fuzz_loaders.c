@@ -1,0 +1,171 @@
+/* fuzz_loaders.c: one libFuzzer target over every parser of untrusted bytes
+ * in the runtime, all from memory buffers:
+ *
+ *   first byte % 5    target
+ *   0                 IDX images + labels (ds_parse_idx); the next two bytes
+ *                     (little-endian) say where the image part ends
+ *   1                 CIFAR-10 binary records (ds_parse_cifar10)
+ *   2                 safetensors (st_parse), then every tensor converted
+ *   3                 JSON (json_parse), then the whole tree walked
+ *   4                 gzip (ds_gunzip)
+ *
+ * The rest of the input is the file. Failures must leave a NUL-terminated,
+ * non-empty message and nothing allocated; successes must be internally
+ * consistent. Limits are small so the fuzzer explores structure, not size.
+ *
+ * Build and run (from the repository root):
+ *   clang-19 -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime \
+ *       tests/fuzz/fuzz_loaders.c runtime/{check,data,fsutil,json,safetensors}.c \
+ *       -lz -lm -o build/fuzz_loaders
+ *   build/fuzz_loaders -max_total_time=300 -max_len=65536 \
+ *       -dict=tests/fuzz/loaders.dict build/fuzz-corpus tests/fuzz/corpus_loaders
+ * tests/unit/test_fuzz_loaders_replay.c replays tests/fuzz/corpus_loaders in `make test`.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data.h"
+#include "json.h"
+#include "safetensors.h"
+
+/* Any violated expectation aborts, which libFuzzer and the replay test report. */
+#define FUZZ_EXPECT(cond)                                                      \
+    do {                                                                       \
+        if (!(cond))                                                           \
+            abort();                                                           \
+    } while (0)
+
+static void check_error(int rc, const char *err) {
+    FUZZ_EXPECT(rc < 0);
+    size_t n = strnlen(err, LETHE_ERR_LEN);
+    FUZZ_EXPECT(n > 0 && n < LETHE_ERR_LEN);
+}
+
+static void check_dataset(const lethe_dataset *ds) {
+    FUZZ_EXPECT(ds->n > 0 && ds->d == (int64_t)ds->c * ds->h * ds->w);
+    double sum = 0;
+    for (int64_t i = 0; i < ds->n * ds->d; i++)
+        sum += ds->x[i]; /* touches every value: ASan sees any overrun */
+    FUZZ_EXPECT(sum >= 0);
+    for (int64_t i = 0; i < ds->n; i++)
+        FUZZ_EXPECT(ds->y[i] >= 0 && ds->y[i] < ds->num_classes && ds->id[i] == i);
+}
+
+static size_t walk(const json_value *v, int depth) {
+    FUZZ_EXPECT(depth <= JSON_MAX_DEPTH);
+    size_t n = 1;
+    if (v->type == JSON_STRING)
+        FUZZ_EXPECT(v->str[v->len] == 0);
+    if (v->type == JSON_ARRAY || v->type == JSON_OBJECT)
+        for (size_t i = 0; i < v->len; i++) {
+            if (v->type == JSON_OBJECT)
+                FUZZ_EXPECT(v->keys[i][v->key_lens[i]] == 0);
+            n += walk(&v->items[i], depth + 1);
+        }
+    return n;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1)
+        return 0;
+    int target = data[0] % 5;
+    data++;
+    size--;
+    char err[LETHE_ERR_LEN];
+    memset(err, 0, sizeof err);
+    const ds_limits lim = {.max_samples = 1 << 16, .max_side = 1024, .max_file_bytes = 1 << 22,
+                           .max_decoded_bytes = 1 << 22};
+    switch (target) {
+    case 0: {
+        if (size < 2)
+            return 0;
+        size_t split = (size_t)data[0] | (size_t)data[1] << 8;
+        data += 2;
+        size -= 2;
+        if (split > size)
+            split = size;
+        lethe_dataset ds;
+        int rc = ds_parse_idx(data, split, "images", data + split, size - split, "labels", 10, &lim, &ds, err);
+        if (rc == 0) {
+            FUZZ_EXPECT(ds.c == 1 && ds.rank == 3);
+            check_dataset(&ds);
+            ds_free(&ds);
+        } else {
+            check_error(rc, err);
+            FUZZ_EXPECT(ds.x == NULL && ds.y == NULL && ds.id == NULL);
+        }
+        break;
+    }
+    case 1: {
+        lethe_dataset ds;
+        int rc = ds_parse_cifar10(data, size, "cifar", &lim, &ds, err);
+        if (rc == 0) {
+            FUZZ_EXPECT(ds.c == 3 && ds.h == 32 && ds.w == 32);
+            check_dataset(&ds);
+            ds_free(&ds);
+        } else {
+            check_error(rc, err);
+            FUZZ_EXPECT(ds.x == NULL);
+        }
+        break;
+    }
+    case 2: {
+        st_file *f = NULL;
+        int rc = st_parse(data, size, "st", &f, err);
+        if (rc != 0) {
+            check_error(rc, err);
+            FUZZ_EXPECT(f == NULL);
+            break;
+        }
+        for (size_t i = 0; i < f->ntensors; i++) {
+            const st_tensor *t = &f->tensors[i];
+            FUZZ_EXPECT(st_find(f, t->name) == t);
+            FUZZ_EXPECT((const uint8_t *)t->data >= data && (const uint8_t *)t->data + t->nbytes <= data + size);
+            int64_t n = st_numel(t);
+            FUZZ_EXPECT((uint64_t)n * st_dtype_size(t->dtype) == t->nbytes);
+            double *out = malloc((size_t)n * sizeof(double) + 8);
+            FUZZ_EXPECT(out != NULL);
+            FUZZ_EXPECT(st_read_as(t, ST_F64, out, n, err) == 0);
+            int32_t *o32 = malloc((size_t)n * sizeof(int32_t) + 8);
+            FUZZ_EXPECT(o32 != NULL);
+            int r32 = st_read_as(t, ST_I32, o32, n, err);
+            if (r32)
+                check_error(r32, err);
+            free(out);
+            free(o32);
+        }
+        for (size_t i = 0; i < f->nmeta; i++)
+            FUZZ_EXPECT(st_meta_get(f, f->meta[i].key) != NULL);
+        st_free(f);
+        break;
+    }
+    case 3: {
+        json_doc *d = NULL;
+        int rc = json_parse((const char *)data, size, NULL, &d, err);
+        if (rc == 0) {
+            walk(json_doc_root(d), 0);
+            json_doc_free(d);
+        } else {
+            check_error(rc, err);
+            FUZZ_EXPECT(d == NULL);
+        }
+        break;
+    }
+    case 4: {
+        uint8_t *out = NULL;
+        size_t n = 0;
+        int rc = ds_gunzip(data, size, 1 << 22, "gz", &out, &n, err);
+        if (rc == 0) {
+            FUZZ_EXPECT(n <= (1u << 22));
+            free(out);
+        } else {
+            check_error(rc, err);
+            FUZZ_EXPECT(out == NULL);
+        }
+        break;
+    }
+    }
+    return 0;
+}

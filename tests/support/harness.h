@@ -1,0 +1,69 @@
+/* harness.h: what every C test uses.
+ *
+ * Output protocol (tests/run.sh counts these lines):
+ *     PASS <name>
+ *     FAIL <name>: <why>
+ *     SKIP <name>: <why>
+ * A test binary that exits non-zero or crashes counts as one more failure.
+ *
+ * Compiled programs are produced by the real build/lethec (or $LETHEC) as
+ * shared objects and loaded with dlopen, so tests exercise the output
+ * contract of runtime/lethe_abi.h exactly as a user's program would.
+ */
+#ifndef LETHE_TEST_HARNESS_H
+#define LETHE_TEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lethe_abi.h"
+
+extern int th_failures;
+
+void th_pass(const char *name);
+void th_fail(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void th_skip(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* PASS if cond, else FAIL with the formatted reason; returns cond */
+bool th_check(bool cond, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int th_exit(void);   /* return from main: 0 if nothing failed */
+
+/* Directory for temporary files of this test binary (created on first use). */
+const char *th_tmpdir(void);
+
+/* Compile a .lth file (or source text) with build/lethec to a shared object and
+ * load it. `flags` is extra lethec flags ("" or e.g. "-O0 --f64"). On a compile
+ * error returns NULL and, if err is non-NULL, stores lethec's stderr in *err
+ * (malloc'd). */
+const lethe_program *th_compile_file(const char *lth_path, const char *flags, char **err);
+const lethe_program *th_compile_source(const char *name, const char *source, const char *flags, char **err);
+/* Run lethec with arbitrary arguments; returns its exit status and stores
+ * stdout+stderr in *out (malloc'd) if non-NULL. */
+int th_run_lethec(const char *args, char **out);
+
+const lethe_entry *th_entry(const lethe_program *p, const char *name);   /* NULL if absent */
+int th_arg(const lethe_entry *e, const char *name);                      /* -1 if absent */
+int64_t th_arg_numel(const lethe_arg *a);
+size_t th_dtype_size(int dtype);
+
+/* A call frame: one buffer per argument (64-byte aligned, zeroed; scalars
+ * preset to their defaults) and a workspace. */
+typedef struct th_frame {
+    const lethe_entry *entry;
+    void **args;
+    void *workspace;
+} th_frame;
+th_frame *th_frame_new(const lethe_entry *e);
+void th_frame_free(th_frame *f);
+int th_call(th_frame *f, lethe_ctx *ctx);   /* ctx may be NULL: serial, seed 0 */
+double *th_f64(th_frame *f, const char *arg);
+float *th_f32(th_frame *f, const char *arg);
+int32_t *th_i32(th_frame *f, const char *arg);
+
+/* Deterministic data: uniform in [lo, hi) from a small xorshift stream, with
+ * no exact zeros. Works for f32/f64/i32 (i32: integers in [lo, hi)). */
+void th_fill(void *buf, int dtype, int64_t n, double lo, double hi, uint64_t seed);
+/* max |a-b| / max(|b|, floor) over n elements of a dtype */
+double th_max_rel_err(const void *a, const void *b, int dtype, int64_t n, double floor);
+
+#endif
