@@ -99,8 +99,10 @@ $(B)/fuzz/fuzz_frontend: tests/fuzz/fuzz_frontend.c $(COMPILER_LIB_SRC) $(B)/gen
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(LLVM_CFLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar \
 	    -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
+# new inputs go to the build folder; the committed corpus is only read
 fuzz: $(B)/fuzz/fuzz_frontend
-	$< -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 tests/fuzz/corpus
+	@mkdir -p $(B)/fuzz/corpus
+	$< -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 -close_fd_mask=2 $(B)/fuzz/corpus tests/fuzz/corpus
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

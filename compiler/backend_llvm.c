@@ -1113,7 +1113,7 @@ void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, 
         error_noloc("optimization level %d is out of range (0 to 3)", opt.opt_level);
     const char *symbol = opt.program_symbol ? opt.program_symbol : LETHE_PROGRAM_SYMBOL;
     if (kind == EMIT_HEADER) {
-        emit_header_programs(cu, progs, nprogs, out_path, symbol);
+        emit_header(cu, progs, nprogs, out_path, symbol);
         return;
     }
     for (int i = 0; i < nprogs; i++) {

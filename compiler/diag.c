@@ -11,11 +11,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "lethec.h"
 
 jmp_buf *diag_recover;
 int diag_error_count;
+
+/* -d dumps (graph.h): which stages, and where they go */
+unsigned dump_flags;
+FILE *dump_file;
 
 enum { MAX_NOTES = 8 };
 static struct { Loc loc; char msg[512]; } notes[MAX_NOTES];
@@ -30,9 +35,17 @@ SrcFile *srcfile_from_string(const char *path, const char *text, size_t len) {
 }
 
 SrcFile *srcfile_read(const char *path) {
+    /* only regular files (an import of /dev/zero must not read forever), and
+     * none bigger than any plausible program */
+    enum { MAX_SOURCE = 64 << 20 };
     FILE *fp = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (!fp)
         return NULL;
+    struct stat st;
+    if (fp != stdin && (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_SOURCE)) {
+        fclose(fp);
+        return NULL;
+    }
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     size_t n;
@@ -60,14 +73,26 @@ static void show_line(Loc loc) {
     const char *eol = p;
     while (eol < end && *eol != '\n' && *eol != '\r')
         eol++;
-    fprintf(stderr, "%5d | ", loc.line);
-    /* tabs and control characters become spaces so the caret lines up */
-    for (const char *q = p; q < eol; q++)
-        fputc((unsigned char)*q < ' ' ? ' ' : *q, stderr);
-    fputc('\n', stderr);
-    fprintf(stderr, "      | ");
-    int width = (int)(eol - p);
+    /* a very long line is cut around the column (generated or fuzzed input) */
+    enum { MAX_SHOWN = 240 };
     int col = loc.col > 0 ? loc.col : 1;
+    if (eol - p > MAX_SHOWN) {
+        const char *from = p + (col > MAX_SHOWN / 2 ? col - MAX_SHOWN / 2 : 0);
+        if (from > eol)
+            from = eol;
+        col -= (int)(from - p);
+        p = from;
+        if (eol - p > MAX_SHOWN)
+            eol = p + MAX_SHOWN;
+    }
+    char shown[MAX_SHOWN + 1];
+    int width = (int)(eol - p);
+    /* tabs and control characters become spaces so the caret lines up */
+    for (int i = 0; i < width; i++)
+        shown[i] = (unsigned char)p[i] < ' ' ? ' ' : p[i];
+    shown[width] = 0;
+    fprintf(stderr, "%5d | %s\n", loc.line, shown);
+    fprintf(stderr, "      | ");
     for (int i = 1; i < col && i <= width; i++)
         fputc(' ', stderr);
     fputc('^', stderr);

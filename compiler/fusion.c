@@ -317,16 +317,36 @@ static void add_dep(FKernel *k, int dep) {
  * temporary (memplan.c): all loads of an iteration happen before its stores.
  */
 
-static bool reaches(const Fusion *f, int from, int to, int *stamp, int gen) {
-    if (from == to)
-        return true;
-    if (stamp[from] == gen)
-        return false;
-    stamp[from] = gen;
-    const FKernel *k = f->kernels.data[from];
-    for (int i = 0; i < k->deps.len; i++)
-        if (reaches(f, k->deps.data[i], to, stamp, gen))
+/* Merging marks kernels dead and forwards them to their new owner; the list
+ * is compacted once at the end. */
+typedef struct Sib {
+    Fusion *f;
+    int *fwd;          /* kernel index -> index of the kernel that absorbed it */
+    int *stamp, gen;
+    VEC(int) *readers; /* by node id: update kernels reading it at full size */
+} Sib;
+
+static int resolve(const Sib *s, int k) {
+    while (s->fwd[k] != k)
+        k = s->fwd[k];
+    return k;
+}
+
+static bool reaches(Sib *s, int from, int to) {
+    VEC(int) stack = {0};
+    s->gen++;
+    vec_push(&stack, from);
+    while (stack.len) {
+        int k = resolve(s, stack.data[--stack.len]);
+        if (k == to)
             return true;
+        if (s->stamp[k] == s->gen)
+            continue;
+        s->stamp[k] = s->gen;
+        const FKernel *x = s->f->kernels.data[k];
+        for (int i = 0; i < x->deps.len; i++)
+            vec_push(&stack, x->deps.data[i]);
+    }
     return false;
 }
 
@@ -366,8 +386,9 @@ static bool reads_old_of(const FKernel *x, const FKernel *y) {
     return false;
 }
 
-static bool siblings(const Fusion *f, const FKernel *a, const FKernel *b, int *stamp, int *gen) {
-    if (!is_update(a) || !is_update(b) || !shape_eq(KROOT(a)->shape, KROOT(b)->shape))
+static bool siblings(Sib *s, int ai, int bi) {
+    const FKernel *a = s->f->kernels.data[ai], *b = s->f->kernels.data[bi];
+    if (!is_update(a) || !shape_eq(KROOT(a)->shape, KROOT(b)->shape))
         return false;
     int64_t numel = shape_numel(KROOT(a)->shape);
     bool hazard = reads_old_of(a, b) || reads_old_of(b, a);
@@ -388,13 +409,16 @@ static bool siblings(const Fusion *f, const FKernel *a, const FKernel *b, int *s
     if (!direct && !shared)
         return false;
     /* no path between them other than b's direct reads of a */
-    for (int i = 0; i < b->deps.len; i++)
-        if (b->deps.data[i] != a->index && reaches(f, b->deps.data[i], a->index, stamp, ++*gen))
+    for (int i = 0; i < b->deps.len; i++) {
+        int d = resolve(s, b->deps.data[i]);
+        if (d != ai && reaches(s, d, ai))
             return false;
-    return !reaches(f, a->index, b->index, stamp, ++*gen);
+    }
+    return !reaches(s, ai, bi);
 }
 
-static void absorb(Fusion *f, FKernel *a, FKernel *b) {
+static void absorb(Sib *s, int ai, int bi) {
+    FKernel *a = s->f->kernels.data[ai], *b = s->f->kernels.data[bi];
     for (int i = 0; i < b->roots.len; i++) {
         vec_push(&a->roots, b->roots.data[i]);
         vec_push(&a->dsts, b->dsts.data[i]);
@@ -404,45 +428,75 @@ static void absorb(Fusion *f, FKernel *a, FKernel *b) {
     for (int i = 0; i < b->reads.len; i++)
         add_read(a, b->reads.data[i].n, b->reads.data[i].identity);
     for (int i = 0; i < b->deps.len; i++)
-        if (b->deps.data[i] != a->index)
-            add_dep(a, b->deps.data[i]);
-    /* b leaves the list: every index after it moves down by one */
-    int pb = b->index;
-    for (int i = pb; i + 1 < f->kernels.len; i++)
-        f->kernels.data[i] = f->kernels.data[i + 1];
-    f->kernels.len--;
-    for (int i = 0; i < f->kernels.len; i++) {
-        FKernel *k = f->kernels.data[i];
-        k->index = i;
-        int n = 0;
-        for (int d = 0; d < k->deps.len; d++) {
-            int x = k->deps.data[d];
-            x = x == pb ? a->index : x > pb ? x - 1 : x;
-            bool dup = x == i;
-            for (int e = 0; e < n && !dup; e++)
-                dup = k->deps.data[e] == x;
-            if (!dup)
-                k->deps.data[n++] = x;
-        }
-        k->deps.len = n;
-    }
+        vec_push(&a->deps, b->deps.data[i]);
+    s->fwd[bi] = ai;
 }
 
 static void fuse_siblings(Fusion *f) {
-    int *stamp = xalloc(sizeof(int) * ((size_t)f->kernels.len + 1));
-    int gen = 0;
-    for (int j = 0; j < f->kernels.len; j++) {
-        FKernel *b = f->kernels.data[j];
+    int n = f->kernels.len;
+    Sib s = {.f = f};
+    s.fwd = xalloc(sizeof(int) * ((size_t)n + 1));
+    s.stamp = xalloc(sizeof(int) * ((size_t)n + 1));
+    s.readers = xalloc(sizeof(*s.readers) * ((size_t)f->nid + 1));
+    int *tried = xalloc(sizeof(int) * ((size_t)n + 1));
+    for (int i = 0; i < n; i++)
+        s.fwd[i] = i;
+    for (int bi = 0; bi < n; bi++) {
+        FKernel *b = f->kernels.data[bi];
         if (!is_update(b))
             continue;
-        for (int i = 0; i < j; i++) {
-            FKernel *a = f->kernels.data[i];
-            if (siblings(f, a, b, stamp, &gen)) {
-                absorb(f, a, b);
-                j--;
-                break;
+        int64_t numel = shape_numel(KROOT(b)->shape);
+        int merged = -1;
+        /* candidates: the producers of what b reads, and the update kernels
+         * that read the same tensors at full size */
+        for (int i = 0; i < b->reads.len && merged < 0; i++) {
+            const Node *r = b->reads.data[i].n;
+            int p = f->producer[r->id];
+            if (p >= 0 && p != bi) {
+                p = resolve(&s, p);
+                if (tried[p] != bi + 1) {
+                    tried[p] = bi + 1;
+                    if (siblings(&s, p, bi))
+                        merged = p;
+                }
+            }
+            for (int j = 0; j < s.readers[r->id].len && merged < 0; j++) {
+                int a = resolve(&s, s.readers[r->id].data[j]);
+                if (tried[a] == bi + 1)
+                    continue;
+                tried[a] = bi + 1;
+                if (siblings(&s, a, bi))
+                    merged = a;
             }
         }
+        if (merged >= 0)
+            absorb(&s, merged, bi);
+        for (int i = 0; i < b->reads.len; i++)
+            if (shape_numel(b->reads.data[i].n->shape) == numel)
+                vec_push(&s.readers[b->reads.data[i].n->id], bi);
+    }
+    /* compact */
+    int *pos = xalloc(sizeof(int) * ((size_t)n + 1));
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (s.fwd[i] == i) {
+            pos[i] = m;
+            f->kernels.data[m++] = f->kernels.data[i];
+        }
+    f->kernels.len = m;
+    for (int i = 0; i < m; i++) {
+        FKernel *k = f->kernels.data[i];
+        k->index = i;
+        int nd = 0;
+        for (int d = 0; d < k->deps.len; d++) {
+            int x = pos[resolve(&s, k->deps.data[d])];
+            bool dup = x == i;
+            for (int e = 0; e < nd && !dup; e++)
+                dup = k->deps.data[e] == x;
+            if (!dup)
+                k->deps.data[nd++] = x;
+        }
+        k->deps.len = nd;
     }
     fusion_producers(f);
 }

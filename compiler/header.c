@@ -4,8 +4,7 @@
  * index into args[] of the calling convention), the count, each argument's
  * kind, dtype and shape as a comment, the workspace size when the lowered
  * programs are given (LETHE_<ENTRY>_WORKSPACE_BYTES), and the extern
- * declaration of the program symbol (lethe_default_program for the default
- * symbol `lethe_program`, which is also the name of its C type). The descriptor in the object stays the
+ * declaration of the program symbol. The descriptor in the object stays the
  * source of truth at run time; the header lets C code index args[] by name
  * at compile time.
  */
@@ -47,8 +46,7 @@ static const char *unique(Names *seen, const char *name, int index) {
     return name;
 }
 
-void emit_header_programs(const CompUnit *cu, LProgram **progs, int nprogs, const char *out_path,
-                          const char *program_symbol) {
+void emit_header(const CompUnit *cu, LProgram **progs, int nprogs, const char *out_path, const char *program_symbol) {
     const char *sym = program_symbol ? program_symbol : LETHE_PROGRAM_SYMBOL;
     FILE *f = fopen(out_path, "w");
     if (!f)
@@ -78,16 +76,8 @@ void emit_header_programs(const CompUnit *cu, LProgram **progs, int nprogs, cons
             if (progs[p]->entry == e)
                 fprintf(f, "#define LETHE_%s_WORKSPACE_BYTES %lluull\n", en, (unsigned long long)progs[p]->workspace_bytes);
     }
-    if (strcmp(sym, "lethe_program"))
-        fprintf(f, "\nextern const lethe_program %s;\n", sym);
-    else   /* the default symbol is also the type's name: reach it by an asm label */
-        fprintf(f, "\n/* the symbol `lethe_program`, which C cannot declare under the name of its type */\n"
-                   "extern const lethe_program lethe_default_program __asm__(\"lethe_program\");\n");
+    fprintf(f, "\nextern const lethe_program %s;\n", sym);
     fprintf(f, "\n#endif\n");
     if (fclose(f) != 0)
         error_noloc("cannot write %s: %s", out_path, strerror(errno));
-}
-
-void emit_header(const CompUnit *cu, const char *out_path, const char *program_symbol) {
-    emit_header_programs(cu, NULL, 0, out_path, program_symbol);
 }

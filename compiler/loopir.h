@@ -151,10 +151,6 @@ typedef struct BackendOptions {
 void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind,
                const char *out_path, const BackendOptions *opt);
 /* header.c: the --emit=header C header (argument indices per entry). */
-void emit_header(const CompUnit *cu, const char *out_path, const char *program_symbol);
-/* The same plus each entry's workspace size; progs[i] is the program of
- * cu->entries.data[i] (llvm_emit(..., EMIT_HEADER, ...) calls this). */
-void emit_header_programs(const CompUnit *cu, LProgram **progs, int nprogs, const char *out_path,
-                          const char *program_symbol);
+void emit_header(const CompUnit *cu, LProgram **progs, int nprogs, const char *out_path, const char *program_symbol);
 
 #endif

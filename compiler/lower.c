@@ -14,7 +14,10 @@
  *  - Elementwise: one outer loop over the flattened leading dims, parallel
  *    when the kernel has at least LowerOptions.parallel_min_work scalar ops,
  *    indices recovered with div/mod once per row, and an inner serial loop
- *    over the last (contiguous) dim holding the body.
+ *    over the last (contiguous) dim holding the body. A leaf read across
+ *    that dim (a transpose) gets T x T tiles instead (tile_transposed). A
+ *    kernel with several roots (fused sibling updates) computes every root
+ *    into a LET before the first store.
  *  - Reductions whose last dim is reduced ("rows": softmax, layernorm,
  *    logsumexp): the kept dims are the outer loop, the reduced dims nested
  *    serial loops with the last one innermost, a LET accumulator, one store.
@@ -29,7 +32,6 @@
  *    kept block is tiled so that the tiles can run in parallel.
  */
 #include <math.h>
-#include <time.h>
 #include <string.h>
 
 #include "lower_int.h"
@@ -251,6 +253,8 @@ static LExpr *eval_leaf(KCtx *kc, const Node *n, int stack, bool buffer) {
     }
     if (kc->reshape_top && !map_reshape(&m, kc->idim, kc->irank))
         internal_error(__FILE__, __LINE__, "lower: the iteration space of kernel %s does not fit %%%d", kc->k->name, n->id);
+    if (kc->perm)
+        map_permute(&m, kc->perm);
     LExpr *valid = band(map_valid(&m, kc->idx), kc->extra_valid);
     LExpr *lin = map_index(&m, kc->idx);
     switch (form) {
@@ -397,6 +401,60 @@ static LExpr *reduce_combine(Op op, DType dt, LExpr *acc, LExpr *v) {
 /* ----------------------------------------------------------------------------
  * elementwise and copy kernels */
 
+/* A leaf read across the store's contiguous dim (a transpose) touches a new
+ * cache line per element; LLVM cannot fix that. Tile the last dim and the
+ * leaf's contiguous dim j by T x T: the loops become [..., j/T, ..., i/T]
+ * (flattened, parallel) around j%T and i%T, so both the leaf's lines and the
+ * store's lines are reused within a tile. Returns 1 and rewrites dims (the
+ * split iteration space) and perm (its loop order), or 0. */
+static int tile_transposed(const KCtx *kc, int64_t *dims, int *rank, int *perm) {
+    int r = *rank;
+    if (r < 2 || r + 2 > MAX_RANK)
+        return 0;
+    int j = -1;
+    for (int i = 0; i + 1 < kc->maps.len && j < 0; i++) {
+        IdxMap m = kc->maps.data[i];
+        if (!map_reshape(&m, dims, r))
+            return 0;
+        if (m.stride[r - 1] == 1 || m.stride[r - 1] == -1 || m.stride[r - 1] == 0)
+            continue;
+        for (int d = r - 2; d >= 0 && j < 0; d--)
+            if (m.stride[d] == 1 || m.stride[d] == -1)
+                j = d;
+    }
+    if (j < 0)
+        return 0;
+    static const int64_t tiles[] = {32, 16, 8};
+    int64_t t = 0;
+    for (int i = 0; i < 3 && !t; i++)
+        if (dims[j] % tiles[i] == 0 && dims[r - 1] % tiles[i] == 0 && dims[j] >= 2 * tiles[i] &&
+            dims[r - 1] >= 2 * tiles[i])
+            t = tiles[i];
+    if (!t)
+        return 0;
+    /* split: [.., j/T, T, .., i/T, T] (positions j, j+1 and r, r+1) */
+    int64_t nd[MAX_RANK];
+    int n = 0;
+    for (int d = 0; d < r; d++) {
+        if (d == j || d == r - 1) {
+            nd[n++] = dims[d] / t;
+            nd[n++] = t;
+        } else {
+            nd[n++] = dims[d];
+        }
+    }
+    /* loop order: everything but the two tile dims, then j%T, then i%T */
+    int m = 0;
+    for (int d = 0; d < n; d++)
+        if (d != j + 1 && d != n - 1)
+            perm[m++] = d;
+    perm[m++] = j + 1;
+    perm[m++] = n - 1;
+    memcpy(dims, nd, sizeof(int64_t) * (size_t)n);
+    *rank = n;
+    return 1;
+}
+
 /* One loop nest for every root (several for fused sibling updates): each
  * root's value is a LET, the stores come after all of them, so every load
  * of an iteration precedes its stores (an update may read the old value of
@@ -429,10 +487,27 @@ static void lower_elem(Lower *L, FKernel *fk, LKernel *k) {
     int r = merge_dims(s.dim, s.rank, roles, kc.maps.data, kc.maps.len, idim, iroles);
     double work = (double)shape_numel(s) * (double)(kc.ops + nr);
     k->flops = work;
+    int perm[MAX_RANK];
+    int64_t ldim[MAX_RANK];
+    int tiled = tile_transposed(&kc, idim, &r, perm);
     set_space(&kc, idim, r);
     LExpr *lin;
     Block body;
-    if (r <= 1) {
+    if (tiled) {
+        /* loops in the permuted order; the store is no longer row-major in
+         * loop order, so its index comes from its own map */
+        kc.perm = perm;
+        for (int d = 0; d < r; d++)
+            ldim[d] = idim[perm[d]];
+        LExpr *lo;
+        body = nest_outer(blk_top(k), ldim, r - 2, work, &L->opt, kc.idx, &lo);
+        body = nest_serial(body, ldim + r - 2, 2, kc.idx + r - 2, NULL);
+        IdxMap sm = map_contig(s);
+        if (!map_reshape(&sm, idim, r))
+            internal_error(__FILE__, __LINE__, "lower: tiles of %s do not fit its store", k->name);
+        map_permute(&sm, perm);
+        lin = map_index(&sm, kc.idx);
+    } else if (r <= 1) {
         body = nest_outer(blk_top(k), idim, r, work, &L->opt, kc.idx, &lin);
     } else {
         LExpr *lo, *li;
@@ -641,7 +716,7 @@ static void lower_reduce(Lower *L, FKernel *fk, LKernel *k) {
     if (row_form(&kc, idim, iroles, r)) {
         int nkept = dims_of(iroles, r, ROLE_KEPT, pos);
         int64_t parts = nkept ? 1 : largest_divisor_upto(idim[0], 64);
-        if (nkept == 0 && big && parts >= 2) {
+        if (nkept == 0 && big && parts >= 2 && r < MAX_RANK) {
             int64_t e0 = idim[0];
             iroles[0] = ROLE_RED;
             insert_dim(idim, iroles, &r, 0, parts, ROLE_PART, e0 / parts);
@@ -662,7 +737,7 @@ static void lower_reduce(Lower *L, FKernel *fk, LKernel *k) {
         t0--;
     for (int d = t0; d < r; d++)
         iroles[d] = ROLE_PART;
-    if (dims_of(iroles, r, ROLE_KEPT, pos) == 0 && big) {
+    if (dims_of(iroles, r, ROLE_KEPT, pos) == 0 && big && r < MAX_RANK) {
         /* nothing outside the contiguous block to run in parallel: tile it */
         static const int64_t tiles[] = {512, 256, 128, 64, 32, 16, 8};
         for (int i = 0; i < (int)(sizeof tiles / sizeof *tiles); i++) {
@@ -701,12 +776,8 @@ LProgram *lower_entry(const Entry *e, const LowerOptions *opt) {
     if (opt && opt->parallel_min_work > 0)
         L.opt = *opt;
     vstacks_init(&L.vs);
-    clock_t t0 = clock();
     L.f = fusion_run(e);
-    clock_t t1 = clock();
     memplan_homes(L.f);
-    clock_t t2 = clock();
-    fprintf(stderr, "fusion %.3f homes %.3f\n", (double)(t1-t0)/CLOCKS_PER_SEC, (double)(t2-t1)/CLOCKS_PER_SEC);
     FILE *dump = dump_file ? dump_file : stderr;
     if (dump_flags & DUMP_FUSION)
         fusion_dump(L.f, dump);
@@ -724,10 +795,7 @@ LProgram *lower_entry(const Entry *e, const LowerOptions *opt) {
         case KK_COPY: lower_copy(&L, fk, k); break;
         }
     }
-    clock_t t3 = clock();
     memplan_offsets(L.p, (dump_flags & DUMP_MEMORY) ? dump : NULL);
-    clock_t t4 = clock();
     loopir_verify(L.p);
-    fprintf(stderr, "lower %.3f offsets %.3f verify %.3f\n", (double)(t3-t2)/CLOCKS_PER_SEC, (double)(t4-t3)/CLOCKS_PER_SEC, (double)(clock()-t4)/CLOCKS_PER_SEC);
     return L.p;
 }

@@ -44,6 +44,7 @@ IdxMap map_contig(Shape s);                         /* row-major, offset 0 */
 IdxMap map_zero(Shape s);                           /* every stride 0 */
 bool map_apply_view(IdxMap *m, const Node *view);   /* m over view->in[0] -> over view */
 bool map_reshape(IdxMap *m, const int64_t *dims, int rank);
+void map_permute(IdxMap *m, const int *perm);       /* new dim i is old dim perm[i] */
 bool map_is_contig(const IdxMap *m);                /* row-major strides, no constraints */
 bool map_is_identity(const IdxMap *m);              /* contiguous and offset 0 */
 /* dims first.. row-major among themselves (earlier dims: any stride), no
@@ -189,6 +190,7 @@ typedef struct KCtx {
     bool reshape_top;      /* leaf maps are reshaped to the iteration space */
     int irank;
     int64_t idim[MAX_RANK];
+    const int *perm;       /* then permuted to loop order (NULL: none) */
     LExpr *idx[MAX_RANK];  /* the iteration space's index expressions */
     LExpr *extra_valid;    /* ANDed into every leaf's validity (NULL: none) */
     Block body;            /* where LETs go */

@@ -281,6 +281,17 @@ bool map_reshape(IdxMap *m, const int64_t *dims, int rank) {
     return true;
 }
 
+void map_permute(IdxMap *m, const int *perm) {
+    IdxMap r = *m;
+    for (int i = 0; i < m->rank; i++) {
+        r.dim[i] = m->dim[perm[i]];
+        r.stride[i] = m->stride[perm[i]];
+        for (int c = 0; c < m->ncons; c++)
+            r.cons[c].coef[i] = m->cons[c].coef[perm[i]];
+    }
+    *m = r;
+}
+
 bool map_is_contig(const IdxMap *m) {
     if (m->ncons)
         return false;

@@ -11,9 +11,7 @@
 
 #include "graph.h"
 #include "loopir.h"
-
-unsigned dump_flags;
-FILE *dump_file;
+#include "lethe_abi.h"
 
 static const char usage[] =
     "usage: lethec IN.lth [-o OUT] [options]\n"
@@ -29,7 +27,7 @@ static const char usage[] =
     "  --cpu=NAME          target CPU (default: this machine's); e.g. x86-64-v3\n"
     "  --no-fast-math      no reassociation/contraction of float math\n"
     "  --f64               compute in f64 wherever the program says f32\n"
-    "  --name=SYMBOL       name of the program table (default lethe_program)\n"
+    "  --name=NAME         the program table is lethe_program_NAME (default: _main)\n"
     "  -I DIR              search DIR for imports (after the importing file's folder;\n"
     "                      then $LETHE_PATH, then the graphs/ folder of this install)\n"
     "  --check             parse and check only; write nothing\n"
@@ -88,7 +86,7 @@ static void parse_args(int argc, char **argv, Options *o) {
     static const unsigned dump_bits[] = {DUMP_AST, DUMP_SHAPES, DUMP_GRAD, DUMP_OPT, DUMP_FUSION, DUMP_MEMORY, DUMP_LOOPS, DUMP_IR};
     o->backend.opt_level = 3;
     o->backend.fast_math = true;
-    o->backend.program_symbol = "lethe_program";
+    o->backend.program_symbol = LETHE_PROGRAM_SYMBOL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -248,7 +246,7 @@ static int compile(Options *o) {
         if (!(o->emit & (1u << k)))
             continue;
         if (k == EMIT_HEADER)
-            emit_header(cu, output_path(o, EMIT_HEADER), o->backend.program_symbol);
+            emit_header(cu, progs, cu->entries.len, output_path(o, EMIT_HEADER), o->backend.program_symbol);
         else
             llvm_emit(cu, progs, cu->entries.len, (EmitKind)k, output_path(o, (EmitKind)k), &o->backend);
     }

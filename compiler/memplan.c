@@ -70,31 +70,52 @@ static ArgUse *arg_uses(const Fusion *f) {
 }
 
 /* Longest dependency chain below each kernel: a kernel can only depend on
- * kernels of a lower level, which prunes the searches below. */
-static int level_of(const Fusion *f, int k, int *level) {
-    if (level[k])
-        return level[k];
-    int l = 1;
-    const FKernel *x = f->kernels.data[k];
-    for (int i = 0; i < x->deps.len; i++) {
-        int d = level_of(f, x->deps.data[i], level) + 1;
-        l = d > l ? d : l;
+ * kernels of a lower level, which prunes the searches below. Iterative:
+ * chains of tens of thousands of kernels would overflow the C stack. */
+static void levels(const Fusion *f, int *level) {
+    VEC(int) stack = {0};
+    for (int r = 0; r < f->kernels.len; r++) {
+        if (level[r])
+            continue;
+        vec_push(&stack, r);
+        while (stack.len) {
+            int k = stack.data[stack.len - 1];
+            const FKernel *x = f->kernels.data[k];
+            int l = 1;
+            bool ready = true;
+            for (int i = 0; i < x->deps.len; i++) {
+                int d = x->deps.data[i];
+                if (!level[d]) {
+                    ready = false;
+                    vec_push(&stack, d);
+                } else if (level[d] + 1 > l) {
+                    l = level[d] + 1;
+                }
+            }
+            if (ready) {
+                level[k] = l;
+                stack.len--;
+            }
+        }
     }
-    return level[k] = l;
 }
 
 /* Does kernel `from` depend, transitively, on kernel `to`? (stamp/gen avoid
  * clearing the visited set per query) */
 static bool depends(const Fusion *f, int from, int to, const int *level, int *stamp, int gen) {
-    if (from == to)
-        return true;
-    if (level[from] <= level[to] || stamp[from] == gen)
-        return false;
-    stamp[from] = gen;
-    const FKernel *k = f->kernels.data[from];
-    for (int i = 0; i < k->deps.len; i++)
-        if (depends(f, k->deps.data[i], to, level, stamp, gen))
+    VEC(int) stack = {0};
+    vec_push(&stack, from);
+    while (stack.len) {
+        int k = stack.data[--stack.len];
+        if (k == to)
             return true;
+        if (level[k] <= level[to] || stamp[k] == gen)
+            continue;
+        stamp[k] = gen;
+        const FKernel *x = f->kernels.data[k];
+        for (int i = 0; i < x->deps.len; i++)
+            vec_push(&stack, x->deps.data[i]);
+    }
     return false;
 }
 
@@ -107,8 +128,7 @@ static void schedule(Fusion *f) {
     VEC(int) *blockers = xalloc(sizeof(*blockers) * ((size_t)n + 1));
     int *stamp = xalloc(sizeof(int) * ((size_t)n + 1));
     int *level = xalloc(sizeof(int) * ((size_t)n + 1));
-    for (int i = 0; i < n; i++)
-        level_of(f, i, level);
+    levels(f, level);
     int gen = 0;
     for (int a = 0; a < e->args.len; a++) {
         int w = u[a].writer;

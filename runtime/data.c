@@ -88,13 +88,14 @@ int ds_gunzip(const void *in, size_t n, size_t max_out, const char *name, uint8_
         return LETHE_OK;
     }
     /* First guess from the last member's ISIZE trailer (size mod 2^32),
-     * bounded by the limit and by deflate's maximum ratio (about 1032:1)
-     * so that a lying trailer cannot make us allocate much. */
+     * trusted only up to 64x the input (real data compresses far less), so
+     * a lying trailer cannot make us reserve much; the buffer grows by
+     * doubling when the guess is short. */
     size_t cap = 1 << 16;
     if (n >= 18) {
         uint32_t isize = (uint32_t)src[n - 4] | (uint32_t)src[n - 3] << 8 | (uint32_t)src[n - 2] << 16 |
                          (uint32_t)src[n - 1] << 24;
-        size_t bound = n > SIZE_MAX / 1040 ? SIZE_MAX : n * 1040;
+        size_t bound = n > SIZE_MAX / 64 ? SIZE_MAX : n * 64;
         if (isize > cap && isize <= bound)
             cap = isize;
     }

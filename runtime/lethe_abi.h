@@ -106,8 +106,9 @@ typedef struct lethe_ctx {
 } lethe_ctx;
 
 /* Symbol every generated object defines: `const lethe_program <name>;`.
- * The default name is lethe_program; `lethec --name=foo` makes it
- * lethe_program_foo so that several programs can be linked into one binary. */
-#define LETHE_PROGRAM_SYMBOL "lethe_program"
+ * The default name is lethe_program_main; `lethec --name=foo` makes it
+ * lethe_program_foo so that several programs can be linked into one binary.
+ * (Not plain `lethe_program`: C cannot declare a variable named like its type.) */
+#define LETHE_PROGRAM_SYMBOL "lethe_program_main"
 
 #endif

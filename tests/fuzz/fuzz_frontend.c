@@ -12,10 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "lethec.h"
-#ifdef LETHE_FUZZ_SEMA
 #include "graph.h"
-#endif
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -32,9 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         Program *prog = parse_file(file);
         if (null_out)
             ast_dump(prog, null_out);
-#ifdef LETHE_FUZZ_SEMA
         sema_program(prog, &(SemaOptions){0});
-#endif
     }
     diag_recover = outer;
     arena_reset();

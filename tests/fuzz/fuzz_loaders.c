@@ -5,8 +5,10 @@
  *   0                 IDX images + labels (ds_parse_idx); the next two bytes
  *                     (little-endian) say where the image part ends
  *   1                 CIFAR-10 binary records (ds_parse_cifar10)
- *   2                 safetensors (st_parse), then every tensor converted
- *   3                 JSON (json_parse), then the whole tree walked
+ *   2                 safetensors (st_parse), every tensor converted, and
+ *                     the file re-serialised and re-parsed: the same tensors
+ *   3                 JSON (json_parse), the tree walked, written back with
+ *                     the writer and parsed again: the same tree
  *   4                 gzip (ds_gunzip)
  *
  * The rest of the input is the file. Failures must leave a NUL-terminated,
@@ -65,6 +67,96 @@ static size_t walk(const json_value *v, int depth) {
             n += walk(&v->items[i], depth + 1);
         }
     return n;
+}
+
+/* Writes a parsed tree back with the writer, for the round-trip check. */
+static void rewrite(jw *w, const json_value *v) {
+    switch (v->type) {
+    case JSON_NULL: jw_null(w); break;
+    case JSON_BOOL: jw_bool(w, v->boolean); break;
+    case JSON_NUMBER:
+        if (v->is_int)
+            jw_int(w, v->i64);
+        else
+            jw_num(w, v->num);
+        break;
+    case JSON_STRING: jw_strn(w, v->str, v->len); break;
+    case JSON_ARRAY:
+        jw_arr_begin(w);
+        for (size_t i = 0; i < v->len; i++)
+            rewrite(w, &v->items[i]);
+        jw_arr_end(w);
+        break;
+    case JSON_OBJECT:
+        jw_obj_begin(w);
+        for (size_t i = 0; i < v->len; i++) {
+            /* jw_key takes C strings: keys with NUL bytes cannot be rewritten */
+            FUZZ_EXPECT(strlen(v->keys[i]) == v->key_lens[i]);
+            jw_key(w, v->keys[i]);
+            rewrite(w, &v->items[i]);
+        }
+        jw_obj_end(w);
+        break;
+    }
+}
+
+static int has_nul_key(const json_value *v) {
+    if (v->type == JSON_OBJECT)
+        for (size_t i = 0; i < v->len; i++)
+            if (strlen(v->keys[i]) != v->key_lens[i])
+                return 1;
+    if (v->type == JSON_ARRAY || v->type == JSON_OBJECT)
+        for (size_t i = 0; i < v->len; i++)
+            if (has_nul_key(&v->items[i]))
+                return 1;
+    return 0;
+}
+
+static void same_tree(const json_value *a, const json_value *b) {
+    FUZZ_EXPECT(a->type == b->type);
+    switch (a->type) {
+    case JSON_BOOL: FUZZ_EXPECT(a->boolean == b->boolean); break;
+    case JSON_NUMBER:
+        /* an integral double (0e1) is written as an integer (0): only the
+         * integer-ness of integer literals must survive */
+        FUZZ_EXPECT(a->num == b->num && (!a->is_int || (b->is_int && a->i64 == b->i64)));
+        break;
+    case JSON_STRING: FUZZ_EXPECT(a->len == b->len && !memcmp(a->str, b->str, a->len)); break;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        FUZZ_EXPECT(a->len == b->len);
+        for (size_t i = 0; i < a->len; i++) {
+            if (a->type == JSON_OBJECT)
+                FUZZ_EXPECT(a->key_lens[i] == b->key_lens[i] && !memcmp(a->keys[i], b->keys[i], a->key_lens[i]));
+            same_tree(&a->items[i], &b->items[i]);
+        }
+        break;
+    default: break;
+    }
+}
+
+/* parse -> serialize -> parse gives the same tensors and metadata */
+static void st_roundtrip(const st_file *f) {
+    uint8_t *buf;
+    size_t len;
+    char err[LETHE_ERR_LEN];
+    FUZZ_EXPECT(st_serialize(f->tensors, f->ntensors, f->meta, f->nmeta, &buf, &len, err) == 0);
+    st_file *g = NULL;
+    FUZZ_EXPECT(st_parse(buf, len, "again", &g, err) == 0);
+    FUZZ_EXPECT(g->ntensors == f->ntensors && g->nmeta == f->nmeta);
+    for (size_t i = 0; i < f->ntensors; i++) {
+        const st_tensor *a = &f->tensors[i], *b = &g->tensors[i];
+        FUZZ_EXPECT(!strcmp(a->name, b->name) && a->dtype == b->dtype && a->rank == b->rank &&
+                    a->nbytes == b->nbytes);
+        FUZZ_EXPECT(!memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->rank));
+        FUZZ_EXPECT(a->nbytes == 0 || !memcmp(a->data, b->data, a->nbytes));
+        /* our writer aligns every tensor to its element size */
+        FUZZ_EXPECT((size_t)((const uint8_t *)b->data - buf) % st_dtype_size(b->dtype) == 0);
+    }
+    for (size_t i = 0; i < f->nmeta; i++)
+        FUZZ_EXPECT(!strcmp(f->meta[i].value, st_meta_get(g, f->meta[i].key)));
+    st_free(g);
+    free(buf);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -138,6 +230,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         for (size_t i = 0; i < f->nmeta; i++)
             FUZZ_EXPECT(st_meta_get(f, f->meta[i].key) != NULL);
+        st_roundtrip(f);
         st_free(f);
         break;
     }
@@ -146,6 +239,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         int rc = json_parse((const char *)data, size, NULL, &d, err);
         if (rc == 0) {
             walk(json_doc_root(d), 0);
+            if (!has_nul_key(json_doc_root(d))) {
+                jw w;
+                jw_init(&w);
+                rewrite(&w, json_doc_root(d));
+                size_t len;
+                const char *text = jw_finish(&w, &len);
+                FUZZ_EXPECT(text != NULL);
+                json_doc *d2 = NULL;
+                FUZZ_EXPECT(json_parse(text, len, NULL, &d2, err) == 0);
+                same_tree(json_doc_root(d), json_doc_root(d2));
+                json_doc_free(d2);
+                jw_free(&w);
+            }
             json_doc_free(d);
         } else {
             check_error(rc, err);

@@ -22,6 +22,7 @@
 
 #include "harness.h"
 #include "philox.h"
+#include "threadpool.h"
 
 /* lethec's main.c defines these; the compiler library may refer to them */
 __attribute__((weak)) unsigned dump_flags;
@@ -118,6 +119,8 @@ typedef struct Mode {
 static Mode *M;
 
 static th_frame *F;           /* the call frame of the current case */
+static const char *VARIANT = "";  /* appended to check names */
+static double FLOOR_FRAC = 0.1;   /* errors relative to max(|ref|, FLOOR_FRAC max|ref|) */
 static const char *CASE;      /* its entry name */
 static uint64_t next_seed = 1;
 
@@ -185,7 +188,7 @@ static void put(const char *name, const double *v) {
 /* The name of the current check: ops.<entry>.<f32|f64> */
 static const char *cname(void) {
     static char buf[128];
-    snprintf(buf, sizeof buf, "ops.%s.%s", CASE, M->tag);
+    snprintf(buf, sizeof buf, "ops.%s.%s%s", CASE, M->tag, VARIANT);
     return buf;
 }
 
@@ -223,14 +226,15 @@ static bool call_ctx(lethe_ctx *ctx) {
 }
 static bool call(void) { return call_ctx(NULL); }
 
-/* worst relative-ish error: |got - ref| / max(|ref|, 0.1 max|ref|); equal
+/* worst relative-ish error: |got - ref| / max(|ref|, 0.1 max|ref|) (pure
+ * relative error when FLOOR_FRAC is 0); equal
  * infinities and NaNs match */
 static double rel_err(const double *got, const double *ref, int64_t n, int64_t *at) {
     double mx = 0;
     for (int64_t i = 0; i < n; i++)
         if (isfinite(ref[i]) && fabs(ref[i]) > mx)
             mx = fabs(ref[i]);
-    double floor = mx > 0 ? 0.1 * mx : 1;
+    double floor = mx > 0 ? (FLOOR_FRAC > 0 ? FLOOR_FRAC * mx : 1e-300) : 1;
     double worst = 0;
     *at = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -476,53 +480,54 @@ static double *ref_reduce(const double *x, Sh s, unsigned mask, int kind, int64_
         if (mask >> d & 1)
             o.d[d] = 1;
     int64_t no = sh_n(o), n = sh_n(s), ix[8];
-    double *out = D(no);
+    double *out = D(no), *sum = D(no), *mx = D(no), *mn = D(no), *se = D(no), *sq = D(no), *ss = D(no);
+    int64_t *dst = S(sizeof(int64_t) * (size_t)n), *cnt = S(sizeof(int64_t) * (size_t)no);
+    for (int64_t k = 0; k < no; k++)
+        mx[k] = -INFINITY, mn[k] = INFINITY;
+    for (int64_t i = 0; i < n; i++) {   /* the output each element belongs to */
+        unravel(s, i, ix);
+        for (int d = 0; d < s.r; d++)
+            if (mask >> d & 1)
+                ix[d] = 0;
+        int64_t k = dst[i] = ravel(o, ix);
+        cnt[k]++;
+        sum[k] += x[i];
+        mx[k] = fmax(mx[k], x[i]);
+        mn[k] = fmin(mn[k], x[i]);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = dst[i];
+        double mean = sum[k] / (double)cnt[k];
+        se[k] += exp(x[i] - mx[k]);
+        sq[k] += (x[i] - mean) * (x[i] - mean);
+        ss[k] += x[i] * x[i];
+    }
     for (int64_t k = 0; k < no; k++) {
-        /* the members of output k */
-        int cnt = 0;
-        double acc = 0, mx = -INFINITY, mn = INFINITY, mean = 0;
-        for (int64_t i = 0; i < n; i++) {
-            unravel(s, i, ix);
-            for (int d = 0; d < s.r; d++)
-                if (mask >> d & 1)
-                    ix[d] = 0;
-            if (ravel(o, ix) != k)
-                continue;
-            cnt++;
-            acc += x[i];
-            mx = fmax(mx, x[i]);
-            mn = fmin(mn, x[i]);
-        }
-        mean = acc / cnt;
-        double v = 0;
         switch (kind) {
-        case R_SUM: v = acc; break;
-        case R_MEAN: v = mean; break;
-        case R_MAX: v = mx; break;
-        case R_MIN: v = mn; break;
-        default: {
-            double se = 0, sq = 0, ss = 0;
-            for (int64_t i = 0; i < n; i++) {
-                unravel(s, i, ix);
-                for (int d = 0; d < s.r; d++)
-                    if (mask >> d & 1)
-                        ix[d] = 0;
-                if (ravel(o, ix) != k)
-                    continue;
-                se += exp(x[i] - mx);
-                sq += (x[i] - mean) * (x[i] - mean);
-                ss += x[i] * x[i];
-            }
-            v = kind == R_LSE ? mx + log(se) : kind == R_VAR ? sq / cnt : sqrt(ss);
+        case R_SUM: out[k] = sum[k]; break;
+        case R_MEAN: out[k] = sum[k] / (double)cnt[k]; break;
+        case R_MAX: out[k] = mx[k]; break;
+        case R_MIN: out[k] = mn[k]; break;
+        case R_LSE: out[k] = mx[k] + log(se[k]); break;
+        case R_VAR: out[k] = sq[k] / (double)cnt[k]; break;
+        default: out[k] = sqrt(ss[k]); break;
         }
-        }
-        out[k] = v;
     }
     *nout = no;
     return out;
 }
 
 static void test_reductions(void) {
+    /* unordered axes, no keep: sum(x, axis = [2, 0]), max(x, axis = [-1, 0]) */
+    for (int k = 0; k < 2; k++) {
+        if (!begin(k ? "max_e" : "sum_e"))
+            continue;
+        fill("x", -2, 2);
+        if (!call())
+            continue;
+        int64_t no;
+        expect(ref_reduce(get("x"), sh(3, 3, 4, 5), 5, k ? R_MAX : R_SUM, &no), M->tol, sh(1, 4));
+    }
     static const char *ops[] = {"sum", "mean", "max", "min", "lse", "var", "norm"};
     for (int k = 0; k < 7; k++) {
         static const struct {
@@ -956,9 +961,9 @@ static void test_pool(void) {
     } cs[] = {
         {"maxpool_k2", 2, 2, 0, 1, -1, 1},      {"maxpool_k3p1", 3, 2, 1, 1, -1, 1}, {"maxpool_k3p1_neg", 3, 2, 1, 1, -2, -0.1},
         {"maxpool_k3s1", 3, 1, 0, 1, -1, 1},    {"avgpool_k2", 2, 2, 0, 0, -1, 1},   {"avgpool_k3p1", 3, 2, 1, 0, -1, 1},
-        {"avgpool_k2s1", 2, 1, 0, 0, -1, 1},
+        {"avgpool_k2s1", 2, 1, 0, 0, -1, 1},    {"maxpool_odd", 2, 2, 0, 1, -1, 1},  {"avgpool_odd", 2, 2, 0, 0, -1, 1},
     };
-    for (int c = 0; c < 7; c++) {
+    for (int c = 0; c < 9; c++) {
         if (!begin(cs[c].name))
             continue;
         fill("x", cs[c].lo, cs[c].hi);
@@ -997,8 +1002,9 @@ static void test_batchnorm(void) {
         double momentum, eps;
     } cs[] = {
         {"bn_train", 1, 0.1, 1e-5}, {"bn_train_mom", 1, 0.25, 1e-3}, {"bn_eval", 0, 0.1, 1e-5}, {"bn_eval2", 0, 0.1, 1e-3},
+        {"bn_train_3d", 1, 0.1, 1e-5},
     };
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < 5; c++) {
         if (!begin(cs[c].name))
             continue;
         const char *xn = cs[c].train ? "batch.x" : "x", *yn = cs[c].train ? "y" : "out";
@@ -1041,6 +1047,89 @@ static void test_batchnorm(void) {
             check_arg("m.var", nv, M->tol, sh(1, (int)C));
         }
         end_case();
+    }
+}
+
+/* per-channel batch statistics of x [N, C, R] (population variance) */
+static void bn_stats(const double *x, int64_t N, int64_t C, int64_t R, double *mu, double *var) {
+    for (int64_t c = 0; c < C; c++) {
+        double s = 0, q = 0;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t r = 0; r < R; r++)
+                s += x[(n * C + c) * R + r];
+        mu[c] = s / (double)(N * R);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t r = 0; r < R; r++)
+                q += (x[(n * C + c) * R + r] - mu[c]) * (x[(n * C + c) * R + r] - mu[c]);
+        var[c] = q / (double)(N * R);
+    }
+}
+
+/* batch norm inside rules: grad through batch statistics + parameter writes
+ * + report (running statistics updated once), and chained updates of two
+ * train-mode calls next to an eval call */
+static void test_bn_rules(void) {
+    const double eps = 1e-5;
+    if (begin("bn_sgd_a")) {
+        fill("batch.x", -2, 3);
+        fill("m.gamma", 0.5, 1.5);
+        fill("m.mean", -0.5, 0.5);
+        fill("m.var", 0.5, 2);
+        double *x = get("batch.x"), *g = get("m.gamma"), *b = get("m.beta"), *rm = get("m.mean"), *rv = get("m.var");
+        if (call()) {
+            const int64_t N = 4, C = 3, R = 6;
+            double mu[3], var[3], *y = D(N * C * R), ng[3], nb[3], nm[3], nv[3];
+            bn_stats(x, N, C, R, mu, var);
+            for (int64_t c = 0; c < C; c++) {
+                double dg = 0, db = 0;
+                for (int64_t n = 0; n < N; n++)
+                    for (int64_t r = 0; r < R; r++) {
+                        int64_t i = (n * C + c) * R + r;
+                        double xh = (x[i] - mu[c]) / sqrt(var[c] + eps);
+                        y[i] = xh * g[c] + b[c];
+                        dg += 2 * y[i] * xh;
+                        db += 2 * y[i];
+                    }
+                ng[c] = g[c] - 0.1 * dg;
+                nb[c] = b[c] - 0.1 * db;
+                nm[c] = 0.9 * rm[c] + 0.1 * mu[c];
+                nv[c] = 0.9 * rv[c] + 0.1 * var[c] * (double)(N * R) / (double)(N * R - 1);
+            }
+            check_arg("y", y, M->tol, sh(4, 4, 3, 2, 3));
+            check_arg("m.gamma", ng, M->tol, sh(1, 3));
+            check_arg("m.beta", nb, M->tol, sh(1, 3));
+            check_arg("m.mean", nm, M->tol, sh(1, 3));
+            check_arg("m.var", nv, M->tol, sh(1, 3));
+            end_case();
+        }
+    }
+    if (begin("bn_chain_a")) {   /* y = bn(a) + 2 bn(b) + 3 eval bn(a); momentum 0.2 */
+        fill("a.x", -2, 3);
+        fill("b.x", -1, 4);
+        fill("m.gamma", 0.5, 1.5);
+        fill("m.mean", -0.5, 0.5);
+        fill("m.var", 0.5, 2);
+        double *a = get("a.x"), *bx = get("b.x"), *g = get("m.gamma"), *be = get("m.beta"), *rm = get("m.mean"), *rv = get("m.var");
+        if (call()) {
+            const int64_t N = 4, C = 3, R = 5, n = N * R;
+            double mua[3], vara[3], mub[3], varb[3], *y = D(N * C * R), nm[3], nv[3];
+            bn_stats(a, N, C, R, mua, vara);
+            bn_stats(bx, N, C, R, mub, varb);
+            for (int64_t c = 0; c < C; c++) {
+                for (int64_t k = 0; k < N; k++)
+                    for (int64_t r = 0; r < R; r++) {
+                        int64_t i = (k * C + c) * R + r;
+                        y[i] = (a[i] - mua[c]) / sqrt(vara[c] + eps) * g[c] + be[c] + 2 * ((bx[i] - mub[c]) / sqrt(varb[c] + eps) * g[c] + be[c]) +
+                               3 * ((a[i] - rm[c]) / sqrt(rv[c] + eps) * g[c] + be[c]);
+                    }
+                nm[c] = 0.8 * (0.8 * rm[c] + 0.2 * mua[c]) + 0.2 * mub[c];
+                nv[c] = 0.8 * (0.8 * rv[c] + 0.2 * vara[c] * n / (n - 1)) + 0.2 * varb[c] * n / (n - 1);
+            }
+            check_arg("y", y, M->tol, sh(3, 4, 3, 5));
+            check_arg("m.mean", nm, M->tol, sh(1, 3));
+            check_arg("m.var", nv, M->tol, sh(1, 3));
+            end_case();
+        }
     }
 }
 
@@ -1352,6 +1441,222 @@ static void test_random(void) {
 }
 
 /* ---------------------------------------------------------------------------
+ * edge cases: dtypes, views feeding reductions, hard numerics */
+
+static bool out_dtype_is(int dtype) {
+    const lethe_arg *a = argd("out");
+    if (a && a->dtype == dtype)
+        return true;
+    th_fail(cname(), "the result has dtype %d, expected %d", a ? a->dtype : -1, dtype);
+    end_case();
+    return false;
+}
+
+static void test_edge(void) {
+    int fdt = M->f64 ? LETHE_F64 : LETHE_F32;
+    if (begin("edge_promote")) {   /* i32 + f32 -> f32 */
+        fill("a", -5, 5);
+        if (call() && out_dtype_is(fdt)) {
+            double *a = get("a"), *b = get("b"), *ref = D(24);
+            for (int i = 0; i < 24; i++)
+                ref[i] = a[i] + 2 * b[i];
+            expect(ref, M->tol, sh(2, 4, 6));
+        }
+    }
+    if (begin("edge_cast64") && call() && out_dtype_is(LETHE_F64)) {   /* computed in f64 even in an f32 program */
+        double *x = get("x"), *ref = D(24);
+        for (int i = 0; i < 24; i++)
+            ref[i] = x[i] * 2 + 1;
+        expect(ref, 1e-15, sh(2, 4, 6));
+    }
+    if (begin("edge_bool") && call() && out_dtype_is(LETHE_BOOL)) {   /* bool(i32(x * 3)) && !bool(x > 0.5) */
+        double *x = get("x"), *ref = D(24);
+        for (int i = 0; i < 24; i++) {
+            double v = x[i] * 3;
+            if (!M->f64)
+                v = (float)v;
+            ref[i] = trunc(v) != 0 && !(x[i] > 0.5);
+        }
+        expect(ref, 0, sh(2, 4, 6));
+    }
+    if (begin("edge_isum")) {   /* sum(a, axis = 1) + max(a, axis = 1) * 100 - min(a), all i32 */
+        fill("a", -20, 20);
+        if (call() && out_dtype_is(LETHE_I32)) {
+            double *a = get("a"), *ref = D(4), mn = INFINITY;
+            for (int i = 0; i < 24; i++)
+                mn = fmin(mn, a[i]);
+            for (int r = 0; r < 4; r++) {
+                double s = 0, mx = -INFINITY;
+                for (int c = 0; c < 6; c++)
+                    s += a[r * 6 + c], mx = fmax(mx, a[r * 6 + c]);
+                ref[r] = s + mx * 100 - mn;
+            }
+            expect(ref, 0, sh(1, 4));
+        }
+    }
+    if (begin("edge_ineg")) {
+        fill("a", -20, 20);
+        if (call() && out_dtype_is(LETHE_I32)) {
+            double *a = get("a"), *ref = D(24);
+            for (int i = 0; i < 24; i++)
+                ref[i] = -a[i] + fabs(a[i]) * 2;
+            expect(ref, 0, sh(2, 4, 6));
+        }
+    }
+    if (begin("edge_where_lit") && call()) {
+        double *x = get("x"), *ref = D(24);
+        for (int i = 0; i < 24; i++)
+            ref[i] = x[i] > 0 ? x[i] : 0.5;
+        expect(ref, M->tol, sh(2, 4, 6));
+    }
+    if (begin("view_red") && call()) {   /* sum(transpose(x)[1:, ::2, :], axis = 0): out[j,k] = sum_{i=1,2} x[i,k,2j] */
+        double *x = get("x"), *ref = D(12);
+        for (int j = 0; j < 3; j++)
+            for (int k = 0; k < 4; k++)
+                ref[j * 4 + k] = x[(1 * 4 + k) * 5 + 2 * j] + x[(2 * 4 + k) * 5 + 2 * j];
+        expect(ref, M->tol, sh(2, 3, 4));
+    }
+    if (begin("bcast_slice") && call()) {   /* broadcast(x, [4, 3, 5])[1:3, :, ::2] * 2 */
+        double *x = get("x"), *ref = D(18);
+        for (int a = 0; a < 2; a++)
+            for (int b = 0; b < 3; b++)
+                for (int c = 0; c < 3; c++)
+                    ref[(a * 3 + b) * 3 + c] = 2 * x[b * 5 + 2 * c];
+        expect(ref, M->tol, sh(3, 2, 3, 3));
+    }
+    /* exp and log over wide ranges, pure relative error */
+    FLOOR_FRAC = 0;
+    if (begin("exp_wide")) {
+        fill("x", -80, 80);
+        if (call()) {
+            double *x = get("x"), *ref = D(400);
+            for (int i = 0; i < 400; i++)
+                ref[i] = exp(x[i]);
+            expect(ref, M->tol_tr, sh(2, 8, 50));
+        }
+    }
+    if (begin("log_wide")) {
+        fill("x", -60, 60);
+        double *u = get("x");
+        for (int i = 0; i < 400; i++)
+            u[i] = exp(u[i]);
+        put("x", u);
+        if (call()) {
+            double *x = get("x"), *ref = D(400);
+            for (int i = 0; i < 400; i++)
+                ref[i] = log(x[i]);
+            expect(ref, M->tol_tr, sh(2, 8, 50));
+        }
+    }
+    FLOOR_FRAC = 0.1;
+    /* large logits: the max must be subtracted first */
+    static const struct {
+        const char *name;
+        double lo, hi;
+    } lg[] = {{"lse_big", 80, 120}, {"lse_neg", -120, -80}};
+    for (int c = 0; c < 2; c++) {
+        if (!begin(lg[c].name))
+            continue;
+        fill("x", lg[c].lo, lg[c].hi);
+        if (!call())
+            continue;
+        int64_t no;
+        expect(ref_reduce(get("x"), sh(2, 6, 50), 2, R_LSE, &no), M->tol, sh(1, 6));
+    }
+    if (begin("softmax_big")) {
+        fill("x", 80, 120);
+        if (call())
+            expect(ref_softmax(get("x"), sh(2, 6, 50), 1, false), M->tol, sh(2, 6, 50));
+    }
+    if (begin("log_softmax_big")) {
+        fill("x", -100, 100);
+        if (call())
+            expect(ref_softmax(get("x"), sh(2, 50, 6), 0, true), M->tol, sh(2, 50, 6));
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * big tensors: serial, in reordered chunks, on a thread pool */
+
+static int64_t chunked_calls;
+
+/* a parallel_for that runs [0, n) as up to 97 chunks of >= grain iterations,
+ * last chunk first, on the calling thread */
+static void chunked_for(lethe_ctx *ctx, lethe_task_fn fn, void *closure, int64_t n, int64_t grain) {
+    (void)ctx;
+    chunked_calls++;
+    int64_t chunk = grain > 0 ? grain : 1;
+    if ((n + chunk - 1) / chunk > 97)
+        chunk = (n + 96) / 97;
+    for (int64_t c = (n + chunk - 1) / chunk - 1; c >= 0; c--)
+        fn(closure, c * chunk, (c + 1) * chunk < n ? (c + 1) * chunk : n);
+}
+
+static double r_bigelem(double x) { return r_gelu(x) * r_sigmoid(x) + exp(-x * x); }
+
+static void test_big(void) {
+    static const char *cs[] = {"big_elem_a", "big_sum1_a", "big_max0_a", "big_softmax_a", "big_mm_a", "big_conv_a"};
+    lethe_pool *pool = lethe_pool_new(2);
+    for (int c = 0; c < 6; c++) {
+        for (int mode = 0; mode < 3; mode++) {
+            VARIANT = mode == 0 ? ".serial" : mode == 1 ? ".chunked" : ".pool2";
+            if (!begin(cs[c]))
+                break;
+            lethe_ctx ctx = {0};
+            if (mode == 1)
+                ctx.parallel_for = chunked_for;
+            if (mode == 2) {
+                if (!pool) {
+                    th_skip(cname(), "lethe_pool_new failed");
+                    end_case();
+                    continue;
+                }
+                lethe_ctx_init(&ctx, pool, 0);
+            }
+            chunked_calls = 0;
+            if (!call_ctx(&ctx))
+                continue;
+            double *ref;
+            Sh want;
+            if (c == 0) {
+                double *x = get("x");
+                ref = D(256 * 200);
+                for (int i = 0; i < 256 * 200; i++)
+                    ref[i] = r_bigelem(x[i]);
+                want = sh(2, 256, 200);
+            } else if (c == 1) {
+                int64_t no;
+                ref = ref_reduce(get("x"), sh(2, 300, 200), 2, R_SUM, &no);
+                want = sh(1, 300);
+            } else if (c == 2) {
+                int64_t no;
+                double *x = get("x"), *a = ref_reduce(x, sh(2, 300, 200), 1, R_MAX, &no), *b = ref_reduce(x, sh(2, 300, 200), 1, R_SUM, &no);
+                ref = D(200);
+                for (int i = 0; i < 200; i++)
+                    ref[i] = a[i] + b[i];
+                want = sh(1, 200);
+            } else if (c == 3) {
+                ref = ref_softmax(get("x"), sh(2, 200, 300), 1, false);
+                want = sh(2, 200, 300);
+            } else if (c == 4) {
+                ref = ref_matmul(get("a"), sh(2, 96, 80), get("b"), sh(2, 80, 112), &want);
+            } else {
+                Conv k = conv_dims(arg_shape("x"), arg_shape("w"), 1, 1);
+                ref = ref_conv(get("x"), get("w"), k);
+                for (int64_t i = 0; i < k.N * k.O * k.OH * k.OW; i++)
+                    ref[i] = fmax(ref[i], 0);
+                want = sh(4, (int)k.N, (int)k.O, (int)k.OH, (int)k.OW);
+            }
+            if (mode == 1)
+                printf("# %s: %lld parallel loops\n", cname(), (long long)chunked_calls);
+            expect(ref, M->tol, want);
+        }
+    }
+    VARIANT = "";
+    lethe_pool_free(pool);
+}
+
+/* ---------------------------------------------------------------------------
  * driver */
 
 static void run_mode(Mode *m, const char *flags) {
@@ -1376,9 +1681,12 @@ static void run_mode(Mode *m, const char *flags) {
     test_conv();
     test_pool();
     test_batchnorm();
+    test_bn_rules();
     test_layernorm();
     test_softmax();
     test_random();
+    test_edge();
+    test_big();
 }
 
 int main(void) {
