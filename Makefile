@@ -99,10 +99,17 @@ $(B)/fuzz/fuzz_frontend: tests/fuzz/fuzz_frontend.c $(COMPILER_LIB_SRC) $(B)/gen
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(LLVM_CFLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar \
 	    -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
-# new inputs go to the build folder; the committed corpus is only read
-fuzz: $(B)/fuzz/fuzz_frontend
-	@mkdir -p $(B)/fuzz/corpus
-	$< -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 -close_fd_mask=2 $(B)/fuzz/corpus tests/fuzz/corpus
+# libFuzzer harness over the data, checkpoint and JSON loaders
+$(B)/fuzz/fuzz_loaders: tests/fuzz/fuzz_loaders.c runtime/check.c runtime/data.c runtime/fsutil.c runtime/json.c runtime/safetensors.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime -o $@ $^ -lz -lm
+
+# new inputs go to the build folder; the committed corpora are only read
+fuzz: $(B)/fuzz/fuzz_frontend $(B)/fuzz/fuzz_loaders
+	@mkdir -p $(B)/fuzz/corpus $(B)/fuzz/corpus_loaders
+	$(B)/fuzz/fuzz_frontend -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 -close_fd_mask=2 $(B)/fuzz/corpus tests/fuzz/corpus
+	$(B)/fuzz/fuzz_loaders -max_total_time=$${FUZZ_SECONDS:-60} -close_fd_mask=2 -dict=tests/fuzz/loaders.dict \
+	    $(B)/fuzz/corpus_loaders tests/fuzz/corpus_loaders
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -314,14 +314,9 @@ static Node *make_const(Node *x, const double *p, uint64_t stream, Loc loc) {
 }
 
 static Node *make_rand(Node *x, const double *p, uint64_t stream, Loc loc) {
-    /* p = {kind (0 normal, 1 uniform), a, b}: normal std a mean b; uniform lo a hi b */
-    Graph *g = cur->g;
+    /* p[0]: 0 standard normal, 1 uniform on (0, 1) */
     DType dt = is_float(x->dtype) ? x->dtype : promote_dtype(DT_F32);
-    bool normal = p[0] == 0;
-    Node *r = g_rand(g, normal ? OP_RAND_NORMAL : OP_RAND_UNIFORM, dt, x->shape, stream, loc);
-    Node *scale = g_scalar(g, normal ? p[1] : p[2] - p[1], dt, loc);
-    Node *shift = g_scalar(g, normal ? p[2] : p[1], dt, loc);
-    return g_binary(g, OP_ADD, g_binary(g, OP_MUL, r, scale, loc), shift, loc);
+    return g_rand(cur->g, p[0] == 0 ? OP_RAND_NORMAL : OP_RAND_UNIFORM, dt, x->shape, stream, loc);
 }
 
 static uint64_t call_site_stream(Loc loc) {
@@ -902,18 +897,26 @@ Value builtin_call(int id, Value *pos, int npos, const char **kwnames, Value *kw
     }
     case B_NORMAL_LIKE:
     case B_UNIFORM_LIKE: {
+        /* unit noise per leaf, then scaled: the bounds may be runtime scalars */
         G(loc, table[id].name);
-        double p[3];
-        if (id == B_NORMAL_LIKE) {
-            p[0] = 0;
-            p[1] = num_arg(given[1] ? &a[1] : NULL, 1, loc, "std");
-            p[2] = num_arg(given[2] ? &a[2] : NULL, 0, loc, "mean");
-        } else {
-            p[0] = 1;
-            p[1] = num_arg(given[1] ? &a[1] : NULL, 0, loc, "lo");
-            p[2] = num_arg(given[2] ? &a[2] : NULL, 1, loc, "hi");
+        double kind[1] = {id == B_UNIFORM_LIKE};
+        Value r = like(a[0], loc, make_rand, kind, call_site_stream(loc));
+        Value lo_or_mean = given[2] ? a[2] : v_float(0, loc);
+        Value scale = given[1] ? a[1] : v_float(id == B_NORMAL_LIKE ? 1 : 0, loc);
+        if (id == B_UNIFORM_LIKE) {   /* lo + (hi - lo) * u */
+            Value lo = given[1] ? a[1] : v_float(0, loc), hi = given[2] ? a[2] : v_float(1, loc);
+            lo_or_mean = lo;
+            scale = is_scalar_value(&lo) && is_scalar_value(&hi)
+                        ? v_float(value_as_double(&hi, loc, "hi") - value_as_double(&lo, loc, "lo"), loc)
+                        : tree_map2(OP_SUB, hi, lo, loc);
         }
-        return like(a[0], loc, make_rand, p, call_site_stream(loc));
+        bool unit_scale = is_scalar_value(&scale) && value_as_double(&scale, loc, "std") == 1;
+        bool zero_shift = is_scalar_value(&lo_or_mean) && value_as_double(&lo_or_mean, loc, "mean") == 0;
+        if (!unit_scale)
+            r = tree_map2(OP_MUL, r, scale, loc);
+        if (!zero_shift)
+            r = tree_map2(OP_ADD, r, lo_or_mean, loc);
+        return r;
     }
     case B_GRAD: return grad_builtin(a[0], a[1], loc);
     case B_LAST:

@@ -215,6 +215,8 @@ typedef struct SemaOptions {
     bool promote_f64;            /* --f64: every f32 becomes f64 (gradient checks) */
     const char **include_dirs;   /* -I, searched after the importing file's folder */
     int ninclude;
+    const char *experiment;      /* --experiment: which one to instantiate (NULL: the only one) */
+    bool print_deps;             /* --deps: print every file read, one per line, to stdout */
 } SemaOptions;
 CompUnit *sema_program(Program *p, const SemaOptions *opt);
 

@@ -31,6 +31,8 @@ static const char usage[] =
     "  -I DIR              search DIR for imports (after the importing file's folder;\n"
     "                      then $LETHE_PATH, then the graphs/ folder of this install)\n"
     "  --check             parse and check only; write nothing\n"
+    "  --deps              check, and print every source file read (for build caches)\n"
+    "  --experiment=NAME   instantiate this experiment (when the file has several)\n"
     "  -d STAGES           dump stages to stderr: ast,shapes,grad,opt,fusion,memory,loops,ir\n"
     "  --dump-to=FILE      write dumps to FILE instead of stderr\n"
     "  --help, --version\n";
@@ -123,6 +125,11 @@ static void parse_args(int argc, char **argv, Options *o) {
             vec_push(&o->includes, dir);
         } else if (!strcmp(a, "--check")) {
             o->check_only = true;
+        } else if (!strcmp(a, "--deps")) {
+            o->check_only = true;
+            o->sema.print_deps = true;
+        } else if (!strncmp(a, "--experiment=", 13)) {
+            o->sema.experiment = a + 13;
         } else if (!strcmp(a, "-d")) {
             if (++i == argc)
                 usage_error("%s needs a list of stages", "-d");

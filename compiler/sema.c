@@ -9,6 +9,7 @@
  */
 #include <ctype.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -226,6 +227,8 @@ static void load_import(const Decl *d, int depth) {
         error_at(d->loc, "imports nested more than 32 deep");
     vec_push(&loaded, ((Loaded){canon, false}));
     int slot = loaded.len - 1;
+    if (options->print_deps)
+        printf("%s\n", found);
     SrcFile *f = srcfile_read(found);
     if (!f)
         error_at(d->loc, "cannot read \"%s\"", found);
@@ -259,10 +262,12 @@ static void load_program(const Program *p, int depth) {
 /* ---------------------------------------------------------------------------
  * names */
 
+static Value refresh(Value v);
+
 static Value lookup_name(Env *env, const char *name, Loc loc) {
     Value v;
     if (env_lookup(env, name, &v))
-        return v;
+        return cur ? refresh(v) : v;
     if (env->self)   /* inside a module: its params, buffers, subs, lets and fns */
         for (int i = 0; i < env->self->members.len; i++)
             if (env->self->members.data[i].name && !strcmp(env->self->members.data[i].name, name)) {
@@ -1009,8 +1014,6 @@ static Entry *new_entry(const char *name, const char *kind, Loc loc, Trace *t) {
 /* ---------------------------------------------------------------------------
  * rule state */
 
-typedef VEC(char) CharVec;
-
 typedef struct StateSlot {
     const char *name;
     int arg;
@@ -1019,10 +1022,35 @@ typedef struct StateSlot {
 } StateSlot;
 static VEC(StateSlot) state_slots;
 
+/* The current value of a state slot: its last write in this step, or the
+ * value it had when the step began. */
 static Value state_read(int slot, Loc loc) {
-    Value v = v_tensor(entry_input(state_slots.data[slot].arg, loc));
+    StateSlot *s = &state_slots.data[slot];
+    Value v = v_tensor(s->pending ? s->pending : entry_input(s->arg, loc));
     v.state_slot = slot + 1;
     return v;
+}
+
+/* Names bound to state or model leaves are references: reading one after a
+ * write (`v <- ...`) sees the new value, so rules read like imperative code. */
+static Value refresh(Value v) {
+    if (v.kind == V_TENSOR) {
+        Loc loc = v.loc;
+        if (v.state_slot)
+            v = state_read(v.state_slot - 1, loc);
+        else if (v.leaf_model)
+            v = model_leaf_read(v.leaf_model, v.leaf, loc);
+        v.loc = loc;
+        return v;
+    }
+    if (v.kind != V_TREE)
+        return v;
+    Value r = v_tree_new(v.tree->n, v.tree->is_list, v.loc);
+    for (int i = 0; i < v.tree->n; i++) {
+        r.tree->names[i] = v.tree->names[i];
+        r.tree->vals[i] = refresh(v.tree->vals[i]);
+    }
+    return r;
 }
 
 static Value declare_state(const char *name, Value init, Loc loc) {
@@ -1072,6 +1100,9 @@ static void assign(Value target, Value value, Loc loc, const Expr *texpr) {
         }
         return;
     }
+    if (target.kind == V_TENSOR && !target.state_slot && !target.leaf_model && target.node->op == OP_INPUT)
+        error_at(texpr->loc, "'%s' is an input of the step; only state can be written (a model's params or buffers, or a "
+                             "rule's `state`)", target.node->name ? target.node->name : "this");
     if (target.kind != V_TENSOR || (!target.state_slot && !target.leaf_model)) {
         error_at(texpr->loc, "only state can be written: a model's params or buffers, or a rule's `state`%s",
                  target.kind == V_TENSOR ? " (this is a computed value)" : "");
@@ -1081,10 +1112,6 @@ static void assign(Value target, Value value, Loc loc, const Expr *texpr) {
     Node *v = value_as_node(value, loc, "the assigned value");
     if (target.state_slot) {
         StateSlot *s = &state_slots.data[target.state_slot - 1];
-        if (s->pending) {
-            diag_note(s->wloc, "first written here");
-            error_at(loc, "state '%s' is written twice in one step", s->name);
-        }
         EntryArg *a = &cur->e->args.data[s->arg];
         s->pending = conform(v, a->dtype, a->shape, xfmt("state '%s'", s->name), loc);
         s->wloc = loc;
@@ -1374,50 +1401,33 @@ static void add_state_init(const char *name, const Decl *d, Value *vals, bool *g
     cur = NULL;
 }
 
-static void trace_export(const Decl *x) {
-    const Expr *call = x->value;
-    if (call->kind != EX_CALL || call->a->kind != EX_NAME)
-        error_at(call->loc, "an export instantiates a fn, rule or objective: export %s = name(arguments)", x->name);
-    const Decl *d = global_decl(call->a->sval);
-    if (!d) {
-        if (builtin_lookup(call->a->sval))
-            error_at(call->a->loc, "'%s' is a builtin; export a fn that calls it", call->a->sval);
-        error_at(call->a->loc, "unknown name '%s'", call->a->sval);
-    }
-    if (d->kind != D_FN && d->kind != D_RULE && d->kind != D_OBJECTIVE)
-        error_at(call->a->loc, "'%s' is a %s; only a fn, rule or objective can be exported", d->name,
-                 d->kind == D_MODULE ? "module" : "declaration");
-    cur = NULL;
-    ValueVec pos = {0};
-    NameVec kwn = {0};
-    ValueVec kwv = {0};
-    eval_args(global_env, call->args, call->nargs, &pos, &kwn, &kwv);
-
+/* Instantiate fn, rule or objective `d` as the entry `name`, with arguments
+ * already evaluated (modules, types, data records, numbers), plus the
+ * init_model / init_state entries asked for in `extras`. */
+void sema_instantiate(const char *name, const Decl *d, Value *pos, int npos, const char **kwn, Value *kwv, int nkw,
+                      Loc loc, unsigned extras) {
     const Param *params = d->kind == D_FN ? d->fn->params : d->params;
     int nparams = d->kind == D_FN ? d->fn->nparams : d->nparams;
     const char *what = xfmt("%s '%s'", d->kind == D_FN ? "fn" : d->kind == D_RULE ? "rule" : "objective", d->name);
-    Bound b = bind_args(what, params, nparams, pos.data, pos.len, kwn.data, kwv.data, kwn.len, call->loc);
+    Bound b = bind_args(what, params, nparams, pos, npos, kwn, kwv, nkw, loc);
     for (int i = 0; i < nparams; i++)
         if (!b.given[i]) {
             if (!params[i].deflt)
-                missing_arg(what, &params[i], call->loc);
+                missing_arg(what, &params[i], loc);
             b.vals[i] = eval(global_env, params[i].deflt);
             b.locs[i] = params[i].deflt->loc;
         }
 
     Trace t;
     const char *kind = d->kind == D_FN ? "fn" : d->kind == D_RULE ? "rule" : "objective";
-    Entry *e = new_entry(x->name, kind, x->loc, &t);
+    Entry *e = new_entry(name, kind, loc, &t);
     t.in_rule = d->kind != D_FN;
     state_slots.len = 0;
     const char *over = d->kind == D_OBJECTIVE ? over_name(d) : NULL;
     Env *env = env_new(global_env);
     Env *dims = env_new(env);
-    Value *bound = xalloc(sizeof(Value) * (size_t)(nparams + 1));
-    for (int i = 0; i < nparams; i++) {
-        bound[i] = bind_entry_param(dims, &params[i], b.vals[i], b.given[i], b.locs[i], d->kind == D_RULE, over);
-        env_bind(dims, params[i].name, bound[i]);
-    }
+    for (int i = 0; i < nparams; i++)
+        env_bind(dims, params[i].name, bind_entry_param(dims, &params[i], b.vals[i], b.given[i], b.locs[i], d->kind == D_RULE, over));
     if (d->kind == D_FN) {
         Value r = eval_body(dims, d->fn->body);
         check_return_type(dims, d->fn->ret, r, d->fn->body->loc);
@@ -1431,10 +1441,37 @@ static void trace_export(const Decl *x) {
     Model **models = t.models.data;
     int nmodels = t.models.len;
     cur = NULL;
-    if (nmodels)
-        add_model_init(x->name, models, nmodels, x->loc);
-    if (d->kind == D_RULE)
-        add_state_init(x->name, d, b.vals, b.given, b.locs, x->loc);
+    if (nmodels && (extras & SEMA_INIT_MODEL))
+        add_model_init(name, models, nmodels, loc);
+    if (d->kind == D_RULE && (extras & SEMA_INIT_STATE))
+        add_state_init(name, d, b.vals, b.given, b.locs, loc);
+}
+
+const Decl *sema_global(const char *name) { return global_decl(name); }
+
+void sema_eval_args(const Arg *args, int nargs, ValueVec *pos, NameVec *kwn, ValueVec *kwv) {
+    cur = NULL;
+    eval_args(global_env, args, nargs, pos, kwn, kwv);
+}
+
+static void trace_export(const Decl *x) {
+    const Expr *call = x->value;
+    if (call->kind != EX_CALL || call->a->kind != EX_NAME)
+        error_at(call->loc, "an export instantiates a fn, rule or objective: export %s = name(arguments)", x->name);
+    const Decl *d = global_decl(call->a->sval);
+    if (!d) {
+        if (builtin_lookup(call->a->sval))
+            error_at(call->a->loc, "'%s' is a builtin; export a fn that calls it", call->a->sval);
+        error_at(call->a->loc, "unknown name '%s'", call->a->sval);
+    }
+    if (d->kind != D_FN && d->kind != D_RULE && d->kind != D_OBJECTIVE)
+        error_at(call->a->loc, "'%s' is a %s; only a fn, rule or objective can be exported", d->name,
+                 d->kind == D_MODULE ? "module" : "declaration");
+    ValueVec pos = {0};
+    NameVec kwn = {0};
+    ValueVec kwv = {0};
+    sema_eval_args(call->args, call->nargs, &pos, &kwn, &kwv);
+    sema_instantiate(x->name, d, pos.data, pos.len, kwn.data, kwv.data, kwn.len, call->loc, SEMA_INIT_MODEL | SEMA_INIT_STATE);
 }
 
 /* Calling a module type builds an instance; rules and objectives run only as
@@ -1446,132 +1483,6 @@ static Value instantiate_callable(const Decl *d, Value *pos, int npos, const cha
     }
     error_at(loc, "%s '%s' cannot be called from an expression; export it or use it in an experiment",
              d->kind == D_RULE ? "rule" : d->kind == D_OBJECTIVE ? "objective" : "declaration", d->name);
-}
-
-/* ---------------------------------------------------------------------------
- * experiments: a JSON descriptor of the plan (the runtime executes it) */
-
-static void json_str(CharVec *out, const char *s) {
-    vec_push(out, '"');
-    for (const char *p = s; *p; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '"' || c == '\\') {
-            vec_push(out, '\\');
-            vec_push(out, (char)c);
-        } else if (c < 0x20) {
-            const char *esc = xfmt("\\u%04x", c);
-            for (; *esc; esc++)
-                vec_push(out, *esc);
-        } else
-            vec_push(out, (char)c);
-    }
-    vec_push(out, '"');
-}
-
-static void json_raw(CharVec *out, const char *s) {
-    for (; *s; s++)
-        vec_push(out, *s);
-}
-
-static void json_expr(CharVec *out, const Expr *e) {
-    switch (e->kind) {
-    case EX_INT: json_raw(out, xfmt("%lld", (long long)e->ival)); return;
-    case EX_FLOAT:
-    case EX_PERCENT: json_raw(out, xfmt("%.17g", e->fval)); return;
-    case EX_BOOL: json_raw(out, e->ival ? "true" : "false"); return;
-    case EX_STRING:
-    case EX_NAME: json_str(out, e->sval); return;
-    case EX_UNARY:
-        if (e->op == BO_NEG && (e->a->kind == EX_INT || e->a->kind == EX_FLOAT)) {
-            json_raw(out, e->a->kind == EX_INT ? xfmt("%lld", -(long long)e->a->ival) : xfmt("%.17g", -e->a->fval));
-            return;
-        }
-        break;
-    case EX_LIST:
-        vec_push(out, '[');
-        for (int i = 0; i < e->nitems; i++) {
-            if (i)
-                vec_push(out, ',');
-            json_expr(out, e->items[i]);
-        }
-        vec_push(out, ']');
-        return;
-    case EX_CALL:
-        if (e->a->kind != EX_NAME)
-            break;
-        json_raw(out, "{\"call\":");
-        json_str(out, e->a->sval);
-        json_raw(out, ",\"args\":[");
-        int n = 0;
-        for (int i = 0; i < e->nargs; i++)
-            if (!e->args[i].name) {
-                if (n++)
-                    vec_push(out, ',');
-                json_expr(out, e->args[i].value);
-            }
-        json_raw(out, "],\"kwargs\":{");
-        n = 0;
-        for (int i = 0; i < e->nargs; i++)
-            if (e->args[i].name) {
-                if (n++)
-                    vec_push(out, ',');
-                json_str(out, e->args[i].name);
-                vec_push(out, ':');
-                json_expr(out, e->args[i].value);
-            }
-        json_raw(out, "}}");
-        return;
-    default:
-        break;
-    }
-    error_at(e->loc, "an experiment entry is built from names, numbers, strings, lists and calls");
-}
-
-static const char *experiments_json(void) {
-    if (!experiments.len)
-        return NULL;
-    CharVec out = {0};
-    vec_push(&out, '[');
-    for (int i = 0; i < experiments.len; i++) {
-        const Decl *d = experiments.data[i];
-        if (i)
-            vec_push(&out, ',');
-        json_raw(&out, "{\"name\":");
-        json_str(&out, d->name);
-        json_raw(&out, ",\"file\":");
-        json_str(&out, d->file ? d->file->path : "");
-        for (int k = 0; k < d->nentries; k++) {
-            const ExpEntry *en = &d->entries[k];
-            for (int j = 0; j < k; j++)
-                if (!strcmp(d->entries[j].key, en->key)) {
-                    diag_note(d->entries[j].loc, "first given here");
-                    error_at(en->loc, "'%s' is given twice in experiment '%s'", en->key, d->name);
-                }
-            vec_push(&out, ',');
-            json_str(&out, en->key);
-            json_raw(&out, ":{\"value\":");
-            json_expr(&out, en->value);
-            for (int c = 0; c < en->nclauses; c++) {
-                const Clause *cl = &en->clauses[c];
-                vec_push(&out, ',');
-                json_str(&out, cl->word);
-                vec_push(&out, ':');
-                if (cl->unit) {
-                    vec_push(&out, '[');
-                    json_expr(&out, cl->value);
-                    vec_push(&out, ',');
-                    json_str(&out, cl->unit);
-                    vec_push(&out, ']');
-                } else
-                    json_expr(&out, cl->value);
-            }
-            vec_push(&out, '}');
-        }
-        vec_push(&out, '}');
-    }
-    vec_push(&out, ']');
-    vec_push(&out, 0);
-    return out.data;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1591,6 +1502,8 @@ CompUnit *sema_program(Program *p, const SemaOptions *opt) {
     unit = xalloc(sizeof *unit);
     global_env = env_new(NULL);
     sources_hash = p->file ? hash_bytes(p->file->text, p->file->len, 0) : 0;
+    if (p->file && options->print_deps)
+        printf("%s\n", p->file->path);
     if (p->file) {
         char *canon = canonical(p->file->path);
         if (canon)
@@ -1605,7 +1518,13 @@ CompUnit *sema_program(Program *p, const SemaOptions *opt) {
             }
         trace_export(exports.data[i]);
     }
-    unit->experiment_json = experiments_json();
+    if (experiments.len > 1 && !options->experiment)
+        error_at(experiments.data[1]->loc, "this file defines several experiments; choose one with --experiment=NAME");
+    for (int i = 0; i < experiments.len; i++)
+        if (!options->experiment || !strcmp(options->experiment, experiments.data[i]->name))
+            unit->experiment_json = experiment_compile(experiments.data[i]);
+    if (options->experiment && !unit->experiment_json)
+        error_noloc("no experiment named '%s' in %s", options->experiment, p->file ? p->file->path : "the input");
     unit->source_hash = xfmt("%016llx", (unsigned long long)sources_hash);
     cur = NULL;
     return unit;

@@ -142,6 +142,7 @@ typedef struct Trace {
 
 typedef VEC(Value) ValueVec;
 typedef VEC(const char *) NameVec;
+typedef VEC(char) CharVec;
 
 /* sema.c */
 extern Trace *cur;
@@ -178,6 +179,16 @@ bool is_scalar_value(const Value *v);     /* compile-time number/bool */
 double value_as_double(const Value *v, Loc loc, const char *what);
 int64_t value_as_int(const Value *v, Loc loc, const char *what);
 Node *value_as_node(Value v, Loc loc, const char *what);   /* tensors; numbers become rank-0 CONST */
+
+/* instantiation (sema.c), used by exports and experiments */
+enum { SEMA_INIT_MODEL = 1, SEMA_INIT_STATE = 2 };
+void sema_instantiate(const char *name, const Decl *d, Value *pos, int npos, const char **kwn, Value *kwv, int nkw,
+                      Loc loc, unsigned extras);
+const Decl *sema_global(const char *name);
+void sema_eval_args(const Arg *args, int nargs, ValueVec *pos, NameVec *kwn, ValueVec *kwv);
+
+/* sema_experiment.c: an experiment's entry points and its JSON plan */
+const char *experiment_compile(const Decl *exp);
 
 /* sema_model.c */
 void sema_model_reset(void);                 /* forget the previous compilation's arena pointers */

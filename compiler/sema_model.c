@@ -268,10 +268,11 @@ int model_leaf_arg(Model *m, int leaf) {
     return m->arg[leaf];
 }
 
+/* The leaf's current value: the last write of this step, else its input. */
 Value model_leaf_read(Model *m, int leaf, Loc loc) {
     if (!m->in[leaf])
         m->in[leaf] = entry_input(model_leaf_arg(m, leaf), m->leaves[leaf].loc);
-    Value v = v_tensor(m->in[leaf]);
+    Value v = v_tensor(m->pending[leaf] ? m->pending[leaf] : m->in[leaf]);
     v.leaf_model = m;
     v.leaf = leaf;
     v.loc = loc;
@@ -283,11 +284,8 @@ void model_record_write(Model *m, int leaf, Node *value, Loc loc) {
     if (!m->writable)
         error_at(loc, m->frozen ? "'%s' is a frozen model: its state cannot be written" : "'%s' cannot be written here (only rules write models)",
                  m->binding);
-    if (m->pending[leaf]) {
-        diag_note(m->pending_loc[leaf], "first written here");
-        error_at(loc, "'%s.%s' is written twice in one step", m->binding, lf->path);
-    }
     model_leaf_arg(m, leaf);
+    m->memo.len = 0;   /* calls after the write see the new state */
     m->pending[leaf] = conform(value, lf->dtype, lf->shape, xfmt("'%s.%s'", m->binding, lf->path), loc);
     m->pending_loc[leaf] = loc;
 }

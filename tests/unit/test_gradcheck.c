@@ -121,6 +121,15 @@ static const Case cases[] = {
     {"f_cosine", "g_cosine", "x", ""},
 };
 
+/* Fill the workspace and every output with 0xFF bytes (NaN, -1, 255) so that
+ * a kernel that reads memory it did not write shows up. */
+static void poison(th_frame *f) {
+    memset(f->workspace, 0xFF, (size_t)f->entry->workspace_bytes);
+    for (int i = 0; i < f->entry->nargs; i++)
+        if (f->entry->args[i].kind == LETHE_OUTPUT)
+            memset(f->args[i], 0xFF, (size_t)th_arg_numel(&f->entry->args[i]) * th_dtype_size(f->entry->args[i].dtype));
+}
+
 static void fill_arg(th_frame *f, int i, double lo, double hi) {
     const lethe_arg *a = &f->entry->args[i];
     th_fill(f->args[i], a->dtype, th_arg_numel(a), lo, hi, next_seed++);
@@ -155,6 +164,8 @@ static void run_case(const Case *c) {
         return;
     }
     th_frame *ff = th_frame_new(ef), *fg = th_frame_new(eg);
+    poison(ff);
+    poison(fg);
     for (int i = 0; i < ef->nargs; i++)
         if (ef->args[i].kind == LETHE_INPUT)
             fill_arg(ff, i, ef->args[i].dtype == LETHE_I32 ? 0 : -1, ef->args[i].dtype == LETHE_I32 ? 3 : 1);

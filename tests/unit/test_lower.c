@@ -405,7 +405,7 @@ static void test_loop_shapes(void) {
     Node *z = tg_in(&t, "z", DT_F32, S(3, 8, 32, 16), -1, 1);
     tg_out(&t, "flat", add(g, x, mul(g, y, sc(g, 3))));
     tg_out(&t, "tr", add(g, x, g_permute(g, z, (int[]){0, 2, 1}, L0)));
-    LProgram *p = run_case(&t, "loop shapes", SERIAL);
+    LProgram *p = run_both(&t, "loop shapes");
     if (p) {
         th_check(kernel_depth(p, 0) == 1, "loops: a contiguous elementwise kernel is one flat loop", "depth %d",
                  kernel_depth(p, 0));

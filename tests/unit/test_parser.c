@@ -208,7 +208,7 @@ static void test_examples(void) {
         "  fn (x: f32[N, fin]) -> f32[N, fout] = ((x @ transpose(w)) + b)\n",
         "  let d = kl_div((eval teacher(forget.x)), student(forget.x), t)\n",
         "  let s = (a + b)\n",
-        "  v <- ((momentum * v) + g)\n",
+        "  v <- (((momentum * v) + grad(loss, m.params)) + (wd * m.params))\n",
         "  m.params <- (m.params - (lr * v))\n",
         "  minimize (1 - cosine(gt, gp)) over delta within linf(eps)\n",
         "objective gradient_matching(m: frozen model, poison: data, delta: f32[P, C, H, W], target: data, adv: i32[1], eps: f32 = 0.0627)\n",

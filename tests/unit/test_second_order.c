@@ -38,6 +38,15 @@ static bool ends_with(const char *s, const char *suf) {
     return n >= k && !strcmp(s + n - k, suf);
 }
 
+/* Fill the workspace and every output with 0xFF bytes (NaN, -1, 255) so that
+ * a kernel that reads memory it did not write shows up. */
+static void poison(th_frame *f) {
+    memset(f->workspace, 0xFF, (size_t)f->entry->workspace_bytes);
+    for (int i = 0; i < f->entry->nargs; i++)
+        if (f->entry->args[i].kind == LETHE_OUTPUT)
+            memset(f->args[i], 0xFF, (size_t)th_arg_numel(&f->entry->args[i]) * th_dtype_size(f->entry->args[i].dtype));
+}
+
 /* Fill every tensor an entry reads: model parameters at a scale that keeps
  * activations O(1), inputs in [-1, 1), labels in [0, classes). */
 static void fill_all(th_frame *f, int classes) {
@@ -171,6 +180,8 @@ static void second_order_case(const char *name, const char *fe, const char *ge, 
         return;
     }
     th_frame *ff = th_frame_new(ef), *fg = th_frame_new(eg);
+    poison(ff);
+    poison(fg);
     fill_all(ff, classes);
     int xi = th_arg(ef, wrt);
     if (!copy_inputs(fg, ff) || xi < 0 || th_arg(eg, "out") < 0 ||
@@ -236,6 +247,7 @@ static void objective_case(void) {
         return;
     }
     th_frame *f = th_frame_new(e);
+    poison(f);
     fill_all(f, 3);
     int64_t n = th_arg_numel(&e->args[th_arg(e, "delta")]);
     double *delta = th_f64(f, "delta"), *base = malloc(sizeof(double) * (size_t)n), *g = malloc(sizeof(double) * (size_t)n);

@@ -1,0 +1,426 @@
+/* sema_experiment.c: an experiment becomes entry points and a JSON plan.
+ *
+ * The experiment names a data set, a model, a training rule, unlearning
+ * methods and evaluations. lethec instantiates every entry point the runtime
+ * needs at the experiment's batch sizes:
+ *
+ *   train, train.init_model, train.init_state     the training rule
+ *   unlearn.<method>, unlearn.<method>.init_state  each method with a rule
+ *   eval.logits, eval.loss_each, eval.input_grad    the fns eval_logits,
+ *                                                   eval_loss_each and
+ *                                                   eval_input_grad (graphs/eval.lth)
+ *
+ * and writes the plan (what the runtime executes: epochs, batch sizes,
+ * budgets, poison, seeds, each method's data streams and hyperparameters) as
+ * JSON into the program. Rule parameters of type `model` receive the
+ * experiment's model, `data` parameters a batch of the data set; the
+ * runtime feeds each data parameter by its name: `retain`, `forget`, or any
+ * other name for the whole (poisoned) training set.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "sema.h"
+
+typedef struct DataSpec {
+    const char *name;
+    int c, h, w, classes;
+} DataSpec;
+
+/* What the runtime's loaders produce (runtime/data.h). */
+static const DataSpec datasets[] = {
+    {"fashion_mnist", 1, 28, 28, 10},
+    {"mnist", 1, 28, 28, 10},
+    {"cifar10", 3, 32, 32, 10},
+};
+
+/* ---------------------------------------------------------------------------
+ * JSON */
+
+static void put(CharVec *out, const char *s) {
+    for (; *s; s++)
+        vec_push(out, *s);
+}
+
+static void put_str(CharVec *out, const char *s) {
+    vec_push(out, '"');
+    for (const char *p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"' || c == '\\') {
+            vec_push(out, '\\');
+            vec_push(out, (char)c);
+        } else if (c < 0x20)
+            put(out, xfmt("\\u%04x", c));
+        else
+            vec_push(out, (char)c);
+    }
+    vec_push(out, '"');
+}
+
+static void put_num(CharVec *out, double v) {
+    if (!isfinite(v))
+        put(out, "null");
+    else if (v == floor(v) && fabs(v) < 1e15)
+        put(out, xfmt("%lld", (long long)v));
+    else
+        put(out, xfmt("%.17g", v));
+}
+
+static void put_key(CharVec *out, const char *key) {
+    if (out->len && out->data[out->len - 1] != '{')
+        vec_push(out, ',');
+    put_str(out, key);
+    vec_push(out, ':');
+}
+
+/* Any experiment expression as JSON, without evaluating it: names and
+ * strings are strings, calls {"call", "args", "kwargs"}. */
+static void put_expr(CharVec *out, const Expr *e) {
+    switch (e->kind) {
+    case EX_INT: put(out, xfmt("%lld", (long long)e->ival)); return;
+    case EX_FLOAT:
+    case EX_PERCENT: put_num(out, e->fval); return;
+    case EX_BOOL: put(out, e->ival ? "true" : "false"); return;
+    case EX_STRING:
+    case EX_NAME: put_str(out, e->sval); return;
+    case EX_UNARY:
+        if (e->op == BO_NEG && (e->a->kind == EX_INT || e->a->kind == EX_FLOAT)) {
+            put_num(out, e->a->kind == EX_INT ? -(double)e->a->ival : -e->a->fval);
+            return;
+        }
+        break;
+    case EX_LIST:
+        vec_push(out, '[');
+        for (int i = 0; i < e->nitems; i++) {
+            if (i)
+                vec_push(out, ',');
+            put_expr(out, e->items[i]);
+        }
+        vec_push(out, ']');
+        return;
+    case EX_CALL:
+        if (e->a->kind != EX_NAME)
+            break;
+        put(out, "{\"call\":");
+        put_str(out, e->a->sval);
+        put(out, ",\"args\":[");
+        for (int i = 0, n = 0; i < e->nargs; i++)
+            if (!e->args[i].name) {
+                if (n++)
+                    vec_push(out, ',');
+                put_expr(out, e->args[i].value);
+            }
+        put(out, "],\"kwargs\":{");
+        for (int i = 0; i < e->nargs; i++)
+            if (e->args[i].name) {
+                put_key(out, e->args[i].name);
+                put_expr(out, e->args[i].value);
+            }
+        put(out, "}}");
+        return;
+    default:
+        break;
+    }
+    error_at(e->loc, "an experiment entry is built from names, numbers, strings, lists and calls");
+}
+
+/* ---------------------------------------------------------------------------
+ * reading the experiment */
+
+static const ExpEntry *find(const Decl *exp, const char *key) {
+    for (int i = 0; i < exp->nentries; i++)
+        if (!strcmp(exp->entries[i].key, key))
+            return &exp->entries[i];
+    return NULL;
+}
+
+static const ExpEntry *need(const Decl *exp, const char *key, const char *example) {
+    const ExpEntry *e = find(exp, key);
+    if (!e)
+        error_at(exp->loc, "experiment '%s' needs `%s = ...` (for example `%s = %s`)", exp->name, key, key, example);
+    return e;
+}
+
+static const Clause *clause(const ExpEntry *e, const char *word) {
+    for (int i = 0; i < e->nclauses; i++)
+        if (!strcmp(e->clauses[i].word, word))
+            return &e->clauses[i];
+    return NULL;
+}
+
+static int64_t const_int(const Expr *x, const char *what) {
+    Value v = eval(sema_globals(), x);
+    return value_as_int(&v, x->loc, what);
+}
+
+static double const_num(const Expr *x, const char *what) {
+    Value v = eval(sema_globals(), x);
+    return value_as_double(&v, x->loc, what);
+}
+
+static const char *call_name(const Expr *x, const char *what) {
+    if (x->kind == EX_NAME)
+        return x->sval;
+    if (x->kind == EX_CALL && x->a->kind == EX_NAME)
+        return x->a->sval;
+    error_at(x->loc, "%s is written as a name or a call, such as sgd(lr = 0.1)", what);
+}
+
+static DataSpec data_spec(const ExpEntry *e) {
+    const char *name = call_name(e->value, "the data set");
+    for (size_t i = 0; i < sizeof datasets / sizeof datasets[0]; i++)
+        if (!strcmp(datasets[i].name, name))
+            return datasets[i];
+    if (!strcmp(name, "synthetic")) {
+        DataSpec d = {"synthetic", 1, 1, 16, 4};
+        const Expr *x = e->value;
+        for (int i = 0; x->kind == EX_CALL && i < x->nargs; i++) {
+            const Arg *a = &x->args[i];
+            int64_t v = const_int(a->value, "a data set size");
+            if (!a->name)
+                error_at(a->loc, "synthetic() takes named arguments: c, h, w, classes, n, sep");
+            if (!strcmp(a->name, "c")) d.c = (int)v;
+            else if (!strcmp(a->name, "h")) d.h = (int)v;
+            else if (!strcmp(a->name, "w")) d.w = (int)v;
+            else if (!strcmp(a->name, "classes")) d.classes = (int)v;
+            else if (strcmp(a->name, "n") && strcmp(a->name, "n_test") && strcmp(a->name, "sep"))
+                error_at(a->loc, "synthetic() has no argument '%s' (it takes c, h, w, classes, n, n_test, sep)", a->name);
+            if (v < 1)
+                error_at(a->loc, "synthetic(): '%s' must be positive", a->name);
+        }
+        return d;
+    }
+    error_at(e->value->loc, "unknown data set '%s' (known: fashion_mnist, mnist, cifar10, synthetic(...))", name);
+}
+
+/* ---------------------------------------------------------------------------
+ * instantiation */
+
+typedef struct Ctx {
+    const Decl *exp;
+    const Expr *model;     /* evaluated afresh for every entry */
+    DataSpec data;
+    int64_t batch, eval_batch;
+    CharVec json;
+} Ctx;
+
+static Value model_value(Ctx *c) {
+    Value m = eval(sema_globals(), c->model);
+    if (m.kind != V_MODULE || m.model)
+        error_at(c->model->loc, "`model` must be a module instance such as ResNet18(width = 16), not %s", value_kind_name(&m));
+    return m;
+}
+
+static Value type_value(DType dt, int rank, const int64_t *dims, Loc loc) {
+    Value v = {.kind = V_TYPE, .dtype = promote_dtype(dt), .loc = loc};
+    v.shape.rank = rank;
+    for (int i = 0; i < rank; i++)
+        v.shape.dim[i] = dims[i];
+    return v;
+}
+
+static Value x_type(Ctx *c, int64_t b, Loc loc) {
+    int64_t dims[4] = {b, c->data.c, c->data.h, c->data.w};
+    return type_value(DT_F32, 4, dims, loc);
+}
+
+static Value y_type(int64_t b, Loc loc) { return type_value(DT_I32, 1, &b, loc); }
+
+static Value batch_value(Ctx *c, int64_t b, Loc loc) {
+    Value r = v_tree_new(2, false, loc);
+    r.tree->names[0] = "x";
+    r.tree->vals[0] = x_type(c, b, loc);
+    r.tree->names[1] = "y";
+    r.tree->vals[1] = y_type(b, loc);
+    return r;
+}
+
+/* A rule of the plan: `sgd(lr = 0.1)` or `gd`. Instantiates it as `entry`
+ * and writes {"rule", "entry", "args", "streams"} fields into the JSON. */
+static void rule_entry(Ctx *c, const Expr *x, const char *entry, unsigned extras) {
+    const char *name = call_name(x, "a rule");
+    const Decl *d = sema_global(name);
+    if (!d || d->kind != D_RULE)
+        error_at(x->loc, d ? "'%s' is not a rule" : "unknown rule '%s' (is its file imported?)", name);
+    NameVec kwn = {0};
+    ValueVec kwv = {0}, pos = {0};
+    if (x->kind == EX_CALL)
+        sema_eval_args(x->args, x->nargs, &pos, &kwn, &kwv);
+    if (pos.len)
+        error_at(x->loc, "write the hyperparameters of '%s' by name, as %s(lr = 0.1)", name, name);
+    put_key(&c->json, "rule");
+    put_str(&c->json, name);
+    put_key(&c->json, "entry");
+    put_str(&c->json, entry);
+    put_key(&c->json, "args");
+    vec_push(&c->json, '{');
+    for (int i = 0; i < kwn.len; i++) {
+        for (int p = 0; p < d->nparams; p++)
+            if (!strcmp(d->params[p].name, kwn.data[i]) &&
+                (d->params[p].type->kind == TY_MODEL || d->params[p].type->kind == TY_DATA))
+                error_at(kwv.data[i].loc, "'%s' is supplied by the experiment", kwn.data[i]);
+        put_key(&c->json, kwn.data[i]);
+        if (is_scalar_value(&kwv.data[i]))
+            put_num(&c->json, value_as_double(&kwv.data[i], kwv.data[i].loc, "a hyperparameter"));
+        else
+            put_str(&c->json, value_kind_name(&kwv.data[i]));
+    }
+    vec_push(&c->json, '}');
+    put_key(&c->json, "streams");
+    vec_push(&c->json, '[');
+    int nstreams = 0;
+    for (int p = 0; p < d->nparams; p++) {
+        const TypeExpr *t = d->params[p].type;
+        if (t->kind == TY_MODEL) {
+            vec_push(&kwn, d->params[p].name);
+            vec_push(&kwv, model_value(c));
+        } else if (t->kind == TY_DATA) {
+            vec_push(&kwn, d->params[p].name);
+            vec_push(&kwv, batch_value(c, c->batch, x->loc));
+            if (nstreams++)
+                vec_push(&c->json, ',');
+            put_str(&c->json, d->params[p].name);
+        }
+    }
+    vec_push(&c->json, ']');
+    sema_instantiate(entry, d, NULL, 0, kwn.data, kwv.data, kwn.len, x->loc, extras);
+}
+
+static void eval_entry(Ctx *c, const char *fn, const char *entry) {
+    const Decl *d = sema_global(fn);
+    if (!d || d->kind != D_FN)
+        error_at(c->exp->loc, "experiment '%s' needs fn '%s' (import \"eval.lth\")", c->exp->name, fn);
+    Loc loc = c->exp->loc;
+    Value args[3] = {model_value(c), x_type(c, c->eval_batch, loc), y_type(c->eval_batch, loc)};
+    int n = d->fn->nparams < 3 ? d->fn->nparams : 3;
+    sema_instantiate(entry, d, args, n, NULL, NULL, 0, loc, 0);
+}
+
+static void put_budgets(Ctx *c, const ExpEntry *e) {
+    const Clause *w = clause(e, "within");
+    put_key(&c->json, "budgets");
+    vec_push(&c->json, '[');
+    if (!w)
+        put(&c->json, "1");
+    else {
+        if (strcmp(w->unit, "train"))
+            error_at(w->loc, "a budget is a share of the training compute: `within 10%% of train`");
+        const Expr *b = w->value;
+        int n = b->kind == EX_LIST ? b->nitems : 1;
+        for (int i = 0; i < n; i++) {
+            const Expr *x = b->kind == EX_LIST ? b->items[i] : b;
+            double f = const_num(x, "a budget");
+            if (!(f > 0 && f <= 10))
+                error_at(x->loc, "a budget is a positive share of the training compute, such as 10%%");
+            if (i)
+                vec_push(&c->json, ',');
+            put_num(&c->json, f);
+        }
+    }
+    vec_push(&c->json, ']');
+}
+
+static void methods(Ctx *c, const ExpEntry *e) {
+    const Expr *list = e->value;
+    int n = list->kind == EX_LIST ? list->nitems : 1;
+    put_key(&c->json, "methods");
+    vec_push(&c->json, '[');
+    for (int i = 0; i < n; i++) {
+        const Expr *x = list->kind == EX_LIST ? list->items[i] : list;
+        const char *name = call_name(x, "an unlearning method");
+        for (int k = 0; k < i; k++)
+            if (!strcmp(call_name(list->items[k], "a method"), name))
+                error_at(x->loc, "method '%s' is listed twice", name);
+        if (i)
+            vec_push(&c->json, ',');
+        vec_push(&c->json, '{');
+        put_key(&c->json, "name");
+        put_str(&c->json, name);
+        if (!strcmp(name, "retrain")) {
+            if (x->kind == EX_CALL && x->nargs)
+                error_at(x->loc, "retrain repeats the training recipe and takes no arguments");
+        } else
+            rule_entry(c, x, xfmt("unlearn.%s", name), SEMA_INIT_STATE);
+        vec_push(&c->json, '}');
+    }
+    vec_push(&c->json, ']');
+}
+
+const char *experiment_compile(const Decl *exp) {
+    Ctx c = {.exp = exp};
+    static const char *const known[] = {"data", "model", "poison", "train", "unlearn", "evaluate", "seeds", "eval_batch",
+                                        "augment", "notes"};
+    for (int i = 0; i < exp->nentries; i++) {
+        bool ok = false;
+        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+            ok |= !strcmp(known[k], exp->entries[i].key);
+        if (!ok)
+            error_at(exp->entries[i].loc, "unknown experiment entry '%s' (known: data, model, poison, train, unlearn, "
+                                          "evaluate, seeds, eval_batch, augment, notes)", exp->entries[i].key);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(exp->entries[j].key, exp->entries[i].key)) {
+                diag_note(exp->entries[j].loc, "first given here");
+                error_at(exp->entries[i].loc, "'%s' is given twice in experiment '%s'", exp->entries[i].key, exp->name);
+            }
+    }
+    const ExpEntry *data = need(exp, "data", "fashion_mnist()");
+    const ExpEntry *train = need(exp, "train", "sgd(lr = 0.1) for 10 epochs, batch 128");
+    c.model = need(exp, "model", "ResNet18(width = 16, channels = 1)")->value;
+    c.data = data_spec(data);
+    const Clause *bc = clause(train, "batch"), *ec = clause(train, "for");
+    c.batch = bc ? const_int(bc->value, "the batch size") : 128;
+    int64_t epochs = ec ? const_int(ec->value, "the number of epochs") : 1;
+    if (ec && strcmp(ec->unit, "epochs") && strcmp(ec->unit, "epoch"))
+        error_at(ec->loc, "write `for N epochs`");
+    const ExpEntry *eb = find(exp, "eval_batch");
+    c.eval_batch = eb ? const_int(eb->value, "eval_batch") : 500;
+    if (c.batch < 1 || c.eval_batch < 1 || epochs < 1)
+        error_at(train->loc, "batch sizes and epochs must be positive");
+
+    put(&c.json, "{");
+    put_key(&c.json, "name");
+    put_str(&c.json, exp->name);
+    put_key(&c.json, "file");
+    put_str(&c.json, exp->file ? exp->file->path : "");
+    put_key(&c.json, "data");
+    put(&c.json, xfmt("{\"name\":\"%s\",\"shape\":[%d,%d,%d],\"classes\":%d,\"spec\":", c.data.name, c.data.c, c.data.h, c.data.w,
+                      c.data.classes));
+    put_expr(&c.json, data->value);
+    vec_push(&c.json, '}');
+    put_key(&c.json, "batch");
+    put_num(&c.json, (double)c.batch);
+    put_key(&c.json, "eval_batch");
+    put_num(&c.json, (double)c.eval_batch);
+    put_key(&c.json, "epochs");
+    put_num(&c.json, (double)epochs);
+
+    put_key(&c.json, "train");
+    vec_push(&c.json, '{');
+    rule_entry(&c, train->value, "train", SEMA_INIT_MODEL | SEMA_INIT_STATE);
+    vec_push(&c.json, '}');
+
+    const ExpEntry *un = find(exp, "unlearn");
+    if (un) {
+        put_key(&c.json, "unlearn");
+        vec_push(&c.json, '{');
+        methods(&c, un);
+        put_budgets(&c, un);
+        vec_push(&c.json, '}');
+    }
+    eval_entry(&c, "eval_logits", "eval.logits");
+    eval_entry(&c, "eval_loss_each", "eval.loss_each");
+    eval_entry(&c, "eval_input_grad", "eval.input_grad");
+
+    /* the rest is the runtime's to read */
+    static const char *const passthrough[] = {"poison", "evaluate", "seeds", "augment", "notes"};
+    for (size_t k = 0; k < sizeof passthrough / sizeof passthrough[0]; k++) {
+        const ExpEntry *e = find(exp, passthrough[k]);
+        if (!e)
+            continue;
+        put_key(&c.json, passthrough[k]);
+        put_expr(&c.json, e->value);
+    }
+    vec_push(&c.json, '}');
+    vec_push(&c.json, 0);
+    return c.json.data;
+}

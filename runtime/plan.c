@@ -1,0 +1,157 @@
+/* plan.c: read the experiment descriptor that lethec embeds in a program
+ * (its writer is compiler/sema_experiment.c). Missing optional parts take
+ * documented defaults; anything malformed is refused with a message. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "run.h"
+
+static const json_value *get(const json_value *o, const char *k) { return json_obj_get(o, k); }
+
+static int get_int(const json_value *o, const char *k, int64_t deflt, int64_t *out, char *err) {
+    const json_value *v = get(o, k);
+    if (!v) {
+        *out = deflt;
+        return LETHE_OK;
+    }
+    if (v->type != JSON_NUMBER || v->num != floor(v->num))
+        return lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: '%s' must be an integer", k);
+    *out = (int64_t)v->num;
+    return LETHE_OK;
+}
+
+static void copy_str(char *dst, size_t n, const json_value *v) {
+    snprintf(dst, n, "%s", v && v->type == JSON_STRING ? v->str : "");
+}
+
+/* kwargs of a call value: {"call": name, "kwargs": {k: number}} */
+static double kwarg(const json_value *call, const char *k, double deflt) {
+    const json_value *kw = call && call->type == JSON_OBJECT ? get(call, "kwargs") : NULL;
+    const json_value *v = kw ? get(kw, k) : NULL;
+    return v && v->type == JSON_NUMBER ? v->num : deflt;
+}
+
+static const char *call_name(const json_value *v) {
+    if (v && v->type == JSON_STRING)
+        return v->str;
+    const json_value *c = v && v->type == JSON_OBJECT ? get(v, "call") : NULL;
+    return c && c->type == JSON_STRING ? c->str : "";
+}
+
+static int parse_rule(const json_value *v, plan_rule *r, char *err) {
+    memset(r, 0, sizeof *r);
+    if (!v || v->type != JSON_OBJECT)
+        return lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: a rule is not an object");
+    copy_str(r->rule, sizeof r->rule, get(v, "rule"));
+    copy_str(r->entry, sizeof r->entry, get(v, "entry"));
+    const json_value *args = get(v, "args"), *streams = get(v, "streams");
+    for (size_t i = 0; args && args->type == JSON_OBJECT && i < args->len; i++) {
+        if (r->nargs == PLAN_MAX_ARGS)
+            return lethe_errf(err, LETHE_ELIMIT, "rule %s: more than %d hyperparameters", r->rule, PLAN_MAX_ARGS);
+        if (args->items[i].type != JSON_NUMBER)
+            continue;   /* compile-time values that are not numbers were used by lethec already */
+        snprintf(r->arg_name[r->nargs], sizeof r->arg_name[0], "%s", args->keys[i]);
+        r->arg_value[r->nargs++] = args->items[i].num;
+    }
+    for (size_t i = 0; streams && streams->type == JSON_ARRAY && i < streams->len; i++) {
+        if (r->nstreams == PLAN_MAX_STREAMS)
+            return lethe_errf(err, LETHE_ELIMIT, "rule %s reads more than %d data sets", r->rule, PLAN_MAX_STREAMS);
+        copy_str(r->streams[r->nstreams++], sizeof r->streams[0], &streams->items[i]);
+    }
+    return LETHE_OK;
+}
+
+int plan_parse(const char *json, exp_plan *p, char *err) {
+    memset(p, 0, sizeof *p);
+    json_doc *doc = NULL;
+    int rc = json_parse(json, strlen(json), NULL, &doc, err);
+    if (rc)
+        return rc;
+    const json_value *root = json_doc_root(doc);
+    if (root->type != JSON_OBJECT) {
+        json_doc_free(doc);
+        return lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: not an object");
+    }
+    copy_str(p->name, sizeof p->name, get(root, "name"));
+    copy_str(p->file, sizeof p->file, get(root, "file"));
+    const json_value *data = get(root, "data");
+    if (!data || data->type != JSON_OBJECT) {
+        json_doc_free(doc);
+        return lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: no data set");
+    }
+    copy_str(p->data, sizeof p->data, get(data, "name"));
+    const json_value *shape = get(data, "shape");
+    if (!shape || shape->type != JSON_ARRAY || shape->len != 3) {
+        json_doc_free(doc);
+        return lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: data shape is not [C, H, W]");
+    }
+    p->c = (int)shape->items[0].num;
+    p->h = (int)shape->items[1].num;
+    p->w = (int)shape->items[2].num;
+    int64_t classes = 0;
+    rc = get_int(data, "classes", 10, &classes, err);
+    p->classes = (int)classes;
+    const json_value *spec = get(data, "spec");
+    p->synth_n = (int64_t)kwarg(spec, "n", 2000);
+    p->synth_n_test = (int64_t)kwarg(spec, "n_test", 1000);
+    p->synth_sep = kwarg(spec, "sep", 3);
+    if (!rc) rc = get_int(root, "batch", 128, &p->batch, err);
+    if (!rc) rc = get_int(root, "eval_batch", 500, &p->eval_batch, err);
+    if (!rc) rc = get_int(root, "epochs", 1, &p->epochs, err);
+    if (!rc) rc = parse_rule(get(root, "train"), &p->train, err);
+    const json_value *un = get(root, "unlearn");
+    if (!rc && un && un->type == JSON_OBJECT) {
+        const json_value *m = get(un, "methods"), *b = get(un, "budgets");
+        for (size_t i = 0; !rc && m && m->type == JSON_ARRAY && i < m->len; i++) {
+            if (p->nmethods == PLAN_MAX_METHODS) {
+                rc = lethe_errf(err, LETHE_ELIMIT, "more than %d unlearning methods", PLAN_MAX_METHODS);
+                break;
+            }
+            plan_method *pm = &p->methods[p->nmethods++];
+            copy_str(pm->name, sizeof pm->name, get(&m->items[i], "name"));
+            pm->retrain = !strcmp(pm->name, "retrain");
+            if (!pm->retrain)
+                rc = parse_rule(&m->items[i], &pm->r, err);
+        }
+        for (size_t i = 0; b && b->type == JSON_ARRAY && i < b->len && p->nbudgets < PLAN_MAX_BUDGETS; i++)
+            p->budgets[p->nbudgets++] = b->items[i].num;
+    }
+    if (!p->nbudgets)
+        p->budgets[p->nbudgets++] = 0.1;
+    const json_value *poison = get(root, "poison");
+    if (poison) {
+        if (strcmp(call_name(poison), "gaussian") && !rc)
+            rc = lethe_errf(err, LETHE_EFORMAT, "unknown poison '%s' (this runtime knows gaussian(fraction, eps))",
+                            call_name(poison));
+        p->poison_fraction = kwarg(poison, "fraction", 0.025);
+        p->poison_eps = kwarg(poison, "eps", 0.1);
+    }
+    int64_t seeds = 1;
+    if (!rc) rc = get_int(root, "seeds", 1, &seeds, err);
+    p->seeds = (int)seeds;
+    const json_value *aug = get(root, "augment");
+    for (size_t i = 0; aug && aug->type == JSON_ARRAY && i < aug->len; i++) {
+        const char *n = call_name(&aug->items[i]);
+        if (!strcmp(n, "crop"))
+            p->crop_pad = (int)kwarg(&aug->items[i], "pad", 4);
+        else if (!strcmp(n, "flip"))
+            p->flip = 1;
+        else if (!rc)
+            rc = lethe_errf(err, LETHE_EFORMAT, "unknown augmentation '%s' (known: crop(pad = 4), flip)", n);
+    }
+    if (!rc && (p->batch < 1 || p->eval_batch < 1 || p->epochs < 1 || p->seeds < 1 || p->seeds > 1000))
+        rc = lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: batch sizes, epochs and seeds must be positive");
+    if (!rc && !(p->poison_fraction >= 0 && p->poison_fraction < 1 && p->poison_eps >= 0))
+        rc = lethe_errf(err, LETHE_EFORMAT, "poison fraction must be in [0, 1) and eps >= 0");
+    p->json = strdup(json);
+    json_doc_free(doc);
+    return rc;
+}
+
+void plan_free(exp_plan *p) {
+    free(p->json);
+    p->json = NULL;
+}

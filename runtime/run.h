@@ -1,0 +1,85 @@
+/* run.h: the experiment plan and its execution (plan.c, run.c, report.c).
+ *
+ * A plan is the JSON descriptor lethec stores in a compiled experiment
+ * (compiler/sema_experiment.c writes it); run.c executes it stage by stage,
+ * writing every artifact atomically under the output folder so that a killed
+ * run resumes without redoing finished work:
+ *
+ *   OUT/seed<k>/original.safetensors     the poisoned, trained model
+ *   OUT/seed<k>/retrain.safetensors      trained from scratch on the retain set
+ *   OUT/seed<k>/<method>_b<pct>.safetensors  each unlearned model
+ *   OUT/records/<method>_b<pct>_seed<k>.json  one record per (method, budget, seed)
+ *   OUT/results.jsonl                    all records, rebuilt after each one
+ */
+#ifndef LETHE_RUN_H
+#define LETHE_RUN_H
+
+#include <stdint.h>
+
+#include "lethe.h"
+
+enum { PLAN_MAX_ARGS = 16, PLAN_MAX_STREAMS = 4, PLAN_MAX_METHODS = 16, PLAN_MAX_BUDGETS = 8 };
+
+typedef struct plan_rule {
+    char rule[64];
+    char entry[96];
+    int nargs;
+    char arg_name[PLAN_MAX_ARGS][48];
+    double arg_value[PLAN_MAX_ARGS];
+    int nstreams;
+    char streams[PLAN_MAX_STREAMS][48];   /* data parameters: retain, forget, or the whole set */
+} plan_rule;
+
+typedef struct plan_method {
+    char name[64];
+    int retrain;                          /* repeat the training recipe on the retain set */
+    plan_rule r;
+} plan_method;
+
+typedef struct exp_plan {
+    char name[128];
+    char file[512];
+    char data[32];                        /* fashion_mnist, mnist, cifar10, synthetic */
+    int c, h, w, classes;
+    int64_t synth_n, synth_n_test;
+    double synth_sep;
+    int64_t batch, eval_batch, epochs;
+    plan_rule train;
+    int nmethods;
+    plan_method methods[PLAN_MAX_METHODS];
+    int nbudgets;
+    double budgets[PLAN_MAX_BUDGETS];
+    double poison_fraction, poison_eps;   /* gaussian(fraction, eps); fraction 0 = none */
+    int seeds;
+    int crop_pad, flip;
+    char *json;                           /* the descriptor itself (malloc'd) */
+} exp_plan;
+
+int plan_parse(const char *json, exp_plan *p, char *err);
+void plan_free(exp_plan *p);
+
+typedef struct run_opts {
+    const char *out;            /* output folder */
+    int seeds;                  /* 0: the plan's */
+    int seed_base;              /* seed k runs with seed_base + k */
+    int64_t train_limit;        /* 0: all training samples, else the first n */
+    int64_t test_limit;
+    int64_t epochs;             /* 0: the plan's */
+    const char *methods;        /* comma list to run, NULL: all */
+    const char *data_dir;       /* where the data set files are (NULL: the default) */
+    int threads;                /* 0: all cores */
+    int quiet;
+    int synthetic_fallback;     /* a missing data set becomes a synthetic one (with a note) */
+    int stop_after;             /* tests: exit(3) after this many new records (0: never) */
+} run_opts;
+
+/* lethe run: every seed, the original model, every method and budget. */
+int run_experiment(const lethe_prog *prog, exp_plan *plan, const run_opts *o, char *err);
+/* lethe train / unlearn / eval: one stage of one seed (see main.c). */
+int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const char *stage, const char *method,
+              double budget, int seed, const char *model_path, char *err);
+
+/* report.c: the table (mean ± std over seeds) and the plots of a run folder. */
+int report_run(const char *dir, int plots, char *err);
+
+#endif
