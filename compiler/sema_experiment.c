@@ -169,8 +169,17 @@ static const char *call_name(const Expr *x, const char *what) {
 static DataSpec data_spec(const ExpEntry *e) {
     const char *name = call_name(e->value, "the data set");
     for (size_t i = 0; i < sizeof datasets / sizeof datasets[0]; i++)
-        if (!strcmp(datasets[i].name, name))
+        if (!strcmp(datasets[i].name, name)) {
+            /* fashion_mnist(n = 10000, n_test = 2000): the first samples only */
+            for (int k = 0; e->value->kind == EX_CALL && k < e->value->nargs; k++) {
+                const Arg *a = &e->value->args[k];
+                if (!a->name || (strcmp(a->name, "n") && strcmp(a->name, "n_test")))
+                    error_at(a->loc, "%s() takes n = and n_test = (how many samples to use)", name);
+                if (const_int(a->value, "a sample count") < 1)
+                    error_at(a->loc, "%s(): '%s' must be positive", name, a->name);
+            }
             return datasets[i];
+        }
     if (!strcmp(name, "synthetic")) {
         DataSpec d = {"synthetic", 1, 1, 16, 4};
         const Expr *x = e->value;

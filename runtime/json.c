@@ -217,6 +217,12 @@ int json_format_double(char *buf, size_t size, double v) {
     return n;
 }
 
+void jw_raw(jw *w, const char *json, size_t n) {
+    before_value(w);
+    put(w, json, n);
+    after_value(w);
+}
+
 void jw_num(jw *w, double v) {
     char tmp[40];
     int n = json_format_double(tmp, sizeof tmp, v);

@@ -63,6 +63,8 @@ void jw_key(jw *w, const char *key);
 void jw_str(jw *w, const char *s);            /* NULL writes null */
 void jw_strn(jw *w, const char *s, size_t n);
 void jw_num(jw *w, double v);
+/* An already-serialised JSON value, inserted as is (the caller vouches for it). */
+void jw_raw(jw *w, const char *json, size_t n);
 void jw_int(jw *w, int64_t v);
 void jw_uint(jw *w, uint64_t v);
 void jw_bool(jw *w, int v);

@@ -98,6 +98,10 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
     p->synth_n = (int64_t)kwarg(spec, "n", 2000);
     p->synth_n_test = (int64_t)kwarg(spec, "n_test", 1000);
     p->synth_sep = kwarg(spec, "sep", 3);
+    if (strcmp(p->data, "synthetic")) {
+        p->limit_train = (int64_t)kwarg(spec, "n", 0);
+        p->limit_test = (int64_t)kwarg(spec, "n_test", 0);
+    }
     if (!rc) rc = get_int(root, "batch", 128, &p->batch, err);
     if (!rc) rc = get_int(root, "eval_batch", 500, &p->eval_batch, err);
     if (!rc) rc = get_int(root, "epochs", 1, &p->epochs, err);

@@ -42,6 +42,7 @@ typedef struct exp_plan {
     char data[32];                        /* fashion_mnist, mnist, cifar10, synthetic */
     int c, h, w, classes;
     int64_t synth_n, synth_n_test;
+    int64_t limit_train, limit_test;      /* fashion_mnist(n = 10000): use the first n samples (0: all) */
     double synth_sep;
     int64_t batch, eval_batch, epochs;
     plan_rule train;

@@ -16,9 +16,9 @@
  * with the stream id read from `lethec -d shapes`.
  *
  * Also: batch norm inside rules (gradient through batch statistics, running
- * statistics updated once per input and chained across inputs, eval reads
- * of the step's start), state rewritten from itself (transpose, rotation,
- * w @ w, swaps), dtype promotion, numerically hard inputs, and tensors big
+ * statistics chained across calls, eval reads of the step's start), state
+ * rewritten from itself (transpose, rotation, w @ w, swaps, references),
+ * dtype promotion, numerically hard inputs, and tensors big
  * enough for parallel loops, run serially, with a parallel_for that runs
  * reordered chunks, and on a 2-thread lethe_pool. Workspaces and outputs
  * start as 0xFF bytes so that reads of unwritten memory show.
@@ -1090,8 +1090,9 @@ static void bn_stats(const double *x, int64_t N, int64_t C, int64_t R, double *m
     }
 }
 
-/* batch norm inside rules: grad through batch statistics + parameter writes
- * + report (running statistics updated once), and chained updates of two
+/* batch norm inside rules: grad through batch statistics, parameter writes,
+ * reports before and after them (a call after the write is a new call: two
+ * chained running-statistics updates), and chained updates of two
  * train-mode calls next to an eval call */
 static void test_bn_rules(void) {
     const double eps = 1e-5;
@@ -1102,25 +1103,35 @@ static void test_bn_rules(void) {
         fill("m.var", 0.5, 2);
         double *x = get("batch.x"), *g = get("m.gamma"), *b = get("m.beta"), *rm = get("m.mean"), *rv = get("m.var");
         if (call()) {
-            const int64_t N = 4, C = 3, R = 6;
-            double mu[3], var[3], *y = D(N * C * R), ng[3], nb[3], nm[3], nv[3];
+            const int64_t N = 4, C = 3, R = 6, n = N * R;
+            double mu[3], var[3], ng[3], nb[3], nm[3], nv[3];
+            double *y0 = D(N * C * R), *y = D(N * C * R), *y2 = D(N * C * R);
             bn_stats(x, N, C, R, mu, var);
             for (int64_t c = 0; c < C; c++) {
                 double dg = 0, db = 0;
-                for (int64_t n = 0; n < N; n++)
+                for (int64_t k = 0; k < N; k++)
                     for (int64_t r = 0; r < R; r++) {
-                        int64_t i = (n * C + c) * R + r;
+                        int64_t i = (k * C + c) * R + r;
                         double xh = (x[i] - mu[c]) / sqrt(var[c] + eps);
-                        y[i] = xh * g[c] + b[c];
-                        dg += 2 * y[i] * xh;
-                        db += 2 * y[i];
+                        y0[i] = xh * g[c] + b[c];
+                        dg += 2 * y0[i] * xh;
+                        db += 2 * y0[i];
                     }
                 ng[c] = g[c] - 0.1 * dg;
                 nb[c] = b[c] - 0.1 * db;
-                nm[c] = 0.9 * rm[c] + 0.1 * mu[c];
-                nv[c] = 0.9 * rv[c] + 0.1 * var[c] * (double)(N * R) / (double)(N * R - 1);
+                for (int64_t k = 0; k < N; k++)
+                    for (int64_t r = 0; r < R; r++) {
+                        int64_t i = (k * C + c) * R + r;
+                        y[i] = (x[i] - mu[c]) / sqrt(var[c] + eps) * ng[c] + nb[c];
+                        y2[i] = 2 * y[i];
+                    }
+                /* two train-mode calls (old and new parameters), same batch statistics */
+                nm[c] = 0.9 * (0.9 * rm[c] + 0.1 * mu[c]) + 0.1 * mu[c];
+                nv[c] = 0.9 * (0.9 * rv[c] + 0.1 * var[c] * n / (n - 1)) + 0.1 * var[c] * n / (n - 1);
             }
+            check_arg("y_before", y0, M->tol, sh(4, 4, 3, 2, 3));
             check_arg("y", y, M->tol, sh(4, 4, 3, 2, 3));
+            check_arg("y2", y2, M->tol, sh(4, 4, 3, 2, 3));
             check_arg("m.gamma", ng, M->tol, sh(1, 3));
             check_arg("m.beta", nb, M->tol, sh(1, 3));
             check_arg("m.mean", nm, M->tol, sh(1, 3));
@@ -1600,7 +1611,8 @@ static void test_edge(void) {
 
 /* ---------------------------------------------------------------------------
  * state updated from itself: m.w <- transpose(m.w), rotations, m.w @ m.w,
- * swaps of two states; outputs that are inputs */
+ * swaps of two states, writes through a `let` reference; outputs that are
+ * inputs. Statements run in order (docs/language.md, Rules). */
 
 static void test_inplace(void) {
     if (begin("ip_view_a")) {
@@ -1617,7 +1629,7 @@ static void test_inplace(void) {
             end_case();
         }
     }
-    if (begin("ip_mm_a")) {   /* w' = w @ w, u' = u @ w (old w), y = x @ w + u (old) */
+    if (begin("ip_mm_a")) {   /* in order: w' = w @ w, u' = u @ w', y = x @ w' + u' */
         double *w = get("m.w"), *u = get("m.u"), *x = get("batch.x");
         if (call()) {
             double *nw = D(25), *nu = D(5), *y = D(15);
@@ -1627,12 +1639,12 @@ static void test_inplace(void) {
                         nw[i * 5 + j] += w[i * 5 + k] * w[k * 5 + j];
             for (int j = 0; j < 5; j++)
                 for (int k = 0; k < 5; k++)
-                    nu[j] += u[k] * w[k * 5 + j];
+                    nu[j] += u[k] * nw[k * 5 + j];
             for (int n = 0; n < 3; n++)
                 for (int j = 0; j < 5; j++) {
-                    y[n * 5 + j] = u[j];
+                    y[n * 5 + j] = nu[j];
                     for (int k = 0; k < 5; k++)
-                        y[n * 5 + j] += x[n * 5 + k] * w[k * 5 + j];
+                        y[n * 5 + j] += x[n * 5 + k] * nw[k * 5 + j];
                 }
             check_arg("m.w", nw, M->tol, sh(2, 5, 5));
             check_arg("m.u", nu, M->tol, sh(1, 5));
@@ -1640,21 +1652,36 @@ static void test_inplace(void) {
             end_case();
         }
     }
-    if (begin("ip_swap_a")) {   /* s <- m.params; m.params <- s: a swap */
+    if (begin("ip_swap_a")) {   /* old = m.params * 1; m.params <- s; s <- old: a swap; y with the new m */
         double *w = get("m.w"), *u = get("m.u"), *sw = get("s.w"), *su = get("s.u"), *x = get("batch.x");
         if (call()) {
             double *y = D(15);
             for (int n = 0; n < 3; n++)
                 for (int j = 0; j < 5; j++) {
-                    y[n * 5 + j] = u[j];
+                    y[n * 5 + j] = su[j];
                     for (int k = 0; k < 5; k++)
-                        y[n * 5 + j] += x[n * 5 + k] * w[k * 5 + j];
+                        y[n * 5 + j] += x[n * 5 + k] * sw[k * 5 + j];
                 }
             check_arg("m.w", sw, 0, sh(2, 5, 5));
             check_arg("m.u", su, 0, sh(1, 5));
             check_arg("s.w", w, 0, sh(2, 5, 5));
             check_arg("s.u", u, 0, sh(1, 5));
             check_arg("y", y, M->tol, sh(2, 3, 5));
+            end_case();
+        }
+    }
+    if (begin("ip_ref_a")) {   /* let p = m.params (a reference); p <- p * 2 writes m; a sum taken before keeps the old value */
+        double *w = get("m.w"), *u = get("m.u");
+        if (call()) {
+            double *nw = D(25), *nu = D(5), b = 0;
+            for (int i = 0; i < 25; i++)
+                nw[i] = 2 * w[i], b += w[i];
+            for (int i = 0; i < 5; i++)
+                nu[i] = 2 * u[i];
+            check_arg("m.w", nw, 0, sh(2, 5, 5));
+            check_arg("m.u", nu, 0, sh(1, 5));
+            check_arg("w2", nw, 0, sh(2, 5, 5));
+            check_arg("b", &b, M->tol, sh(0));
             end_case();
         }
     }

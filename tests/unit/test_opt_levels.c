@@ -7,9 +7,11 @@
  * run init_model (same seed), init_state and then two steps on the same
  * batch; fns run on the same random inputs (and seed). Every output and
  * every updated parameter, buffer and state tensor must agree within 1e-5,
- * relative to the tensor's largest value (max|a - b| / max|b|). The steps use runtime hyperparameters
- * other than the defaults, and the MLP step is also checked against a
- * hand-written SGD step (momentum, weight decay) in double precision.
+ * relative to the tensor's largest value (max|a - b| / max|b|). The steps
+ * use runtime hyperparameters other than the defaults, and the MLP step is
+ * also checked against a hand-written torch.optim.SGD step (momentum, weight
+ * decay; the parameter update uses the new momentum) in double precision.
+ * Two entries also run on a 2-thread lethe_pool against a serial run.
  */
 #include <math.h>
 #include <stdio.h>

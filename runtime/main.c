@@ -1,0 +1,180 @@
+/* main.c: the lethe command.
+ *
+ *   lethe run EXPERIMENT [options]               the whole plan over every seed, then the report
+ *   lethe poison|train EXPERIMENT [--seed K]     one stage of one seed
+ *   lethe unlearn EXPERIMENT --method M [--budget 10%] [--seed K]
+ *   lethe eval EXPERIMENT [--model FILE.safetensors] [--seed K]
+ *   lethe report DIR [--no-plots]
+ *   lethe info PROGRAM                           entry points and the plan of a program
+ *
+ * EXPERIMENT is a .lth file (compiled through the cache) or a compiled .so.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "run.h"
+
+static const char usage[] =
+    "usage: lethe COMMAND ...\n"
+    "\n"
+    "  run EXPERIMENT        poison, train, unlearn with every method and budget, evaluate,\n"
+    "                        over every seed; then print the table and draw the plots\n"
+    "  poison EXPERIMENT     write the poison set of a seed (seed<K>/poison.json)\n"
+    "  train EXPERIMENT      train the poisoned model of a seed (seed<K>/original.safetensors)\n"
+    "  unlearn EXPERIMENT    --method M [--budget 10%]: unlearn the original model, record the result\n"
+    "  eval EXPERIMENT       [--model FILE]: evaluate a model (default: the seed's original)\n"
+    "  report DIR            the table (mean +- std over seeds) and the plots of a run folder\n"
+    "  info PROGRAM          the entry points and the plan of a program\n"
+    "\n"
+    "EXPERIMENT is a .lth file (compiled by lethec into the cache, see LETHE_CACHE) or a .so.\n"
+    "\n"
+    "options:\n"
+    "  --out DIR             where artifacts go (default out/<experiment>)\n"
+    "  --seeds N             run N seeds (default: the experiment's)\n"
+    "  --seed K              the seed of a single stage (default 0)\n"
+    "  --methods a,b         only these unlearning methods\n"
+    "  --epochs N            override the training epochs\n"
+    "  --train-limit N       use the first N training samples (a slice of the data)\n"
+    "  --test-limit N        use the first N test samples\n"
+    "  --data-dir DIR        where the data set files are\n"
+    "  --synthetic-fallback  use a synthetic set of the same shape when the data set is missing\n"
+    "  --threads N           worker threads (default: all cores)\n"
+    "  --lethec-flags \"...\"  extra flags when compiling the experiment (e.g. \"-O2\")\n"
+    "  --quiet               no progress output\n"
+    "  --no-plots            (report) tables only\n";
+
+static noreturn void die(const char *fmt, const char *arg, const char *hint) {
+    fprintf(stderr, "lethe: error: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n");
+    if (hint)
+        fprintf(stderr, "---> HINT: %s\n", hint);
+    exit(1);
+}
+
+static int64_t parse_count(const char *s, const char *opt) {
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (*end || v < 0)
+        die("%s needs a non-negative integer", opt, NULL);
+    return v;
+}
+
+static double parse_budget(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !(v > 0))
+        die("bad budget '%s'", s, "write it as a share of the training compute: 10% or 0.1");
+    if (*end == '%')
+        v /= 100, end++;
+    if (*end)
+        die("bad budget '%s'", s, "write it as a share of the training compute: 10% or 0.1");
+    return v;
+}
+
+static void info(const lethe_prog *prog) {
+    const lethe_program *p = prog->p;
+    printf("%s: ABI %u, %u entry points, target %s, sources %s\n", prog->so_path, p->abi_version, p->nentries,
+           p->target ? p->target : "?", p->source_hash ? p->source_hash : "?");
+    static const char *const kinds[] = {"param", "buffer", "state", "input", "scalar", "output"};
+    static const char *const dtypes[] = {"bool", "i32", "f32", "f64"};
+    for (uint32_t i = 0; i < p->nentries; i++) {
+        const lethe_entry *e = &p->entries[i];
+        printf("  %-24s %-9s %3d args, workspace %llu bytes%s\n", e->name, e->kind, e->nargs,
+               (unsigned long long)e->workspace_bytes, e->uses_rng ? ", random" : "");
+        for (int a = 0; a < e->nargs; a++) {
+            const lethe_arg *g = &e->args[a];
+            printf("      %-7s %-28s %s[", g->kind >= 0 && g->kind < 6 ? kinds[g->kind] : "?", g->name,
+                   g->dtype >= 0 && g->dtype < 4 ? dtypes[g->dtype] : "?");
+            for (int d = 0; d < g->rank; d++)
+                printf("%s%lld", d ? ", " : "", (long long)g->shape[d]);
+            printf("]");
+            if (g->kind == LETHE_SCALAR)
+                printf(" = %g", g->scalar_default);
+            printf("\n");
+        }
+    }
+    if (p->experiment)
+        printf("experiment: %s\n", p->experiment);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1], *target = NULL, *method = NULL, *model = NULL, *flags = "", *out = NULL;
+    run_opts o = {0};
+    double budget = 0.1;
+    int seed = 0, plots = 1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define VALUE() (v ? (i++, v) : (die("%s needs a value", a, NULL), ""))
+        if (!strcmp(a, "--out")) out = VALUE();
+        else if (!strcmp(a, "--seeds")) o.seeds = (int)parse_count(VALUE(), a);
+        else if (!strcmp(a, "--seed")) seed = (int)parse_count(VALUE(), a);
+        else if (!strcmp(a, "--methods")) o.methods = VALUE();
+        else if (!strcmp(a, "--method")) method = VALUE();
+        else if (!strcmp(a, "--budget")) budget = parse_budget(VALUE());
+        else if (!strcmp(a, "--model")) model = VALUE();
+        else if (!strcmp(a, "--epochs")) o.epochs = parse_count(VALUE(), a);
+        else if (!strcmp(a, "--train-limit")) o.train_limit = parse_count(VALUE(), a);
+        else if (!strcmp(a, "--test-limit")) o.test_limit = parse_count(VALUE(), a);
+        else if (!strcmp(a, "--data-dir")) o.data_dir = VALUE();
+        else if (!strcmp(a, "--threads")) o.threads = (int)parse_count(VALUE(), a);
+        else if (!strcmp(a, "--lethec-flags")) flags = VALUE();
+        else if (!strcmp(a, "--synthetic-fallback")) o.synthetic_fallback = 1;
+        else if (!strcmp(a, "--quiet")) o.quiet = 1;
+        else if (!strcmp(a, "--no-plots")) plots = 0;
+        else if (a[0] == '-') die("unknown option '%s'", a, "lethe --help lists them");
+        else if (!target) target = a;
+        else die("unexpected argument '%s'", a, "lethe --help");
+#undef VALUE
+    }
+    if (!target)
+        die("%s needs a target", cmd, "lethe --help");
+    char err[LETHE_ERR_LEN];
+    if (!strcmp(cmd, "report")) {
+        if (report_run(target, plots, err))
+            die("%s", err, NULL);
+        return 0;
+    }
+    int known = !strcmp(cmd, "run") || !strcmp(cmd, "poison") || !strcmp(cmd, "train") || !strcmp(cmd, "unlearn") ||
+                !strcmp(cmd, "eval") || !strcmp(cmd, "info");
+    if (!known)
+        die("unknown command '%s'", cmd, "the commands are run, poison, train, unlearn, eval, report and info");
+    lethe_prog prog;
+    if (lethe_prog_open(target, flags, &prog, err))
+        die("%s", err, NULL);
+    if (!strcmp(cmd, "info")) {
+        info(&prog);
+        lethe_prog_close(&prog);
+        return 0;
+    }
+    if (!prog.p->experiment)
+        die("%s defines no experiment", target, "an experiment block names the data, model, training and methods");
+    exp_plan plan;
+    if (plan_parse(prog.p->experiment, &plan, err))
+        die("%s", err, NULL);
+    char outdir[1024];
+    snprintf(outdir, sizeof outdir, "out/%s", plan.name);
+    o.out = out ? out : outdir;
+    int rc;
+    if (!strcmp(cmd, "run")) {
+        rc = run_experiment(&prog, &plan, &o, err);
+        if (!rc)
+            rc = report_run(o.out, plots, err);
+    } else {
+        if (!strcmp(cmd, "unlearn") && !method)
+            die("%s needs --method", cmd, "the experiment's methods are listed by `lethe info`");
+        rc = run_stage(&prog, &plan, &o, cmd, method, budget, seed, model, err);
+    }
+    if (rc)
+        die("%s", err, NULL);
+    plan_free(&plan);
+    lethe_prog_close(&prog);
+    return 0;
+}

@@ -1,0 +1,976 @@
+/* run.c: execute an experiment plan (run.h): poison, train, unlearn with
+ * every method and budget, evaluate, record.
+ *
+ * The protocol (ALGORITHMS.md sections 1-4):
+ *   - a fraction of the training set, chosen from the seed, gets Gaussian
+ *     noise xi ~ N(0, eps^2 I) in the network's input space, before
+ *     augmentation, regenerated from (seed, sample id) and never stored;
+ *   - the original model trains on the poisoned set; retrain trains the same
+ *     recipe on the retain set (everything but the poisons);
+ *   - each method starts from the original model and stops when the
+ *     forward+backward sample passes it used reach its budget, a share of
+ *     the original training's (N x epochs);
+ *   - evaluation: test accuracy; the Gaussian score I = <xi, g> / (eps |g|)
+ *     with g the input gradient of the per-sample loss at the clean input in
+ *     eval mode, against fresh noise (empirical null) and N(0, 1); TPR at
+ *     FPR 0.01; the loss-threshold membership test; the parameter shift.
+ *
+ * Every artifact is written atomically and a finished one is never redone:
+ * a killed run started again continues where it stopped.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "data.h"
+#include "fsutil.h"
+#include "json.h"
+#include "metrics.h"
+#include "progress.h"
+#include "run.h"
+#include "threadpool.h"
+
+#define RUN_ALPHA 0.01   /* the operating point: TPR at FPR 1% */
+#define POISON_SALT 0x9015011u
+#define METHOD_SALT 0x3e7d0d5u
+
+typedef struct Run {
+    const lethe_prog *prog;
+    const exp_plan *plan;
+    const run_opts *o;
+    lethe_pool *pool;
+    lethe_ctx ctx;
+    lethe_dataset train, test;
+    char data_hash[65];
+    int synthetic_stand_in;
+    int64_t epochs;
+    /* per seed */
+    uint64_t seed;
+    int64_t *all, *poison, *retain;
+    int64_t n_all, n_poison, n_retain;
+    uint8_t *mask;
+    int64_t mask_n;
+    const int64_t *training;    /* while training: every data stream draws from this set */
+    int64_t n_training;
+    char dir[PATH_MAX], seed_dir[PATH_MAX + 32];
+} Run;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static const lethe_entry *entry(const Run *r, const char *name, char *err) {
+    const lethe_entry *e = lethe_entry_find(r->prog->p, name);
+    if (!e)
+        lethe_errf(err, LETHE_ENOTFOUND, "the program has no entry '%s': was it compiled from this experiment?", name);
+    return e;
+}
+
+/* ---------------------------------------------------------------------------
+ * data */
+
+static int load_data(Run *r, char *err) {
+    const exp_plan *p = r->plan;
+    const run_opts *o = r->o;
+    int rc = LETHE_OK;
+    int image = 1;
+    if (!strcmp(p->data, "fashion_mnist") || !strcmp(p->data, "mnist")) {
+        const char *dir = o->data_dir ? o->data_dir : !strcmp(p->data, "mnist") ? "/usr/share/datasets/mnist" : NULL;
+        rc = ds_load_mnist_dir(dir, 1, &r->train, err);
+        if (!rc)
+            rc = ds_load_mnist_dir(dir, 0, &r->test, err);
+    } else if (!strcmp(p->data, "cifar10")) {
+        rc = ds_load_cifar10_dir(o->data_dir ? o->data_dir : "data/cifar-10-batches-bin", 1, &r->train, err);
+        if (!rc)
+            rc = ds_load_cifar10_dir(o->data_dir ? o->data_dir : "data/cifar-10-batches-bin", 0, &r->test, err);
+    } else
+        image = 0;
+    if (rc && o->synthetic_fallback) {
+        fprintf(stderr, "lethe: note: %s\nlethe: note: the %s data set is missing: using a synthetic stand-in of the same "
+                        "shape (install dataset-fashion-mnist for the real one)\n", err, p->data);
+        ds_free(&r->train);
+        ds_free(&r->test);
+        r->synthetic_stand_in = 1;
+        image = 0;
+        rc = LETHE_OK;
+    } else if (rc)
+        return rc;
+    if (!image) {
+        ds_synth s = {.kind = DS_SYNTH_BLOBS, .rank = 3, .c = p->c, .h = p->h, .w = p->w, .classes = p->classes,
+                      .sep = p->synth_sep, .noise = 1, .seed = 1234};
+        s.n = o->train_limit ? o->train_limit : p->synth_n;
+        s.first_id = 0;
+        if ((rc = ds_synthetic(&s, &r->train, err)))
+            return rc;
+        s.n = o->test_limit ? o->test_limit : p->synth_n_test;
+        s.first_id = r->train.n;
+        if ((rc = ds_synthetic(&s, &r->test, err)))
+            return rc;
+    } else {
+        ds_divide(&r->train, 255);
+        ds_divide(&r->test, 255);
+    }
+    /* a slice of the data: the first n samples */
+    lethe_dataset *sets[2] = {&r->train, &r->test};
+    int64_t limits[2] = {o->train_limit ? o->train_limit : p->limit_train, o->test_limit ? o->test_limit : p->limit_test};
+    for (int k = 0; k < 2; k++)
+        if (limits[k] > 0 && limits[k] < sets[k]->n) {
+            int64_t *idx = malloc(sizeof(int64_t) * (size_t)limits[k]);
+            lethe_dataset sub = {0};
+            for (int64_t i = 0; i < limits[k]; i++)
+                idx[i] = i;
+            rc = ds_subset(sets[k], idx, limits[k], &sub, err);
+            free(idx);
+            if (rc)
+                return rc;
+            ds_free(sets[k]);
+            *sets[k] = sub;
+        }
+    if (r->train.c != p->c || r->train.h != p->h || r->train.w != p->w || r->train.num_classes > p->classes)
+        return lethe_errf(err, LETHE_EFORMAT, "the data (%d x %d x %d, %d classes) does not match the experiment's model input "
+                                              "(%d x %d x %d, %d classes)", r->train.c, r->train.h, r->train.w,
+                          r->train.num_classes, p->c, p->h, p->w, p->classes);
+    ds_norm nm;
+    if ((rc = ds_norm_fit(&r->train, &nm, err)) || (rc = ds_norm_apply(&r->train, &nm, err)) ||
+        (rc = ds_norm_apply(&r->test, &nm, err)))
+        return rc;
+    ds_hash(&r->train, r->data_hash);
+    return LETHE_OK;
+}
+
+static void free_seed(Run *r) {
+    free(r->all);
+    free(r->poison);
+    free(r->retain);
+    free(r->mask);
+    r->all = r->poison = r->retain = NULL;
+    r->mask = NULL;
+}
+
+/* The poisoned subset of this seed: positions in the training set, and a
+ * mask by sample id for the batch builder. */
+static int choose_poisons(Run *r, char *err) {
+    free_seed(r);
+    int64_t n = r->train.n;
+    r->n_all = n;
+    r->all = malloc(sizeof(int64_t) * (size_t)n);
+    int64_t k = (int64_t)llround(r->plan->poison_fraction * (double)n);
+    r->poison = malloc(sizeof(int64_t) * (size_t)(k + 1));
+    if (!r->all || !r->poison)
+        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        r->all[i] = i;
+    int rc = ds_random_subset(n, k, r->seed ^ POISON_SALT, r->poison, err);
+    if (!rc)
+        rc = ds_complement(n, r->poison, k, &r->retain, &r->n_retain, err);
+    if (rc)
+        return rc;
+    r->n_poison = k;
+    r->mask_n = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (r->train.id[i] + 1 > r->mask_n)
+            r->mask_n = r->train.id[i] + 1;
+    r->mask = calloc((size_t)r->mask_n + 1, 1);
+    if (!r->mask)
+        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < k; i++)
+        r->mask[r->train.id[r->poison[i]]] = 1;
+    return LETHE_OK;
+}
+
+static ds_poison poison_of(const Run *r) {
+    ds_poison p = {.eps = r->n_poison ? r->plan->poison_eps : 0, .seed = r->seed, .mask = r->mask, .mask_n = r->mask_n};
+    return p;
+}
+
+/* ---------------------------------------------------------------------------
+ * calling entries */
+
+static int set_args(lethe_frame *f, const plan_rule *rule, char *err) {
+    for (int i = 0; i < rule->nargs; i++)
+        if (frame_set_scalar(f, rule->arg_name[i], rule->arg_value[i]) == LETHE_EARG)
+            return lethe_errf(err, LETHE_EARG, "'%s' of %s is not a runtime hyperparameter", rule->arg_name[i], rule->rule);
+    return LETHE_OK;
+}
+
+/* Where a rule's data parameter draws from. */
+typedef struct Stream {
+    const int64_t *set;
+    int64_t n, cursor;
+    uint32_t epoch;
+    int64_t *perm;
+    float *x;
+    int32_t *y;
+} Stream;
+
+static int stream_open(Run *r, Stream *s, const char *name, const lethe_frame *f, char *err) {
+    memset(s, 0, sizeof *s);
+    if (r->training) {
+        s->set = r->training;
+        s->n = r->n_training;
+    } else if (!strcmp(name, "retain")) {
+        s->set = r->retain;
+        s->n = r->n_retain;
+    } else if (!strcmp(name, "forget")) {
+        s->set = r->poison;
+        s->n = r->n_poison;
+    } else {
+        s->set = r->all;
+        s->n = r->n_all;
+    }
+    if (s->n == 0)
+        return lethe_errf(err, LETHE_EARG, "the %s set is empty (is the poison fraction 0?)", name);
+    char xn[96], yn[96];
+    snprintf(xn, sizeof xn, "%s.x", name);
+    snprintf(yn, sizeof yn, "%s.y", name);
+    s->x = frame_arg(f, xn);
+    s->y = frame_arg(f, yn);
+    if (!s->x || !s->y)
+        return lethe_errf(err, LETHE_EFORMAT, "entry %s has no arguments %s and %s", f->e->name, xn, yn);
+    s->perm = malloc(sizeof(int64_t) * (size_t)s->n);
+    if (!s->perm)
+        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
+    s->cursor = s->n;   /* shuffle on first use */
+    s->epoch = (uint32_t)-1;
+    return LETHE_OK;
+}
+
+/* The next b samples of the stream, reshuffled at every pass over its set
+ * (a set smaller than b repeats within the batch). */
+static int stream_next(Run *r, Stream *s, int64_t b, uint32_t salt, char *err) {
+    int64_t idx[4096];
+    int64_t *pos = b <= 4096 ? idx : malloc(sizeof(int64_t) * (size_t)b);
+    for (int64_t i = 0; i < b; i++) {
+        if (s->cursor == s->n) {
+            s->epoch++;
+            memcpy(s->perm, s->set, sizeof(int64_t) * (size_t)s->n);
+            ds_shuffle(s->perm, s->n, r->seed ^ salt, DS_STREAM_SHUFFLE, s->epoch);
+            s->cursor = 0;
+        }
+        pos[i] = s->perm[s->cursor++];
+    }
+    ds_poison p = poison_of(r);
+    ds_aug a = {.crop_pad = r->plan->crop_pad, .flip = r->plan->flip, .seed = r->seed, .epoch = s->epoch};
+    int rc = ds_batch(&r->train, pos, b, &p, &a, s->x, s->y, err);
+    if (pos != idx)
+        free(pos);
+    return rc;
+}
+
+/* Run `steps` calls of a rule entry. */
+static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_store *model, ts_store *state, int64_t steps,
+                     uint32_t salt, const char *label, double *last_loss, char *err) {
+    frame_models fm = {NULL, model};
+    lethe_frame *f = frame_new(e, &fm, 1, state, err);
+    if (!f)
+        return LETHE_EARG;
+    int rc = set_args(f, rule, err);
+    Stream streams[PLAN_MAX_STREAMS];
+    int ns = rule->nstreams;
+    for (int i = 0; !rc && i < ns; i++)
+        rc = stream_open(r, &streams[i], rule->streams[i], f, err);
+    float *loss = frame_arg(f, "loss");
+    lethe_progress pr;
+    progress_init(&pr, label, steps, r->o->quiet);
+    r->ctx.seed = r->seed ^ salt;
+    for (int64_t s = 0; !rc && s < steps; s++) {
+        for (int i = 0; !rc && i < ns; i++)
+            rc = stream_next(r, &streams[i], r->plan->batch, salt, err);
+        r->ctx.counter = (uint64_t)s;
+        if (!rc)
+            rc = frame_call(f, &r->ctx, err);
+        double l = loss ? (double)*loss : NAN;
+        if (loss && !isfinite(l) && !rc)
+            fprintf(stderr, "lethe: warning: %s: the loss is %g at step %lld\n", label, l, (long long)s);
+        *last_loss = l;
+        progress_update(&pr, s + 1, l);
+    }
+    progress_finish(&pr);
+    for (int i = 0; i < ns; i++)
+        free(streams[i].perm);
+    frame_free(f);
+    return rc;
+}
+
+static int call_init(Run *r, const char *name, ts_store *model, ts_store *state, char *err) {
+    const lethe_entry *e = lethe_entry_find(r->prog->p, name);
+    if (!e)
+        return LETHE_OK;   /* a rule without state has no init_state */
+    frame_models fm = {NULL, model};
+    lethe_frame *f = frame_new(e, &fm, 1, state, err);
+    if (!f)
+        return LETHE_EARG;
+    r->ctx.seed = r->seed;
+    r->ctx.counter = 0;
+    int rc = frame_call(f, &r->ctx, err);
+    frame_free(f);
+    return rc;
+}
+
+/* Train the plan's recipe from fresh weights on the samples `set`. */
+static int train_on(Run *r, const int64_t *set, int64_t n, ts_store *model, const char *label, double *loss, char *err) {
+    const exp_plan *p = r->plan;
+    const lethe_entry *step = entry(r, p->train.entry, err);
+    if (!step)
+        return LETHE_ENOTFOUND;
+    int64_t per_epoch = n / p->batch;
+    if (per_epoch < 1)
+        return lethe_errf(err, LETHE_EARG, "%lld training samples are fewer than one batch of %lld", (long long)n,
+                          (long long)p->batch);
+    ts_store state = {0};
+    ts_clear(model);
+    int rc = call_init(r, "train.init_model", model, NULL, err);
+    if (!rc)
+        rc = call_init(r, "train.init_state", model, &state, err);
+    /* epochs of n / batch steps over `set` (the last incomplete batch of each
+     * pass is dropped, as drop_last in PyTorch) */
+    r->training = set;
+    r->n_training = n;
+    if (!rc)
+        rc = run_steps(r, step, &p->train, model, &state, per_epoch * r->epochs, 0, label, loss, err);
+    r->training = NULL;
+    ts_clear(&state);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * evaluation */
+
+typedef struct Eval {
+    double accuracy, test_loss;
+    mt_summary gus, gus_null;
+    mt_tpr two_emp, two_norm, neg_emp, neg_norm, mia;
+    double auc;
+    int nroc;
+    double roc_fpr[64], roc_tpr[64];
+} Eval;
+
+/* Run fn entry `name` over samples pos[0..n) of `ds` in batches of the
+ * eval batch size (the last one padded), calling `take` with each batch's
+ * output and how many rows are real. */
+typedef void (*take_fn)(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows);
+
+static int eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n,
+                     int noisy, take_fn take, void *user, char *err) {
+    const lethe_entry *e = entry(r, name, err);
+    if (!e)
+        return LETHE_ENOTFOUND;
+    frame_models fm = {NULL, model};
+    lethe_frame *f = frame_new(e, &fm, 1, NULL, err);
+    if (!f)
+        return LETHE_EARG;
+    int64_t b = r->plan->eval_batch;
+    float *x = frame_arg(f, "x"), *out = frame_arg(f, "out");
+    int32_t *y = frame_arg(f, "y");
+    int64_t *idx = malloc(sizeof(int64_t) * (size_t)b);
+    /* an entry that does not read the labels has no y argument */
+    int32_t *own_y = y ? NULL : malloc(sizeof(int32_t) * (size_t)b);
+    if (!y)
+        y = own_y;
+    int rc = !x || !out || !idx || !y ? lethe_errf(err, LETHE_EFORMAT, "entry %s lacks x or out", name) : LETHE_OK;
+    ds_poison p = poison_of(r);
+    for (int64_t start = 0; !rc && start < n; start += b) {
+        int64_t rows = n - start < b ? n - start : b;
+        for (int64_t i = 0; i < b; i++)
+            idx[i] = pos[start + (i < rows ? i : rows - 1)];
+        rc = ds_batch(ds, idx, b, noisy ? &p : NULL, NULL, x, y, err);
+        if (!rc)
+            rc = frame_call(f, &r->ctx, err);
+        if (!rc)
+            take(user, out, y, x, start, rows);
+    }
+    free(idx);
+    free(own_y);
+    frame_free(f);
+    return rc;
+}
+
+typedef struct Acc {
+    int64_t correct;
+    int k;
+    double *loss;
+} Acc;
+
+static void take_logits(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
+    Acc *a = user;
+    a->correct += mt_correct(out, y, rows, a->k);
+}
+
+static void take_losses(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
+    double *loss = user;
+    for (int64_t i = 0; i < rows; i++)
+        loss[start + i] = out[i];
+}
+
+typedef struct Scores {
+    const Run *r;
+    double *in, *null;
+    float *xi;
+} Scores;
+
+static void take_grads(void *user, const float *g, const int32_t *y, const float *x, int64_t start, int64_t rows) {
+    Scores *s = user;
+    const Run *r = s->r;
+    int64_t d = r->train.d;
+    for (int64_t i = 0; i < rows; i++) {
+        int64_t id = r->train.id[r->poison[start + i]];
+        ds_gauss_noise(r->seed, DS_STREAM_POISON, r->plan->poison_eps, id, d, s->xi);
+        s->in[start + i] = mt_gauss_score(s->xi, g + i * d, d, r->plan->poison_eps);
+        s->null[start + i] = mt_gauss_score_null(g + i * d, d, r->plan->poison_eps, r->seed, id);
+    }
+}
+
+static int evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
+    memset(ev, 0, sizeof *ev);
+    int64_t nt = r->test.n;
+    int64_t *tpos = malloc(sizeof(int64_t) * (size_t)nt);
+    double *test_loss = malloc(sizeof(double) * (size_t)nt);
+    if (!tpos || !test_loss) {
+        free(tpos);
+        free(test_loss);
+        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
+    }
+    for (int64_t i = 0; i < nt; i++)
+        tpos[i] = i;
+    Acc acc = {.k = r->plan->classes};
+    int rc = eval_over(r, "eval.logits", model, &r->test, tpos, nt, 0, take_logits, &acc, err);
+    if (!rc)
+        rc = eval_over(r, "eval.loss_each", model, &r->test, tpos, nt, 0, take_losses, test_loss, err);
+    ev->accuracy = (double)acc.correct / (double)nt;
+    mt_summary ts = mt_summarize(test_loss, nt);
+    ev->test_loss = ts.mean;
+    int64_t np = r->n_poison;
+    if (!rc && np > 0) {
+        double *forget_loss = malloc(sizeof(double) * (size_t)np);
+        Scores s = {r, malloc(sizeof(double) * (size_t)np), malloc(sizeof(double) * (size_t)np),
+                    malloc(sizeof(float) * (size_t)r->train.d)};
+        if (!forget_loss || !s.in || !s.null || !s.xi)
+            rc = lethe_errf(err, LETHE_ENOMEM, "out of memory");
+        /* membership by loss: the forget set as it was trained on (with its noise) */
+        if (!rc)
+            rc = eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 1, take_losses, forget_loss, err);
+        if (!rc)
+            rc = mt_loss_mia(forget_loss, np, test_loss, nt, RUN_ALPHA, &ev->mia, err);
+        /* the Gaussian score: gradients at the clean inputs */
+        if (!rc)
+            rc = eval_over(r, "eval.input_grad", model, &r->train, r->poison, np, 0, take_grads, &s, err);
+        if (!rc) {
+            ev->gus = mt_summarize(s.in, np);
+            ev->gus_null = mt_summarize(s.null, np);
+            rc = mt_tpr_at_fpr_empirical(s.in, np, s.null, np, MT_SIDE_TWO, RUN_ALPHA, &ev->two_emp, err);
+        }
+        if (!rc) rc = mt_tpr_at_fpr_normal(s.in, np, MT_SIDE_TWO, RUN_ALPHA, &ev->two_norm, err);
+        if (!rc) rc = mt_tpr_at_fpr_empirical(s.in, np, s.null, np, MT_SIDE_NEG, RUN_ALPHA, &ev->neg_emp, err);
+        if (!rc) rc = mt_tpr_at_fpr_normal(s.in, np, MT_SIDE_NEG, RUN_ALPHA, &ev->neg_norm, err);
+        if (!rc) {
+            /* the ROC of |I| against |I'|, kept at log-spaced false positive rates */
+            double *pos = malloc(sizeof(double) * (size_t)np), *neg = malloc(sizeof(double) * (size_t)np);
+            mt_roc_point *pts = malloc(sizeof(mt_roc_point) * (size_t)(2 * np + 1));
+            int64_t npts = 0;
+            for (int64_t i = 0; pos && neg && i < np; i++) {
+                pos[i] = mt_stat(s.in[i], MT_SIDE_TWO);
+                neg[i] = mt_stat(s.null[i], MT_SIDE_TWO);
+            }
+            rc = pos && neg && pts ? mt_roc(pos, np, neg, np, pts, &npts, err) : lethe_errf(err, LETHE_ENOMEM, "out of memory");
+            if (!rc) {
+                ev->auc = mt_auc(pts, npts);
+                for (int k = 0; k < 41; k++) {
+                    double target = pow(10, -3 + 3.0 * k / 40);
+                    double best = 0, at = 0;
+                    for (int64_t j = 0; j < npts; j++)
+                        if (pts[j].fpr <= target + 1e-12 && pts[j].tpr >= best) {
+                            best = pts[j].tpr;
+                            at = pts[j].fpr;
+                        }
+                    ev->roc_fpr[ev->nroc] = target;
+                    ev->roc_tpr[ev->nroc++] = best;
+                    (void)at;
+                }
+            }
+            free(pos);
+            free(neg);
+            free(pts);
+        }
+        free(forget_loss);
+        free(s.in);
+        free(s.null);
+        free(s.xi);
+    }
+    free(tpos);
+    free(test_loss);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * records */
+
+static const char *budget_tag(double b, char *buf, size_t n) {
+    if (b < 0)
+        snprintf(buf, n, "full");
+    else
+        snprintf(buf, n, "b%g", 100 * b);
+    return buf;
+}
+
+typedef struct Used {
+    int64_t steps, samples;
+    double budget_used, seconds, final_loss, shift;
+} Used;
+
+static void put_tpr(jw *w, const char *key, const mt_tpr *t) {
+    jw_key(w, key);
+    jw_obj_begin(w);
+    jw_kv_num(w, "tpr", t->tpr);
+    jw_kv_num(w, "fpr", t->fpr);
+    jw_kv_num(w, "threshold", t->threshold);
+    jw_obj_end(w);
+}
+
+static int write_record(Run *r, const char *method, double budget, const Eval *ev, const Used *u, char *err) {
+    jw w;
+    jw_init(&w);
+    jw_obj_begin(&w);
+    jw_kv_str(&w, "experiment", r->plan->name);
+    jw_kv_str(&w, "method", method);
+    jw_kv_int(&w, "seed", (int64_t)r->seed);
+    jw_key(&w, "budget");
+    if (budget < 0)
+        jw_null(&w);
+    else
+        jw_num(&w, budget);
+    jw_kv_num(&w, "budget_used", u->budget_used);
+    jw_kv_int(&w, "steps", u->steps);
+    jw_kv_int(&w, "samples", u->samples);
+    jw_kv_num(&w, "accuracy", ev->accuracy);
+    jw_kv_num(&w, "test_loss", ev->test_loss);
+    jw_kv_num(&w, "final_train_loss", u->final_loss);
+    jw_kv_num(&w, "param_shift", u->shift);
+    jw_kv_num(&w, "seconds", u->seconds);
+    jw_kv_int(&w, "n_train", r->n_all);
+    jw_kv_int(&w, "n_poison", r->n_poison);
+    jw_kv_int(&w, "n_test", r->test.n);
+    if (r->n_poison) {
+        jw_kv_num(&w, "gus", ev->gus.mean);
+        jw_kv_num(&w, "gus_se", ev->gus.se);
+        jw_kv_num(&w, "gus_std", ev->gus.std);
+        jw_kv_num(&w, "gus_null", ev->gus_null.mean);
+        jw_kv_num(&w, "gus_null_se", ev->gus_null.se);
+        jw_kv_num(&w, "gus_p_two_sided", ev->gus.p_two_sided);
+        jw_kv_num(&w, "alpha", RUN_ALPHA);
+        jw_key(&w, "tpr_at_fpr");
+        jw_obj_begin(&w);
+        put_tpr(&w, "two_sided_empirical", &ev->two_emp);
+        put_tpr(&w, "two_sided_normal", &ev->two_norm);
+        put_tpr(&w, "negative_empirical", &ev->neg_emp);
+        put_tpr(&w, "negative_normal", &ev->neg_norm);
+        jw_obj_end(&w);
+        put_tpr(&w, "loss_mia", &ev->mia);
+        jw_kv_num(&w, "auc", ev->auc);
+        jw_key(&w, "roc");
+        jw_arr_begin(&w);
+        for (int i = 0; i < ev->nroc; i++) {
+            jw_arr_begin(&w);
+            jw_num(&w, ev->roc_fpr[i]);
+            jw_num(&w, ev->roc_tpr[i]);
+            jw_arr_end(&w);
+        }
+        jw_arr_end(&w);
+    }
+    jw_key(&w, "run");
+    jw_obj_begin(&w);
+    jw_kv_str(&w, "data_hash", r->data_hash);
+    jw_kv_bool(&w, "synthetic_stand_in", r->synthetic_stand_in);
+    jw_kv_int(&w, "epochs", r->epochs);
+    jw_kv_int(&w, "train_limit", r->o->train_limit);
+    jw_kv_int(&w, "test_limit", r->o->test_limit);
+    jw_kv_str(&w, "program", r->prog->so_path);
+    jw_kv_str(&w, "source_hash", r->prog->p->source_hash ? r->prog->p->source_hash : "");
+    jw_obj_end(&w);
+    jw_key(&w, "config");
+    jw_raw(&w, r->plan->json, strlen(r->plan->json));
+    jw_obj_end(&w);
+    size_t len;
+    const char *text = jw_finish(&w, &len);
+    char path[PATH_MAX + 128], tag[32];
+    snprintf(path, sizeof path, "%s/records/%s_%s_seed%llu.json", r->dir, method, budget_tag(budget, tag, sizeof tag),
+             (unsigned long long)r->seed);
+    int rc = text ? fs_write_atomic(path, text, len, err) : lethe_errf(err, LETHE_EFORMAT, "record is not valid JSON");
+    jw_free(&w);
+    return rc;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* results.jsonl: every record, one per line, in name order. */
+static int write_results(const char *dir, char *err) {
+    char rdir[PATH_MAX + 16];
+    snprintf(rdir, sizeof rdir, "%s/records", dir);
+    DIR *d = opendir(rdir);
+    if (!d)
+        return LETHE_OK;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (l < 6 || strcmp(de->d_name + l - 5, ".json") || de->d_name[0] == '.')
+            continue;
+        if (n == cap)
+            names = realloc(names, sizeof(char *) * (cap = cap ? 2 * cap : 64));
+        names[n++] = strdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof(char *), cmp_str);
+    fs_atomic a;
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    int rc = fs_atomic_begin(&a, path, err);
+    for (size_t i = 0; i < n; i++) {
+        char file[PATH_MAX * 2];
+        snprintf(file, sizeof file, "%s/%s", rdir, names[i]);
+        uint8_t *text = NULL;
+        size_t len = 0;
+        if (!rc && !(rc = fs_read_file(file, 16 << 20, &text, &len, err))) {
+            fs_atomic_write(&a, text, len);
+            fs_atomic_write(&a, "\n", 1);
+        }
+        free(text);
+        free(names[i]);
+    }
+    free(names);
+    if (!rc)
+        rc = fs_atomic_commit(&a, err);
+    else
+        fs_atomic_abort(&a);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * stages */
+
+/* Fault injection for the resume test: LETHE_KILL_AFTER_RECORDS=N makes the
+ * process kill itself (SIGKILL, as a crash or an operator would) right after
+ * its N-th new record. */
+static void fault_point(void) {
+    static long left = -2;
+    if (left == -2) {
+        const char *v = getenv("LETHE_KILL_AFTER_RECORDS");
+        left = v && *v ? atol(v) : -1;
+    }
+    if (left > 0 && --left == 0)
+        raise(SIGKILL);
+}
+
+static int record_exists(const Run *r, const char *method, double budget) {
+    char path[PATH_MAX + 128], tag[32];
+    snprintf(path, sizeof path, "%s/records/%s_%s_seed%llu.json", r->dir, method, budget_tag(budget, tag, sizeof tag),
+             (unsigned long long)r->seed);
+    return fs_exists(path);
+}
+
+static int save_model(const Run *r, const ts_store *m, const char *path, const char *what, char *err) {
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
+    const char *meta[] = {"format", "lethe", "experiment", r->plan->name, "model", what, "seed", seed,
+                          "data_hash", r->data_hash, NULL};
+    return ts_save(m, path, meta, err);
+}
+
+/* The original model of this seed: trained once, then read back. */
+static int original_model(Run *r, ts_store *orig, Used *u, char *err) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/original.safetensors", r->seed_dir);
+    char info[PATH_MAX + 64];
+    snprintf(info, sizeof info, "%s/original.train.json", r->seed_dir);
+    memset(u, 0, sizeof *u);
+    u->steps = (r->n_all / r->plan->batch) * r->epochs;
+    u->samples = u->steps * r->plan->batch;
+    u->budget_used = 1;
+    if (fs_exists(path)) {
+        /* trained by an earlier run: its time and final loss are in the sidecar */
+        uint8_t *text = NULL;
+        size_t n = 0;
+        json_doc *doc = NULL;
+        if (!fs_read_file(info, 1 << 16, &text, &n, err) && !json_parse((char *)text, n, NULL, &doc, err)) {
+            const json_value *root = json_doc_root(doc), *sec = json_obj_get(root, "seconds"),
+                             *loss = json_obj_get(root, "final_loss");
+            u->seconds = sec && sec->type == JSON_NUMBER ? sec->num : NAN;
+            u->final_loss = loss && loss->type == JSON_NUMBER ? loss->num : NAN;
+        }
+        json_doc_free(doc);
+        free(text);
+        return ts_load(orig, path, err);
+    }
+    double t0 = now();
+    char label[64];
+    snprintf(label, sizeof label, "train seed %llu", (unsigned long long)r->seed);
+    int rc = train_on(r, r->all, r->n_all, orig, label, &u->final_loss, err);
+    u->seconds = now() - t0;
+    if (!rc) {
+        char text[128];
+        int n = snprintf(text, sizeof text, "{\"seconds\": %.3f, \"final_loss\": %.9g}\n", u->seconds, u->final_loss);
+        rc = fs_write_atomic(info, text, (size_t)n, err);
+    }
+    /* the model last: its presence means the stage is done */
+    return rc ? rc : save_model(r, orig, path, "original", err);
+}
+
+static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store *orig, ts_store *model, Used *u, char *err) {
+    memset(u, 0, sizeof *u);
+    double t0 = now();
+    char label[96];
+    snprintf(label, sizeof label, "%s seed %llu", pm->name, (unsigned long long)r->seed);
+    int rc;
+    double full = (double)r->n_all * (double)r->epochs;   /* the original training's sample passes */
+    if (pm->retrain) {
+        char path[PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/retrain.safetensors", r->seed_dir);
+        if (fs_exists(path))
+            rc = ts_load(model, path, err);
+        else if (!(rc = train_on(r, r->retain, r->n_retain, model, label, &u->final_loss, err)))
+            rc = save_model(r, model, path, "retrain", err);
+        u->steps = (r->n_retain / r->plan->batch) * r->epochs;
+        u->samples = u->steps * r->plan->batch;
+    } else {
+        const lethe_entry *e = entry(r, pm->r.entry, err);
+        if (!e)
+            return LETHE_ENOTFOUND;
+        ts_store state = {0};
+        char init[128];
+        snprintf(init, sizeof init, "%s.init_state", pm->r.entry);
+        rc = ts_copy(model, orig, err);
+        if (!rc)
+            rc = call_init(r, init, model, &state, err);
+        int64_t cost = r->plan->batch * (pm->r.nstreams ? pm->r.nstreams : 1);
+        int64_t steps = (int64_t)floor(budget * full / (double)cost);
+        if (steps < 1)
+            steps = 1;
+        uint32_t salt = METHOD_SALT ^ (uint32_t)fs_fnv1a64(pm->name, strlen(pm->name), 0xcbf29ce484222325ull);
+        if (!rc)
+            rc = run_steps(r, e, &pm->r, model, &state, steps, salt, label, &u->final_loss, err);
+        ts_clear(&state);
+        u->steps = steps;
+        u->samples = steps * cost;
+        if (!rc) {
+            char path[PATH_MAX + 128], tag[32];
+            snprintf(path, sizeof path, "%s/%s_%s.safetensors", r->seed_dir, pm->name, budget_tag(budget, tag, sizeof tag));
+            rc = save_model(r, model, path, pm->name, err);
+        }
+    }
+    u->budget_used = (double)u->samples / full;
+    u->seconds = now() - t0;
+    u->shift = sqrt(ts_distance2(model, orig));
+    return rc;
+}
+
+static int method_selected(const run_opts *o, const char *name) {
+    if (!o->methods)
+        return 1;
+    size_t n = strlen(name);
+    for (const char *p = o->methods; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n))
+            return 1;
+        p += len + (e ? 1 : 0);
+    }
+    return 0;
+}
+
+static int run_seed(Run *r, int k, char *err) {
+    r->seed = (uint64_t)(r->o->seed_base + k);
+    snprintf(r->seed_dir, sizeof r->seed_dir, "%s/seed%llu", r->dir, (unsigned long long)r->seed);
+    int rc = fs_mkdir_p(r->seed_dir, 0755, err);
+    if (!rc)
+        rc = choose_poisons(r, err);
+    if (rc)
+        return rc;
+    if (!r->o->quiet)
+        fprintf(stderr, "lethe: seed %llu: %lld training samples, %lld poisoned (eps %g), %lld test\n",
+                (unsigned long long)r->seed, (long long)r->n_all, (long long)r->n_poison, r->plan->poison_eps,
+                (long long)r->test.n);
+    ts_store orig = {0}, model = {0};
+    Used u;
+    Eval ev;
+    rc = original_model(r, &orig, &u, err);
+    if (!rc && !record_exists(r, "original", 0)) {
+        rc = evaluate(r, &orig, &ev, err);
+        if (!rc)
+            rc = write_record(r, "original", 0, &ev, &u, err);
+        if (!rc)
+            rc = write_results(r->dir, err);
+        if (!rc)
+            fault_point();
+    }
+    for (int m = 0; !rc && m < r->plan->nmethods; m++) {
+        const plan_method *pm = &r->plan->methods[m];
+        if (!method_selected(r->o, pm->name))
+            continue;
+        for (int b = 0; !rc && b < (pm->retrain ? 1 : r->plan->nbudgets); b++) {
+            double budget = pm->retrain ? -1 : r->plan->budgets[b];
+            if (record_exists(r, pm->name, budget))
+                continue;
+            rc = unlearn(r, pm, budget, &orig, &model, &u, err);
+            if (!rc)
+                rc = evaluate(r, &model, &ev, err);
+            if (!rc)
+                rc = write_record(r, pm->name, budget, &ev, &u, err);
+            if (!rc)
+                rc = write_results(r->dir, err);
+            if (!rc)
+                fault_point();
+        }
+    }
+    ts_clear(&orig);
+    ts_clear(&model);
+    return rc;
+}
+
+/* A run killed while writing leaves its temporary (".NAME.tmp.PID.N", see
+ * fsutil.c) behind; the target itself is never partial. Clear them. */
+static void remove_stale_temps(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char path[PATH_MAX * 2];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (de->d_name[0] == '.' && strstr(de->d_name, ".tmp."))
+            unlink(path);
+        else if (!strncmp(de->d_name, "seed", 4) && de->d_type == DT_DIR)
+            remove_stale_temps(path);
+    }
+    closedir(d);
+}
+
+static int run_open(Run *r, const lethe_prog *prog, exp_plan *plan, const run_opts *o, char *err) {
+    memset(r, 0, sizeof *r);
+    r->prog = prog;
+    r->plan = plan;
+    r->o = o;
+    r->epochs = o->epochs ? o->epochs : plan->epochs;
+    snprintf(r->dir, sizeof r->dir, "%s", o->out ? o->out : "out");
+    char rdir[PATH_MAX + 16];
+    snprintf(rdir, sizeof rdir, "%s/records", r->dir);
+    int rc = fs_mkdir_p(rdir, 0755, err);
+    if (rc)
+        return rc;
+    remove_stale_temps(r->dir);
+    remove_stale_temps(rdir);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    r->pool = lethe_pool_new(o->threads > 0 ? o->threads : cores > 0 ? (int)cores : 1);
+    lethe_ctx_init(&r->ctx, r->pool, 0);
+    return load_data(r, err);
+}
+
+static void run_close(Run *r) {
+    free_seed(r);
+    ds_free(&r->train);
+    ds_free(&r->test);
+    if (r->pool)
+        lethe_pool_free(r->pool);
+}
+
+int run_experiment(const lethe_prog *prog, exp_plan *plan, const run_opts *o, char *err) {
+    Run r;
+    int rc = run_open(&r, prog, plan, o, err);
+    int seeds = o->seeds ? o->seeds : plan->seeds;
+    for (int k = 0; !rc && k < seeds; k++)
+        rc = run_seed(&r, k, err);
+    if (!rc)
+        rc = write_results(r.dir, err);
+    run_close(&r);
+    return rc;
+}
+
+int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const char *stage, const char *method, double budget,
+              int seed, const char *model_path, char *err) {
+    Run r;
+    int rc = run_open(&r, prog, plan, o, err);
+    if (rc) {
+        run_close(&r);
+        return rc;
+    }
+    r.seed = (uint64_t)seed;
+    snprintf(r.seed_dir, sizeof r.seed_dir, "%s/seed%d", r.dir, seed);
+    rc = fs_mkdir_p(r.seed_dir, 0755, err);
+    if (!rc)
+        rc = choose_poisons(&r, err);
+    ts_store orig = {0}, model = {0};
+    Used u;
+    Eval ev;
+    if (!rc && !strcmp(stage, "poison")) {
+        /* the poison set of this seed, by sample id (the noise is regenerated from the seed) */
+        jw w;
+        jw_init(&w);
+        jw_obj_begin(&w);
+        jw_kv_int(&w, "seed", seed);
+        jw_kv_num(&w, "eps", plan->poison_eps);
+        jw_key(&w, "ids");
+        jw_arr_begin(&w);
+        for (int64_t i = 0; i < r.n_poison; i++)
+            jw_int(&w, r.train.id[r.poison[i]]);
+        jw_arr_end(&w);
+        jw_obj_end(&w);
+        size_t len;
+        const char *text = jw_finish(&w, &len);
+        char path[PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/poison.json", r.seed_dir);
+        rc = fs_write_atomic(path, text, len, err);
+        if (!rc)
+            printf("%s: %lld poisoned samples\n", path, (long long)r.n_poison);
+        jw_free(&w);
+    } else if (!rc && !strcmp(stage, "train")) {
+        rc = original_model(&r, &orig, &u, err);
+        if (!rc)
+            printf("%s/original.safetensors\n", r.seed_dir);
+    } else if (!rc && !strcmp(stage, "unlearn")) {
+        const plan_method *pm = NULL;
+        for (int m = 0; m < plan->nmethods; m++)
+            if (!strcmp(plan->methods[m].name, method))
+                pm = &plan->methods[m];
+        if (!pm)
+            rc = lethe_errf(err, LETHE_ENOTFOUND, "the experiment has no method '%s'", method);
+        if (!rc)
+            rc = original_model(&r, &orig, &u, err);
+        if (!rc)
+            rc = unlearn(&r, pm, pm->retrain ? -1 : budget, &orig, &model, &u, err);
+        if (!rc)
+            rc = evaluate(&r, &model, &ev, err);
+        if (!rc)
+            rc = write_record(&r, pm->name, pm->retrain ? -1 : budget, &ev, &u, err);
+        if (!rc)
+            rc = write_results(r.dir, err);
+    } else if (!rc && !strcmp(stage, "eval")) {
+        char path[PATH_MAX + 64];
+        if (model_path)
+            snprintf(path, sizeof path, "%s", model_path);
+        else
+            snprintf(path, sizeof path, "%s/original.safetensors", r.seed_dir);
+        rc = ts_load(&model, path, err);
+        if (!rc)
+            rc = evaluate(&r, &model, &ev, err);
+        if (!rc) {
+            printf("{\"model\": \"%s\", \"accuracy\": %.6f, \"test_loss\": %.6f", path, ev.accuracy, ev.test_loss);
+            if (r.n_poison)
+                printf(", \"gus\": %.6f, \"gus_se\": %.6f, \"tpr_at_fpr_0.01\": %.6f, \"loss_mia_tpr\": %.6f", ev.gus.mean,
+                       ev.gus.se, ev.two_emp.tpr, ev.mia.tpr);
+            printf("}\n");
+        }
+    } else if (!rc)
+        rc = lethe_errf(err, LETHE_EARG, "unknown stage '%s'", stage);
+    ts_clear(&orig);
+    ts_clear(&model);
+    run_close(&r);
+    return rc;
+}
