@@ -869,7 +869,7 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
 }
 
 /* i32 entry(ptr args, ptr workspace, ptr ctx) of one program */
-static LLVMValueRef gen_program(LL *ll, const LProgram *p, const char *symbol) {
+static LLVMValueRef gen_program(LL *ll, const LProgram *p, int index, const char *symbol) {
     const char *prefix = xfmt("%s.%s", symbol, sanitize(p->entry->name));
     LLVMTypeRef pt[3] = {ll->t_ptr, ll->t_ptr, ll->t_ptr};
     LLVMValueRef fn = ll_new_function(ll, prefix, LLVMFunctionType(ll->t_i32, pt, 3, 0), true);
@@ -893,8 +893,7 @@ static LLVMValueRef gen_program(LL *ll, const LProgram *p, const char *symbol) {
         LLVMValueRef idx = i64c(ll, i + 1);
         LLVMBuildStore(b, base, LLVMBuildInBoundsGEP2(b, ll->t_ptr, clo, &idx, 1, ""));
     }
-    for (int i = 0; i < p->kernels.len; i++)
-        LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo, 1, "");
+    ll_profile_calls(ll, b, index, kfn, p->kernels.len, clo);
     LLVMBuildRet(b, i32c(ll, 0));
     LLVMDisposeBuilder(b);
     return fn;
@@ -1130,8 +1129,10 @@ void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, 
         error_noloc("%s", err);
     }
     LLVMValueRef *entry_fns = xalloc(sizeof(LLVMValueRef) * ((size_t)nprogs + 1));
+    ll_profile_begin(&ll, symbol);
     for (int i = 0; i < nprogs; i++)
-        entry_fns[i] = gen_program(&ll, progs[i], sanitize(symbol));
+        entry_fns[i] = gen_program(&ll, progs[i], i, sanitize(symbol));
+    ll_profile_end(&ll, progs, nprogs);
     ll_emit_descriptor(&ll, cu, progs, nprogs, entry_fns, symbol);
 
     char *msg = NULL;

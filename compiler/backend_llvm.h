@@ -23,6 +23,10 @@ typedef struct LL {
     /* lazily created helpers of llvm_math.c: [LLMath][f32, f64], [kind] */
     LLVMValueRef math_fn[4][2];
     LLVMValueRef rand_fn[3];
+    /* the kernel profile of backend_llvm_abi.c: the table (mutable) and,
+     * per program, its [nkernels x i64] nanosecond counters */
+    LLVMValueRef prof_table;
+    VEC(LLVMValueRef) prof_ns;
 } LL;
 
 /* backend_llvm.c: small shared helpers */
@@ -49,5 +53,12 @@ LLVMValueRef llm_rand(LL *ll, LLVMBuilderRef b, Op op, DType dt, LLVMValueRef se
  * entry_fns[0..n). */
 void ll_emit_descriptor(LL *ll, const CompUnit *cu, LProgram **progs, int n, LLVMValueRef *entry_fns,
                         const char *symbol);
+/* The kernel profile (backend_llvm_abi.c): ll_profile_begin creates the
+ * table global <symbol>_profile before the programs are generated; each
+ * entry function calls its kernels through ll_profile_call; ll_profile_end
+ * fills in the table once every program has its counters. */
+void ll_profile_begin(LL *ll, const char *symbol);
+void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nkernels, LLVMValueRef clo);
+void ll_profile_end(LL *ll, LProgram **progs, int n);
 
 #endif

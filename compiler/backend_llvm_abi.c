@@ -145,3 +145,123 @@ void ll_emit_descriptor(LL *ll, const CompUnit *cu, LProgram **progs, int n, LLV
     LLVMSetGlobalConstant(prog, 1);
     LLVMSetLinkage(prog, LLVMExternalLinkage);
 }
+
+/* ----------------------------------------------------------------------------
+ * the kernel profile
+ *
+ * Every program carries a mutable table, the global <symbol>_profile, that a
+ * benchmark or a debugging session reads through dlsym; it is not part of
+ * lethe_abi.h (nothing in the runtime depends on it):
+ *
+ *   struct { int32_t enabled; int32_t nentries; const E *entries; }
+ *   E = struct { const char *entry; int64_t nkernels; const char *const *kernel;
+ *                const char *const *what; const double *flops; int64_t *ns; }
+ *
+ * When `enabled` is non-zero at the start of a call, the entry function reads
+ * CLOCK_MONOTONIC around each kernel and adds the elapsed nanoseconds to
+ * ns[kernel]; otherwise it runs the plain sequence of calls. The cost when
+ * disabled is one load and one branch per call of an entry, nothing per
+ * kernel. Kernel names and `what` are those of `-d loops`; flops the rough
+ * count of LKernel.flops.
+ */
+
+static LLVMTypeRef prof_table_type(LL *ll) {
+    LLVMTypeRef t = LLVMGetTypeByName2(ll->ctx, "lethe_kprofile");
+    if (!t) {
+        t = LLVMStructCreateNamed(ll->ctx, "lethe_kprofile");
+        LLVMTypeRef f[] = {ll->t_i32, ll->t_i32, ll->t_ptr};
+        LLVMStructSetBody(t, f, 3, 0);
+    }
+    return t;
+}
+
+void ll_profile_begin(LL *ll, const char *symbol) {
+    ll->prof_table = LLVMAddGlobal(ll->mod, prof_table_type(ll), xfmt("%s_profile", symbol));
+    LLVMSetLinkage(ll->prof_table, LLVMExternalLinkage);
+}
+
+/* nanoseconds of CLOCK_MONOTONIC through clock_gettime (vDSO: ~20 ns) */
+static LLVMValueRef now_ns(LL *ll, LLVMBuilderRef b, LLVMValueRef ts) {
+    LLVMTypeRef pt[2] = {ll->t_i32, ll->t_ptr};
+    LLVMTypeRef fty = LLVMFunctionType(ll->t_i32, pt, 2, 0);
+    LLVMValueRef fn = LLVMGetNamedFunction(ll->mod, "clock_gettime");
+    if (!fn) {
+        fn = LLVMAddFunction(ll->mod, "clock_gettime", fty);
+        ll_fn_attr(ll, fn, "nounwind");
+    }
+    enum { CLOCK_MONOTONIC_ID = 1 };
+    LLVMValueRef args[2] = {LLVMConstInt(ll->t_i32, CLOCK_MONOTONIC_ID, 0), ts};
+    LLVMBuildCall2(b, fty, fn, args, 2, "");
+    LLVMValueRef one = LLVMConstInt(ll->t_i64, 1, 0);
+    LLVMValueRef sec = LLVMBuildLoad2(b, ll->t_i64, ts, "");
+    LLVMValueRef nsec = LLVMBuildLoad2(b, ll->t_i64, LLVMBuildInBoundsGEP2(b, ll->t_i64, ts, &one, 1, ""), "");
+    return LLVMBuildAdd(b, LLVMBuildMul(b, sec, LLVMConstInt(ll->t_i64, 1000000000, 0), ""), nsec, "");
+}
+
+void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nk, LLVMValueRef clo) {
+    LLVMTypeRef at = LLVMArrayType2(ll->t_i64, (uint64_t)(nk ? nk : 1));
+    LLVMValueRef ns = LLVMAddGlobal(ll->mod, at, xfmt("%s.ns.%d", LLVMGetValueName(ll->prof_table), prog));
+    LLVMSetInitializer(ns, LLVMConstNull(at));
+    LLVMSetLinkage(ns, LLVMPrivateLinkage);
+    ASSERT(ll->prof_ns.len == prog);
+    vec_push(&ll->prof_ns, ns);
+
+    LLVMValueRef fn = LLVMGetBasicBlockParent(LLVMGetInsertBlock(b));
+    LLVMValueRef ts = LLVMBuildArrayAlloca(b, ll->t_i64, LLVMConstInt(ll->t_i64, 2, 0), "ts");
+    LLVMValueRef on = LLVMBuildLoad2(b, ll->t_i32, ll->prof_table, "");
+    LLVMBasicBlockRef plain = LLVMAppendBasicBlockInContext(ll->ctx, fn, "plain");
+    LLVMBasicBlockRef timed = LLVMAppendBasicBlockInContext(ll->ctx, fn, "timed");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(ll->ctx, fn, "done");
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntEQ, on, LLVMConstInt(ll->t_i32, 0, 0), ""), plain, timed);
+    LLVMPositionBuilderAtEnd(b, plain);
+    for (int i = 0; i < nk; i++)
+        LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo, 1, "");
+    LLVMBuildBr(b, done);
+    LLVMPositionBuilderAtEnd(b, timed);
+    for (int i = 0; i < nk; i++) {
+        LLVMValueRef t0 = now_ns(ll, b, ts);
+        LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo, 1, "");
+        LLVMValueRef t1 = now_ns(ll, b, ts);
+        LLVMValueRef idx[2] = {LLVMConstInt(ll->t_i64, 0, 0), LLVMConstInt(ll->t_i64, (unsigned long long)i, 0)};
+        LLVMValueRef slot = LLVMBuildInBoundsGEP2(b, at, ns, idx, 2, "");
+        LLVMValueRef acc = LLVMBuildAdd(b, LLVMBuildLoad2(b, ll->t_i64, slot, ""), LLVMBuildSub(b, t1, t0, ""), "");
+        LLVMBuildStore(b, acc, slot);
+    }
+    LLVMBuildBr(b, done);
+    LLVMPositionBuilderAtEnd(b, done);
+}
+
+void ll_profile_end(LL *ll, LProgram **progs, int n) {
+    LLVMTypeRef P = ll->t_ptr, I64 = ll->t_i64;
+    LLVMTypeRef et = LLVMStructCreateNamed(ll->ctx, "lethe_kprofile_entry");
+    LLVMTypeRef ef[] = {P, I64, P, P, P, P};
+    LLVMStructSetBody(et, ef, 6, 0);
+    Strings st = {0};
+    const char *sym = LLVMGetValueName(ll->prof_table);
+    LLVMValueRef *ents = xalloc(sizeof(LLVMValueRef) * ((size_t)n + 1));
+    for (int i = 0; i < n; i++) {
+        const LProgram *p = progs[i];
+        int nk = p->kernels.len;
+        LLVMValueRef *names = xalloc(sizeof(LLVMValueRef) * ((size_t)nk + 1));
+        LLVMValueRef *whats = xalloc(sizeof(LLVMValueRef) * ((size_t)nk + 1));
+        LLVMValueRef *flops = xalloc(sizeof(LLVMValueRef) * ((size_t)nk + 1));
+        for (int k = 0; k < nk; k++) {
+            const LKernel *kk = p->kernels.data[k];
+            names[k] = str_const(ll, &st, kk->name);
+            whats[k] = str_const(ll, &st, kk->what ? kk->what : "");
+            flops[k] = LLVMConstReal(ll->t_f64, kk->flops);
+        }
+        LLVMValueRef f[6] = {
+            str_const(ll, &st, p->entry->name ? p->entry->name : ""),
+            LLVMConstInt(I64, (unsigned long long)nk, 0),
+            nk ? private_const(ll, LLVMConstArray2(P, names, (uint64_t)nk), xfmt("%s.kernel.%d", sym, i)) : LLVMConstPointerNull(P),
+            nk ? private_const(ll, LLVMConstArray2(P, whats, (uint64_t)nk), xfmt("%s.what.%d", sym, i)) : LLVMConstPointerNull(P),
+            nk ? private_const(ll, LLVMConstArray2(ll->t_f64, flops, (uint64_t)nk), xfmt("%s.flops.%d", sym, i)) : LLVMConstPointerNull(P),
+            ll->prof_ns.data[i],
+        };
+        ents[i] = LLVMConstNamedStruct(et, f, 6);
+    }
+    LLVMValueRef eg = n ? private_const(ll, LLVMConstArray2(et, ents, (uint64_t)n), xfmt("%s.entries", sym)) : LLVMConstPointerNull(P);
+    LLVMValueRef tf[3] = {i32v(ll, 0), i32v(ll, n), eg};
+    LLVMSetInitializer(ll->prof_table, LLVMConstNamedStruct(prof_table_type(ll), tf, 3));
+}

@@ -293,6 +293,31 @@ static double d_relu(double x) { return x > 0 ? x : 0; }
 static double d_sign(double x) { return (x > 0) - (x < 0); }
 static double d_gelu(double x) { return 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
 
+/* where(c, a, b) leaf by leaf when any of them is a tree (the others broadcast). */
+static Value where_tree(Value c, Value a, Value b, Loc loc) {
+    const Value *t = c.kind == V_TREE ? &c : a.kind == V_TREE ? &a : &b;
+    const Value *args[3] = {&c, &a, &b};
+    for (int k = 0; k < 3; k++)
+        if (args[k]->kind == V_TREE && !same_structure(args[k]->tree, t->tree))
+            error_at(loc, "where needs trees of the same structure");
+    Value r = v_tree_new(t->tree->n, t->tree->is_list, loc);
+    for (int i = 0; i < t->tree->n; i++) {
+        Value l[3];
+        for (int k = 0; k < 3; k++)
+            l[k] = args[k]->kind == V_TREE ? args[k]->tree->vals[i] : *args[k];
+        r.tree->names[i] = t->tree->names[i];
+        if (l[0].kind == V_TREE || l[1].kind == V_TREE || l[2].kind == V_TREE)
+            r.tree->vals[i] = where_tree(l[0], l[1], l[2], loc);
+        else {
+            Node *cn = N(l[0], loc, "the condition");
+            if (cn->dtype != DT_BOOL)
+                error_at(loc, "where needs a bool condition, not %s", type_str(cn->dtype, cn->shape));
+            r.tree->vals[i] = v_tensor(g_where(cur->g, cn, N(l[1], loc, "a"), N(l[2], loc, "b"), loc));
+        }
+    }
+    return r;
+}
+
 /* Like-a-tree: the same structure, each leaf made by `make`. */
 static Value like(Value t, Loc loc, Node *(*make)(Node *like, const double *p, uint64_t stream, Loc loc), const double *p,
                   uint64_t salt) {
@@ -670,6 +695,8 @@ Value builtin_call(int id, Value *pos, int npos, const char **kwnames, Value *kw
         }
         return tree_map2(id == B_MAXIMUM ? OP_MAX : OP_MIN, a[0], a[1], loc);
     case B_WHERE: {
+        if (a[0].kind == V_TREE || a[1].kind == V_TREE || a[2].kind == V_TREE)
+            return where_tree(a[0], a[1], a[2], loc);
         g = G(loc, "where");
         Node *c = N(a[0], loc, "the condition");
         if (c->dtype != DT_BOOL)

@@ -244,21 +244,14 @@ static Value batch_value(Ctx *c, int64_t b, Loc loc) {
     return r;
 }
 
-/* A rule of the plan: `sgd(lr = 0.1)` or `gd`. Instantiates it as `entry`
- * and writes {"rule", "entry", "args", "streams"} fields into the JSON. */
-static void rule_entry(Ctx *c, const Expr *x, const char *entry, unsigned extras) {
-    const char *name = call_name(x, "a rule");
-    const Decl *d = sema_global(name);
-    if (!d || d->kind != D_RULE)
-        error_at(x->loc, d ? "'%s' is not a rule" : "unknown rule '%s' (is its file imported?)", name);
-    NameVec kwn = {0};
-    ValueVec kwv = {0}, pos = {0};
-    if (x->kind == EX_CALL)
-        sema_eval_args(x->args, x->nargs, &pos, &kwn, &kwv);
-    if (pos.len)
-        error_at(x->loc, "write the hyperparameters of '%s' by name, as %s(lr = 0.1)", name, name);
+/* Instantiate rule `d` as `entry` with the given hyperparameters; the
+ * experiment supplies its model and data parameters. Writes the rule's part
+ * of the plan: {"rule", "entry", "args" (runtime numbers), "consts"
+ * (compile-time ints, given or default), "streams" (data parameters),
+ * "models" (binding -> "model" or, for a frozen one, "original")}. */
+static void rule_entry(Ctx *c, const Decl *d, NameVec kwn, ValueVec kwv, const char *entry, unsigned extras, Loc loc) {
     put_key(&c->json, "rule");
-    put_str(&c->json, name);
+    put_str(&c->json, d->name);
     put_key(&c->json, "entry");
     put_str(&c->json, entry);
     put_key(&c->json, "args");
@@ -275,24 +268,152 @@ static void rule_entry(Ctx *c, const Expr *x, const char *entry, unsigned extras
             put_str(&c->json, value_kind_name(&kwv.data[i]));
     }
     vec_push(&c->json, '}');
-    put_key(&c->json, "streams");
-    vec_push(&c->json, '[');
-    int nstreams = 0;
+    put_key(&c->json, "consts");
+    vec_push(&c->json, '{');
+    for (int p = 0; p < d->nparams; p++) {
+        const Param *pp = &d->params[p];
+        if (pp->type->kind != TY_INT)
+            continue;
+        Value v = {.kind = V_NONE};
+        for (int i = 0; i < kwn.len; i++)
+            if (!strcmp(kwn.data[i], pp->name))
+                v = kwv.data[i];
+        if (v.kind == V_NONE && pp->deflt)
+            v = eval(sema_globals(), pp->deflt);
+        if (v.kind == V_NONE)
+            continue;
+        put_key(&c->json, pp->name);
+        put_num(&c->json, (double)value_as_int(&v, v.loc.file ? v.loc : loc, pp->name));
+    }
+    vec_push(&c->json, '}');
+    CharVec streams = {0}, models = {0};
     for (int p = 0; p < d->nparams; p++) {
         const TypeExpr *t = d->params[p].type;
         if (t->kind == TY_MODEL) {
             vec_push(&kwn, d->params[p].name);
             vec_push(&kwv, model_value(c));
+            put_key(&models, d->params[p].name);
+            put_str(&models, t->frozen ? "original" : "model");
         } else if (t->kind == TY_DATA) {
             vec_push(&kwn, d->params[p].name);
-            vec_push(&kwv, batch_value(c, c->batch, x->loc));
-            if (nstreams++)
-                vec_push(&c->json, ',');
-            put_str(&c->json, d->params[p].name);
+            vec_push(&kwv, batch_value(c, c->batch, loc));
+            if (streams.len)
+                vec_push(&streams, ',');
+            put_str(&streams, d->params[p].name);
         }
     }
+    vec_push(&streams, 0);
+    vec_push(&models, 0);
+    put_key(&c->json, "streams");
+    put(&c->json, xfmt("[%s]", streams.data));
+    put_key(&c->json, "models");
+    put(&c->json, xfmt("{%s}", models.data));
+    sema_instantiate(entry, d, NULL, 0, kwn.data, kwv.data, kwn.len, loc, extras);
+}
+
+/* The hyperparameters written in a call: `sgd(lr = 0.1)` (names only). */
+static void call_kwargs(const Expr *x, NameVec *kwn, ValueVec *kwv) {
+    ValueVec pos = {0};
+    if (x->kind == EX_CALL)
+        sema_eval_args(x->args, x->nargs, &pos, kwn, kwv);
+    if (pos.len)
+        error_at(x->loc, "write the hyperparameters of '%s' by name, as %s(lr = 0.1)", call_name(x, "a rule"),
+                 call_name(x, "a rule"));
+}
+
+static const Decl *rule_decl(const char *name) {
+    const Decl *d = sema_global(name);
+    return d && d->kind == D_RULE ? d : NULL;
+}
+
+static void train_rule(Ctx *c, const Expr *x) {
+    const char *name = call_name(x, "the training rule");
+    const Decl *d = rule_decl(name);
+    if (!d)
+        error_at(x->loc, sema_global(name) ? "'%s' is not a rule" : "unknown rule '%s' (is its file imported?)", name);
+    NameVec kwn = {0};
+    ValueVec kwv = {0};
+    call_kwargs(x, &kwn, &kwv);
+    rule_entry(c, d, kwn, kwv, "train", SEMA_INIT_MODEL | SEMA_INIT_STATE, x->loc);
+}
+
+/* A method is one rule repeated until the budget is spent, or a schedule of
+ * rules found by name (docs/unlearning.md):
+ *   M                              repeat M
+ *   M_max, M_min                   max_min: max passes over the forget set for
+ *                                  the first `msteps` epochs, min passes over
+ *                                  the retain set every epoch (SCRUB)
+ *   M_fisher_d, M_fisher_u, M_apply fisher: one pass of each statistic, then
+ *                                  one apply step (SSD)
+ * Hyperparameters go to every phase that has a parameter of that name; the
+ * schedule's own arguments (msteps) go to the plan. */
+typedef struct Schedule {
+    const char *kind;
+    int nphases;
+    const char *suffix[3];
+    const char *plan_args[2];
+} Schedule;
+
+static const Schedule schedules[] = {
+    {"repeat", 1, {""}, {NULL}},
+    {"max_min", 2, {"_max", "_min"}, {"msteps", NULL}},
+    {"fisher", 3, {"_fisher_d", "_fisher_u", "_apply"}, {NULL}},
+};
+
+static void method_entry(Ctx *c, const Expr *x, const char *name) {
+    const Schedule *sch = NULL;
+    const Decl *phase[3] = {0};
+    for (size_t k = 0; k < sizeof schedules / sizeof schedules[0] && !sch; k++) {
+        bool all = true;
+        for (int p = 0; p < schedules[k].nphases; p++)
+            all &= (phase[p] = rule_decl(xfmt("%s%s", name, schedules[k].suffix[p]))) != NULL;
+        if (all)
+            sch = &schedules[k];
+    }
+    if (!sch)
+        error_at(x->loc, "no rule '%s' (or %s_max and %s_min, or %s_fisher_d, %s_fisher_u and %s_apply): is its file "
+                         "imported?", name, name, name, name, name, name);
+    NameVec kwn = {0};
+    ValueVec kwv = {0};
+    call_kwargs(x, &kwn, &kwv);
+    put_key(&c->json, "schedule");
+    put_str(&c->json, sch->kind);
+    put_key(&c->json, "plan");
+    vec_push(&c->json, '{');
+    bool *used = xalloc((size_t)kwn.len + 1);
+    for (int i = 0; i < kwn.len; i++) {
+        for (int p = 0; p < sch->nphases; p++)
+            for (int q = 0; q < phase[p]->nparams; q++)
+                used[i] |= !strcmp(phase[p]->params[q].name, kwn.data[i]);
+        for (int a = 0; sch->plan_args[a] && a < 2; a++)
+            if (!strcmp(sch->plan_args[a], kwn.data[i])) {
+                put_key(&c->json, kwn.data[i]);
+                put_num(&c->json, value_as_double(&kwv.data[i], kwv.data[i].loc, kwn.data[i]));
+                used[i] = true;
+            }
+        if (!used[i])
+            error_at(kwv.data[i].loc, "method '%s' has no parameter named '%s'", name, kwn.data[i]);
+    }
+    vec_push(&c->json, '}');
+    put_key(&c->json, "phases");
+    vec_push(&c->json, '[');
+    for (int p = 0; p < sch->nphases; p++) {
+        NameVec pn = {0};
+        ValueVec pv = {0};
+        for (int i = 0; i < kwn.len; i++)
+            for (int q = 0; q < phase[p]->nparams; q++)
+                if (!strcmp(phase[p]->params[q].name, kwn.data[i])) {
+                    vec_push(&pn, kwn.data[i]);
+                    vec_push(&pv, kwv.data[i]);
+                }
+        if (p)
+            vec_push(&c->json, ',');
+        vec_push(&c->json, '{');
+        const char *entry = sch->nphases == 1 ? xfmt("unlearn.%s", name) : xfmt("unlearn.%s.%s", name, sch->suffix[p] + 1);
+        rule_entry(c, phase[p], pn, pv, entry, SEMA_INIT_STATE, x->loc);
+        vec_push(&c->json, '}');
+    }
     vec_push(&c->json, ']');
-    sema_instantiate(entry, d, NULL, 0, kwn.data, kwv.data, kwn.len, x->loc, extras);
 }
 
 static void eval_entry(Ctx *c, const char *fn, const char *entry) {
@@ -349,7 +470,7 @@ static void methods(Ctx *c, const ExpEntry *e) {
             if (x->kind == EX_CALL && x->nargs)
                 error_at(x->loc, "retrain repeats the training recipe and takes no arguments");
         } else
-            rule_entry(c, x, xfmt("unlearn.%s", name), SEMA_INIT_STATE);
+            method_entry(c, x, name);
         vec_push(&c->json, '}');
     }
     vec_push(&c->json, ']');
@@ -405,7 +526,7 @@ const char *experiment_compile(const Decl *exp) {
 
     put_key(&c.json, "train");
     vec_push(&c.json, '{');
-    rule_entry(&c, train->value, "train", SEMA_INIT_MODEL | SEMA_INIT_STATE);
+    train_rule(&c, train->value);
     vec_push(&c.json, '}');
 
     const ExpEntry *un = find(exp, "unlearn");

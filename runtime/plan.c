@@ -56,6 +56,19 @@ static int parse_rule(const json_value *v, plan_rule *r, char *err) {
         snprintf(r->arg_name[r->nargs], sizeof r->arg_name[0], "%s", args->keys[i]);
         r->arg_value[r->nargs++] = args->items[i].num;
     }
+    const json_value *consts = get(v, "consts"), *models = get(v, "models");
+    for (size_t i = 0; consts && consts->type == JSON_OBJECT && i < consts->len && r->nconsts < PLAN_MAX_ARGS; i++) {
+        if (consts->items[i].type != JSON_NUMBER)
+            continue;
+        snprintf(r->const_name[r->nconsts], sizeof r->const_name[0], "%s", consts->keys[i]);
+        r->const_value[r->nconsts++] = consts->items[i].num;
+    }
+    for (size_t i = 0; models && models->type == JSON_OBJECT && i < models->len; i++) {
+        if (r->nmodels == PLAN_MAX_STREAMS)
+            return lethe_errf(err, LETHE_ELIMIT, "rule %s reads more than %d models", r->rule, PLAN_MAX_STREAMS);
+        snprintf(r->model_binding[r->nmodels], sizeof r->model_binding[0], "%s", models->keys[i]);
+        r->model_original[r->nmodels++] = models->items[i].type == JSON_STRING && !strcmp(models->items[i].str, "original");
+    }
     for (size_t i = 0; streams && streams->type == JSON_ARRAY && i < streams->len; i++) {
         if (r->nstreams == PLAN_MAX_STREAMS)
             return lethe_errf(err, LETHE_ELIMIT, "rule %s reads more than %d data sets", r->rule, PLAN_MAX_STREAMS);
@@ -115,10 +128,28 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
                 break;
             }
             plan_method *pm = &p->methods[p->nmethods++];
-            copy_str(pm->name, sizeof pm->name, get(&m->items[i], "name"));
+            const json_value *mi = &m->items[i];
+            copy_str(pm->name, sizeof pm->name, get(mi, "name"));
             pm->retrain = !strcmp(pm->name, "retrain");
-            if (!pm->retrain)
-                rc = parse_rule(&m->items[i], &pm->r, err);
+            if (pm->retrain)
+                continue;
+            const json_value *sched = get(mi, "schedule"), *phases = get(mi, "phases"), *plan = get(mi, "plan");
+            const char *sn = sched && sched->type == JSON_STRING ? sched->str : "";
+            pm->schedule = !strcmp(sn, "max_min") ? SCHED_MAX_MIN : !strcmp(sn, "fisher") ? SCHED_FISHER : SCHED_REPEAT;
+            if (strcmp(sn, "repeat") && pm->schedule == SCHED_REPEAT) {
+                rc = lethe_errf(err, LETHE_EFORMAT, "method %s: unknown schedule '%s'", pm->name, sn);
+                break;
+            }
+            int want = pm->schedule == SCHED_REPEAT ? 1 : pm->schedule == SCHED_MAX_MIN ? 2 : 3;
+            if (!phases || phases->type != JSON_ARRAY || (int)phases->len != want) {
+                rc = lethe_errf(err, LETHE_EFORMAT, "method %s: expected %d phases", pm->name, want);
+                break;
+            }
+            for (int k = 0; !rc && k < want; k++)
+                rc = parse_rule(&phases->items[k], &pm->phase[k], err);
+            pm->nphases = want;
+            const json_value *ms = plan && plan->type == JSON_OBJECT ? get(plan, "msteps") : NULL;
+            pm->msteps = ms && ms->type == JSON_NUMBER ? ms->num : 2;
         }
         for (size_t i = 0; b && b->type == JSON_ARRAY && i < b->len && p->nbudgets < PLAN_MAX_BUDGETS; i++)
             p->budgets[p->nbudgets++] = b->items[i].num;

@@ -21,7 +21,7 @@ typedef struct Group {
     char method[64];
     double budget;                 /* -1: no budget (original, retrain) */
     int n;
-    double acc[MAX_SEEDS], gus[MAX_SEEDS], tpr[MAX_SEEDS], tpr_n[MAX_SEEDS], mia[MAX_SEEDS], used[MAX_SEEDS],
+    double acc[MAX_SEEDS], gus[MAX_SEEDS], tpr[MAX_SEEDS], tpr2[MAX_SEEDS], mia[MAX_SEEDS], used[MAX_SEEDS],
         shift[MAX_SEEDS], secs[MAX_SEEDS];
     double roc_fpr[ROC_POINTS], roc_tpr[ROC_POINTS];
     int roc_n, roc_count;
@@ -79,8 +79,8 @@ static int on_record(const char *line, size_t len, long lineno, void *user) {
         int k = g->n++;
         g->acc[k] = num(rec, "accuracy");
         g->gus[k] = num(rec, "gus");
-        g->tpr[k] = tpr_of(rec, "tpr_at_fpr", "two_sided_empirical");
-        g->tpr_n[k] = tpr_of(rec, "tpr_at_fpr", "two_sided_normal");
+        g->tpr[k] = tpr_of(rec, "tpr_at_fpr", "negative_empirical");
+        g->tpr2[k] = tpr_of(rec, "tpr_at_fpr", "two_sided_empirical");
         g->mia[k] = tpr_of(rec, NULL, "loss_mia");
         g->used[k] = num(rec, "budget_used");
         g->shift[k] = num(rec, "param_shift");
@@ -165,7 +165,7 @@ static int cmp_group(const void *a, const void *b) {
 }
 
 static int write_tables(const Report *r, const char *dir, char *err) {
-    static const char *const head[] = {"method", "budget", "seeds", "test acc %", "GUS", "TPR@1% (emp)", "TPR@1% (N(0,1))",
+    static const char *const head[] = {"method", "budget", "seeds", "test acc %", "GUS", "TPR@1% (-I)", "TPR@1% (abs I)",
                                        "loss MIA TPR@1%", "budget used %", "param shift", "seconds"};
     char *md = NULL, *csv = NULL;
     size_t mdn = 0, csvn = 0;
@@ -179,15 +179,15 @@ static int write_tables(const Report *r, const char *dir, char *err) {
     for (size_t i = 0; i < sizeof head / sizeof head[0]; i++)
         fprintf(fm, "---|");
     fprintf(fm, "\n");
-    fprintf(fc, "method,budget,seeds,acc_mean,acc_std,gus_mean,gus_std,tpr_emp_mean,tpr_emp_std,tpr_normal_mean,"
-                "tpr_normal_std,mia_tpr_mean,mia_tpr_std,budget_used_mean,param_shift_mean,seconds_mean\n");
+    fprintf(fc, "method,budget,seeds,acc_mean,acc_std,gus_mean,gus_std,tpr_neg_mean,tpr_neg_std,tpr_two_sided_mean,"
+                "tpr_two_sided_std,mia_tpr_mean,mia_tpr_std,budget_used_mean,param_shift_mean,seconds_mean\n");
     for (int i = 0; i < r->ng; i++) {
         const Group *g = &r->g[i];
         char c[8][64], b[32];
         cell(c[0], 64, g->acc, g->n, 100, 2);
         cell(c[1], 64, g->gus, g->n, 1, 3);
         cell(c[2], 64, g->tpr, g->n, 1, 3);
-        cell(c[3], 64, g->tpr_n, g->n, 1, 3);
+        cell(c[3], 64, g->tpr2, g->n, 1, 3);
         cell(c[4], 64, g->mia, g->n, 1, 3);
         cell(c[5], 64, g->used, g->n, 100, 2);
         cell(c[6], 64, g->shift, g->n, 1, 3);
@@ -196,13 +196,14 @@ static int write_tables(const Report *r, const char *dir, char *err) {
                 g->n, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]);
         fprintf(fc, "%s,%g,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", g->method,
                 g->budget < 0 ? NAN : g->budget, g->n, mean_of(g->acc, g->n), std_of(g->acc, g->n), mean_of(g->gus, g->n),
-                std_of(g->gus, g->n), mean_of(g->tpr, g->n), std_of(g->tpr, g->n), mean_of(g->tpr_n, g->n),
-                std_of(g->tpr_n, g->n), mean_of(g->mia, g->n), std_of(g->mia, g->n), mean_of(g->used, g->n),
+                std_of(g->gus, g->n), mean_of(g->tpr, g->n), std_of(g->tpr, g->n), mean_of(g->tpr2, g->n),
+                std_of(g->tpr2, g->n), mean_of(g->mia, g->n), std_of(g->mia, g->n), mean_of(g->used, g->n),
                 mean_of(g->shift, g->n), mean_of(g->secs, g->n));
     }
     fclose(fm);
     fclose(fc);
-    printf("\n%s: mean +- std over seeds; TPR at FPR 1%% of the two-sided Gaussian test |I|\n\n%s\n",
+    printf("\n%s: mean +- std over seeds. TPR at FPR 1%% of the Gaussian test against fresh-noise nulls: one-sided on -I "
+           "(memorisation makes I negative) and two-sided on |I|\n\n%s\n",
            r->experiment[0] ? r->experiment : dir, md);
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/table.md", dir);
@@ -271,7 +272,7 @@ static int draw(const Report *r, const char *dir, char *err) {
         const char *term = t ? "svg size 720,540 dynamic" : "pngcairo size 960,720";
         const char *ext = t ? "svg" : "png";
         fprintf(gp, "set terminal %s\nset output '%s/roc.%s'\n", term, pdir, ext);
-        fprintf(gp, "set title 'Gaussian poisoning test: ROC of |I| (budget %s)'\nset logscale x\nset xrange [0.001:1]\n"
+        fprintf(gp, "set title 'Gaussian poisoning test: ROC of -I (budget %s)'\nset logscale x\nset xrange [0.001:1]\n"
                     "set yrange [0:1]\nset xlabel 'false positive rate'\nset ylabel 'true positive rate'\nset key bottom right\n"
                     "set grid\n", budget_text(top, b, sizeof b));
         fprintf(gp, "plot x title 'chance' with lines dashtype 2 lc rgb 'gray'");
@@ -279,7 +280,7 @@ static int draw(const Report *r, const char *dir, char *err) {
             fprintf(gp, ", '%s/roc.dat' index %d with lines lw 2 title '%s'", pdir, c, titles[c]);
         fprintf(gp, "\nunset logscale x\nset output '%s/acc_vs_tpr.%s'\n", pdir, ext);
         fprintf(gp, "set title 'Test accuracy against TPR at FPR 0.01 (budget %s)'\nset xrange [0:1]\nset autoscale y\n"
-                    "set xlabel 'TPR at FPR 0.01 (Gaussian test)'\nset ylabel 'test accuracy (%%)'\nset key off\n",
+                    "set xlabel 'TPR at FPR 0.01 (Gaussian test on -I)'\nset ylabel 'test accuracy (%%)'\nset key off\n",
                 budget_text(top, b, sizeof b));
         fprintf(gp, "plot '%s/acc_tpr.dat' using 2:3:4:5 with xyerrorbars pt 7 ps 1.5, '' using 2:3:1 with labels offset 1,1\n",
                 pdir);

@@ -40,6 +40,7 @@
 #define RUN_ALPHA 0.01   /* the operating point: TPR at FPR 1% */
 #define POISON_SALT 0x9015011u
 #define METHOD_SALT 0x3e7d0d5u
+#define REINIT_SALT 0x5e1d1417u
 
 typedef struct Run {
     const lethe_prog *prog;
@@ -58,6 +59,7 @@ typedef struct Run {
     uint8_t *mask;
     int64_t mask_n;
     const int64_t *training;    /* while training: every data stream draws from this set */
+    uint64_t steps_done;        /* steps of this model's stage: the RNG counter of the next call */
     int64_t n_training;
     char dir[PATH_MAX], seed_dir[PATH_MAX + 32];
 } Run;
@@ -209,7 +211,7 @@ typedef struct Stream {
     uint32_t epoch;
     int64_t *perm;
     float *x;
-    int32_t *y;
+    int32_t *y, *own_y;
 } Stream;
 
 static int stream_open(Run *r, Stream *s, const char *name, const lethe_frame *f, char *err) {
@@ -234,10 +236,12 @@ static int stream_open(Run *r, Stream *s, const char *name, const lethe_frame *f
     snprintf(yn, sizeof yn, "%s.y", name);
     s->x = frame_arg(f, xn);
     s->y = frame_arg(f, yn);
-    if (!s->x || !s->y)
-        return lethe_errf(err, LETHE_EFORMAT, "entry %s has no arguments %s and %s", f->e->name, xn, yn);
+    if (!s->x)
+        return lethe_errf(err, LETHE_EFORMAT, "entry %s has no argument %s", f->e->name, xn);
     s->perm = malloc(sizeof(int64_t) * (size_t)s->n);
-    if (!s->perm)
+    if (!s->y)   /* a rule that never reads the labels (SCRUB's max pass) */
+        s->y = s->own_y = malloc(sizeof(int32_t) * (size_t)r->plan->batch);
+    if (!s->perm || !s->y)
         return lethe_errf(err, LETHE_ENOMEM, "out of memory");
     s->cursor = s->n;   /* shuffle on first use */
     s->epoch = (uint32_t)-1;
@@ -266,18 +270,43 @@ static int stream_next(Run *r, Stream *s, int64_t b, uint32_t salt, char *err) {
     return rc;
 }
 
-/* Run `steps` calls of a rule entry. */
-static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_store *model, ts_store *state, int64_t steps,
-                     uint32_t salt, const char *label, double *last_loss, char *err) {
-    frame_models fm = {NULL, model};
-    lethe_frame *f = frame_new(e, &fm, 1, state, err);
+/* The models a rule's frame reads: frozen ones (a teacher) are the original
+ * model, the others the model being trained. */
+static int frame_models_of(const plan_rule *rule, ts_store *model, const ts_store *orig, frame_models *fm) {
+    int n = 0;
+    for (int i = 0; i < rule->nmodels; i++) {
+        fm[n].binding = rule->model_binding[i];
+        fm[n++].store = rule->model_original[i] && orig ? (ts_store *)orig : model;
+    }
+    if (!n) {
+        fm[0].binding = NULL;
+        fm[0].store = model;
+        n = 1;
+    }
+    return n;
+}
+
+/* Run up to `steps` calls of a rule entry (fewer if the budget runs out: a
+ * step costs one batch per data stream; cost-free steps are not limited).
+ * Streams start at epoch `epoch0` so that consecutive passes reshuffle. */
+static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_store *model, const ts_store *orig,
+                     ts_store *state, int64_t steps, uint32_t epoch0, int64_t *budget, uint32_t salt, const char *label,
+                     double *last_loss, char *err) {
+    frame_models fm[PLAN_MAX_STREAMS];
+    int nfm = frame_models_of(rule, model, orig, fm);
+    lethe_frame *f = frame_new(e, fm, nfm, state, err);
     if (!f)
         return LETHE_EARG;
     int rc = set_args(f, rule, err);
     Stream streams[PLAN_MAX_STREAMS];
     int ns = rule->nstreams;
-    for (int i = 0; !rc && i < ns; i++)
+    for (int i = 0; !rc && i < ns; i++) {
         rc = stream_open(r, &streams[i], rule->streams[i], f, err);
+        streams[i].epoch = epoch0 - 1;
+    }
+    int64_t cost = r->plan->batch * ns;
+    if (budget && cost && steps > *budget / cost)
+        steps = *budget / cost;
     float *loss = frame_arg(f, "loss");
     lethe_progress pr;
     progress_init(&pr, label, steps, r->o->quiet);
@@ -285,31 +314,66 @@ static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_sto
     for (int64_t s = 0; !rc && s < steps; s++) {
         for (int i = 0; !rc && i < ns; i++)
             rc = stream_next(r, &streams[i], r->plan->batch, salt, err);
-        r->ctx.counter = (uint64_t)s;
+        r->ctx.counter = r->steps_done++;
         if (!rc)
             rc = frame_call(f, &r->ctx, err);
         double l = loss ? (double)*loss : NAN;
         if (loss && !isfinite(l) && !rc)
             fprintf(stderr, "lethe: warning: %s: the loss is %g at step %lld\n", label, l, (long long)s);
         *last_loss = l;
+        if (budget)
+            *budget -= cost;
         progress_update(&pr, s + 1, l);
     }
     progress_finish(&pr);
-    for (int i = 0; i < ns; i++)
+    for (int i = 0; i < ns; i++) {
         free(streams[i].perm);
+        free(streams[i].own_y);
+    }
     frame_free(f);
     return rc;
 }
 
-static int call_init(Run *r, const char *name, ts_store *model, ts_store *state, char *err) {
+/* Run an init entry (init_model, init_state) into a scratch store and keep
+ * only what `into` lacks: state shared by name between a method's phases
+ * (SCRUB's momentum, SSD's statistics) is initialised once. */
+static int call_init(Run *r, const char *name, ts_store *model, ts_store *into, char *err) {
     const lethe_entry *e = lethe_entry_find(r->prog->p, name);
     if (!e)
         return LETHE_OK;   /* a rule without state has no init_state */
+    ts_store fresh = {0};
     frame_models fm = {NULL, model};
-    lethe_frame *f = frame_new(e, &fm, 1, state, err);
+    lethe_frame *f = frame_new(e, &fm, 1, &fresh, err);
     if (!f)
         return LETHE_EARG;
     r->ctx.seed = r->seed;
+    r->ctx.counter = 0;
+    int rc = frame_call(f, &r->ctx, err);
+    frame_free(f);
+    for (int i = 0; !rc && into && i < fresh.n; i++) {
+        const ts_tensor *t = &fresh.t[i];
+        if (ts_get(into, t->name))
+            continue;
+        ts_tensor *d = ts_put(into, t->name, t->dtype, t->rank, t->shape, err);
+        if (!d)
+            rc = LETHE_ENOMEM;
+        else
+            memcpy(d->data, t->data, t->nbytes);
+    }
+    ts_clear(&fresh);
+    return rc;
+}
+
+/* Fresh weights from the declared initializers, drawn from `seed`. */
+static int init_model(Run *r, ts_store *model, uint64_t seed, char *err) {
+    const lethe_entry *e = entry(r, "train.init_model", err);
+    if (!e)
+        return LETHE_ENOTFOUND;
+    frame_models fm = {NULL, model};
+    lethe_frame *f = frame_new(e, &fm, 1, NULL, err);
+    if (!f)
+        return LETHE_EARG;
+    r->ctx.seed = seed;
     r->ctx.counter = 0;
     int rc = frame_call(f, &r->ctx, err);
     frame_free(f);
@@ -328,15 +392,16 @@ static int train_on(Run *r, const int64_t *set, int64_t n, ts_store *model, cons
                           (long long)p->batch);
     ts_store state = {0};
     ts_clear(model);
-    int rc = call_init(r, "train.init_model", model, NULL, err);
+    int rc = init_model(r, model, r->seed, err);
     if (!rc)
         rc = call_init(r, "train.init_state", model, &state, err);
     /* epochs of n / batch steps over `set` (the last incomplete batch of each
      * pass is dropped, as drop_last in PyTorch) */
     r->training = set;
     r->n_training = n;
+    r->steps_done = 0;
     if (!rc)
-        rc = run_steps(r, step, &p->train, model, &state, per_epoch * r->epochs, 0, label, loss, err);
+        rc = run_steps(r, step, &p->train, model, NULL, &state, per_epoch * r->epochs, 0, NULL, 0, label, loss, err);
     r->training = NULL;
     ts_clear(&state);
     return rc;
@@ -472,13 +537,14 @@ static int evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
         if (!rc) rc = mt_tpr_at_fpr_empirical(s.in, np, s.null, np, MT_SIDE_NEG, RUN_ALPHA, &ev->neg_emp, err);
         if (!rc) rc = mt_tpr_at_fpr_normal(s.in, np, MT_SIDE_NEG, RUN_ALPHA, &ev->neg_norm, err);
         if (!rc) {
-            /* the ROC of |I| against |I'|, kept at log-spaced false positive rates */
+            /* the ROC of -I against -I' (memorisation makes I negative), kept at
+             * log-spaced false positive rates */
             double *pos = malloc(sizeof(double) * (size_t)np), *neg = malloc(sizeof(double) * (size_t)np);
             mt_roc_point *pts = malloc(sizeof(mt_roc_point) * (size_t)(2 * np + 1));
             int64_t npts = 0;
             for (int64_t i = 0; pos && neg && i < np; i++) {
-                pos[i] = mt_stat(s.in[i], MT_SIDE_TWO);
-                neg[i] = mt_stat(s.null[i], MT_SIDE_TWO);
+                pos[i] = mt_stat(s.in[i], MT_SIDE_NEG);
+                neg[i] = mt_stat(s.null[i], MT_SIDE_NEG);
             }
             rc = pos && neg && pts ? mt_roc(pos, np, neg, np, pts, &npts, err) : lethe_errf(err, LETHE_ENOMEM, "out of memory");
             if (!rc) {
@@ -724,6 +790,100 @@ static int original_model(Run *r, ts_store *orig, Used *u, char *err) {
     return rc ? rc : save_model(r, orig, path, "original", err);
 }
 
+static double const_of(const plan_rule *rule, const char *name, double deflt) {
+    for (int i = 0; i < rule->nconsts; i++)
+        if (!strcmp(rule->const_name[i], name))
+            return rule->const_value[i];
+    return deflt;
+}
+
+/* EUk: re-initialise the matrix layers the method trains (the PARAM
+ * arguments its step writes whose layer counts toward k); batch-norm layers
+ * on the way are trained but keep their values, as in the original code.
+ * reinit 1 draws fresh weights, 2 regenerates the original training's
+ * initial weights from its seed. */
+static int reinit_layers(Run *r, const lethe_entry *e, int mode, ts_store *model, char *err) {
+    ts_store fresh = {0};
+    int rc = init_model(r, &fresh, mode == 2 ? r->seed : r->seed ^ REINIT_SALT, err);
+    for (int i = 0; !rc && i < e->nargs; i++) {
+        const lethe_arg *a = &e->args[i];
+        if (a->kind != LETHE_PARAM || !(a->access & LETHE_WRITE) || !a->layer_counts)
+            continue;
+        ts_tensor *src = ts_get(&fresh, a->path), *dst = ts_get(model, a->path);
+        if (!src || !dst || src->nbytes != dst->nbytes)
+            rc = lethe_errf(err, LETHE_EFORMAT, "cannot re-initialise %s", a->path);
+        else
+            memcpy(dst->data, src->data, dst->nbytes);
+    }
+    ts_clear(&fresh);
+    return rc;
+}
+
+static int64_t passes_of(const Run *r, const char *stream, int64_t b) {
+    int64_t n = !strcmp(stream, "retain") ? r->n_retain : !strcmp(stream, "forget") ? r->n_poison : r->n_all;
+    return (n + b - 1) / b;
+}
+
+/* Run a method's schedule from the original model until its budget (in
+ * sample passes) is spent. */
+static int run_method(Run *r, const plan_method *pm, const ts_store *orig, ts_store *model, int64_t *budget, const char *label,
+                      double *loss, int64_t *steps_out, char *err) {
+    const lethe_entry *e[3];
+    for (int p = 0; p < pm->nphases; p++)
+        if (!(e[p] = entry(r, pm->phase[p].entry, err)))
+            return LETHE_ENOTFOUND;
+    ts_store state = {0};
+    int rc = ts_copy(model, orig, err);
+    int reinit = (int)const_of(&pm->phase[0], "reinit", 0);
+    if (!rc && reinit)
+        rc = reinit_layers(r, e[0], reinit, model, err);
+    for (int p = 0; !rc && p < pm->nphases; p++) {
+        char init[128];
+        snprintf(init, sizeof init, "%s.init_state", pm->phase[p].entry);
+        rc = call_init(r, init, model, &state, err);
+    }
+    uint32_t salt = METHOD_SALT ^ (uint32_t)fs_fnv1a64(pm->name, strlen(pm->name), 0xcbf29ce484222325ull);
+    int64_t b = r->plan->batch, before = r->steps_done = 0;
+    char plabel[160];
+    switch (pm->schedule) {
+    case SCHED_REPEAT: {
+        /* at least one step, even when one batch is more than the budget */
+        int64_t cost = b * (pm->phase[0].nstreams ? pm->phase[0].nstreams : 1);
+        if (*budget < cost)
+            *budget = cost;
+        if (!rc)
+            rc = run_steps(r, e[0], &pm->phase[0], model, orig, &state, INT64_MAX, 0, budget, salt, label, loss, err);
+        break;
+    }
+    case SCHED_MAX_MIN:
+        /* SCRUB: max passes over the forget set for the first msteps epochs,
+         * then a min pass over the retain set, every epoch, until the budget ends */
+        for (uint32_t epoch = 0; !rc && *budget >= b; epoch++) {
+            for (int p = epoch < pm->msteps ? 0 : 1; !rc && p < 2 && *budget >= b; p++) {
+                const plan_rule *ph = &pm->phase[p];
+                snprintf(plabel, sizeof plabel, "%s %s epoch %u", label, p ? "min" : "max", epoch + 1);
+                rc = run_steps(r, e[p], ph, model, orig, &state, passes_of(r, ph->streams[0], b), epoch, budget, salt,
+                               plabel, loss, err);
+            }
+        }
+        break;
+    case SCHED_FISHER:
+        /* SSD: one pass of each statistic (costs counted, never cut short), then the apply step */
+        for (int p = 0; !rc && p < 3; p++) {
+            const plan_rule *ph = &pm->phase[p];
+            int64_t n = ph->nstreams ? passes_of(r, ph->streams[0], b) : 1;
+            int64_t unlimited = INT64_MAX;
+            snprintf(plabel, sizeof plabel, "%s %s", label, ph->rule);
+            rc = run_steps(r, e[p], ph, model, orig, &state, n, 0, &unlimited, salt, plabel, loss, err);
+            *budget -= (INT64_MAX - unlimited);
+        }
+        break;
+    }
+    *steps_out = (int64_t)r->steps_done - before;
+    ts_clear(&state);
+    return rc;
+}
+
 static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store *orig, ts_store *model, Used *u, char *err) {
     memset(u, 0, sizeof *u);
     double t0 = now();
@@ -741,25 +901,9 @@ static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store 
         u->steps = (r->n_retain / r->plan->batch) * r->epochs;
         u->samples = u->steps * r->plan->batch;
     } else {
-        const lethe_entry *e = entry(r, pm->r.entry, err);
-        if (!e)
-            return LETHE_ENOTFOUND;
-        ts_store state = {0};
-        char init[128];
-        snprintf(init, sizeof init, "%s.init_state", pm->r.entry);
-        rc = ts_copy(model, orig, err);
-        if (!rc)
-            rc = call_init(r, init, model, &state, err);
-        int64_t cost = r->plan->batch * (pm->r.nstreams ? pm->r.nstreams : 1);
-        int64_t steps = (int64_t)floor(budget * full / (double)cost);
-        if (steps < 1)
-            steps = 1;
-        uint32_t salt = METHOD_SALT ^ (uint32_t)fs_fnv1a64(pm->name, strlen(pm->name), 0xcbf29ce484222325ull);
-        if (!rc)
-            rc = run_steps(r, e, &pm->r, model, &state, steps, salt, label, &u->final_loss, err);
-        ts_clear(&state);
-        u->steps = steps;
-        u->samples = steps * cost;
+        int64_t budget_left = (int64_t)floor(budget * full);
+        rc = run_method(r, pm, orig, model, &budget_left, label, &u->final_loss, &u->steps, err);
+        u->samples = (int64_t)floor(budget * full) - budget_left;
         if (!rc) {
             char path[PATH_MAX + 128], tag[32];
             snprintf(path, sizeof path, "%s/%s_%s.safetensors", r->seed_dir, pm->name, budget_tag(budget, tag, sizeof tag));

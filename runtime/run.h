@@ -25,15 +25,26 @@ typedef struct plan_rule {
     char entry[96];
     int nargs;
     char arg_name[PLAN_MAX_ARGS][48];
-    double arg_value[PLAN_MAX_ARGS];
+    double arg_value[PLAN_MAX_ARGS];      /* runtime hyperparameters given in the experiment */
+    int nconsts;
+    char const_name[PLAN_MAX_ARGS][48];
+    double const_value[PLAN_MAX_ARGS];    /* compile-time ints (k, reinit, ...) */
     int nstreams;
     char streams[PLAN_MAX_STREAMS][48];   /* data parameters: retain, forget, or the whole set */
+    int nmodels;
+    char model_binding[PLAN_MAX_STREAMS][48];
+    int model_original[PLAN_MAX_STREAMS]; /* 1: a frozen model, bound to the original model */
 } plan_rule;
+
+enum { SCHED_REPEAT, SCHED_MAX_MIN, SCHED_FISHER };
 
 typedef struct plan_method {
     char name[64];
     int retrain;                          /* repeat the training recipe on the retain set */
-    plan_rule r;
+    int schedule;                         /* SCHED_*: how the phases run (docs/unlearning.md) */
+    int nphases;
+    plan_rule phase[3];
+    double msteps;                        /* max_min: epochs with a max pass */
 } plan_method;
 
 typedef struct exp_plan {
