@@ -81,6 +81,19 @@ static const char *self_dir(void) {
     return xstrdup(buf);
 }
 
+/* A folder as users want to read it in messages: canonical, and relative to
+ * the current directory when inside it (so messages do not depend on where
+ * the checkout or the build folder is). */
+static const char *display_path(const char *path) {
+    char real[PATH_MAX], cwd[PATH_MAX];
+    if (!realpath(path, real))
+        return path;
+    size_t n = getcwd(cwd, sizeof cwd) ? strlen(cwd) : 0;
+    if (n && !strncmp(real, cwd, n) && real[n] == '/')
+        return xstrdup(real + n + 1);
+    return xstrdup(real);
+}
+
 static void parse_args(int argc, char **argv, Options *o) {
     static const char *const emit_names[] = {"obj", "so", "ll", "asm", "header"};
     static const unsigned emit_bits[] = {1 << EMIT_OBJ, 1 << EMIT_SO, 1 << EMIT_LL, 1 << EMIT_ASM, 1 << EMIT_HEADER};
@@ -158,7 +171,7 @@ static void parse_args(int argc, char **argv, Options *o) {
             vec_push(&o->includes, p);
     const char *dir = self_dir();
     if (dir)
-        vec_push(&o->includes, xfmt("%s/../graphs", dir));
+        vec_push(&o->includes, display_path(xfmt("%s/../graphs", dir)));
     o->sema.include_dirs = o->includes.data;
     o->sema.ninclude = o->includes.len;
     if (!dump_file)

@@ -146,7 +146,12 @@ typedef VEC(char) CharVec;
 
 /* sema.c */
 extern Trace *cur;
+extern const SemaOptions *sema_options;
+extern CompUnit *sema_unit;              /* the unit being built */
 Env *sema_globals(void);                 /* the top-level scope */
+Value eval_body(Env *env, const Expr *body);          /* an fn body: a block's lets, then its value */
+void check_return_type(Env *dims, const TypeExpr *t, Value v, Loc loc);
+int64_t eval_dim(Env *env, Env *dims, const Expr *d, int64_t actual, bool *bound_here);
 
 enum { ORDER_MODEL = 0, ORDER_STATE = 1, ORDER_INPUT = 2, ORDER_SCALAR = 3, ORDER_OUTPUT = 4 };
 static inline int64_t order_key(int group, int64_t sub) { return ((int64_t)group << 50) + sub; }
@@ -217,7 +222,9 @@ uint32_t axes_arg(const Value *axis, int rank, Loc loc);    /* int or list, nega
 Value tree_map2(Op op, Value a, Value b, Loc loc);    /* leafwise binary with tree/scalar broadcasting */
 void tree_leaves(Value v, ValueVec *out);              /* flatten depth first */
 
-/* entry args (sema.c) */
+/* entry args and state (sema_entry.c) */
+Value refresh(Value v);                 /* a name bound to state reads its current value */
+void sema_entry_reset(void);
 /* order: arguments are sorted by it when the entry is finished (models' leaves
  * first in leaf order, then state, inputs, scalars, outputs) */
 int entry_add_arg(const char *name, const char *binding, const char *path, int kind, DType dt, Shape sh, int64_t order);

@@ -38,6 +38,9 @@ const char *lethe_cache_dir(void);
  * cache first, or taken from it). */
 int lethe_prog_open(const char *path, const char *flags, lethe_prog *out, char *err);
 void lethe_prog_close(lethe_prog *p);
+/* A program linked into the executable at build time (the object lethec
+ * wrote, linked beside liblethe): no compiler or loader involved. */
+void lethe_prog_linked(const lethe_program *p, const char *name, lethe_prog *out);
 const lethe_entry *lethe_entry_find(const lethe_program *p, const char *name);
 
 /* ---- store.c ----------------------------------------------------------------------- */

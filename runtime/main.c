@@ -28,7 +28,8 @@ static const char usage[] =
     "  report DIR            the table (mean +- std over seeds) and the plots of a run folder\n"
     "  info PROGRAM          the entry points and the plan of a program\n"
     "\n"
-    "EXPERIMENT is a .lth file (compiled by lethec into the cache, see LETHE_CACHE) or a .so.\n"
+    "EXPERIMENT is a .lth file (compiled by lethec into the cache, see LETHE_CACHE) or a .so;\n"
+    "a lethe binary built with an experiment linked in (make demo) runs that one by default.\n"
     "\n"
     "options:\n"
     "  --out DIR             where artifacts go (default out/<experiment>)\n"
@@ -44,6 +45,10 @@ static const char usage[] =
     "  --lethec-flags \"...\"  extra flags when compiling the experiment (e.g. \"-O2\")\n"
     "  --quiet               no progress output\n"
     "  --no-plots            (report) tables only\n";
+
+/* An experiment compiled into this executable at build time (see the
+ * Makefile's lethe-demo): the object lethec writes defines this symbol. */
+extern const lethe_program lethe_program_main __attribute__((weak));
 
 static noreturn void die(const char *fmt, const char *arg, const char *hint) {
     fprintf(stderr, "lethe: error: ");
@@ -134,7 +139,7 @@ int main(int argc, char **argv) {
         else die("unexpected argument '%s'", a, "lethe --help");
 #undef VALUE
     }
-    if (!target)
+    if (!target && !&lethe_program_main)
         die("%s needs a target", cmd, "lethe --help");
     char err[LETHE_ERR_LEN];
     if (!strcmp(cmd, "report")) {
@@ -147,7 +152,9 @@ int main(int argc, char **argv) {
     if (!known)
         die("unknown command '%s'", cmd, "the commands are run, poison, train, unlearn, eval, report and info");
     lethe_prog prog;
-    if (lethe_prog_open(target, flags, &prog, err))
+    if (!target || !strcmp(target, "builtin"))
+        lethe_prog_linked(&lethe_program_main, "builtin", &prog);
+    else if (lethe_prog_open(target, flags, &prog, err))
         die("%s", err, NULL);
     if (!strcmp(cmd, "info")) {
         info(&prog);

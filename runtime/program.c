@@ -193,6 +193,12 @@ int lethe_prog_open(const char *path, const char *flags, lethe_prog *out, char *
     return LETHE_OK;
 }
 
+void lethe_prog_linked(const lethe_program *p, const char *name, lethe_prog *out) {
+    memset(out, 0, sizeof *out);
+    out->p = p;
+    snprintf(out->so_path, sizeof out->so_path, "%s", name);
+}
+
 void lethe_prog_close(lethe_prog *p) {
     if (p->handle)
         dlclose(p->handle);

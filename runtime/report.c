@@ -286,7 +286,7 @@ static int draw(const Report *r, const char *dir, char *err) {
                 pdir);
     }
     fclose(gp);
-    char cmd[PATH_MAX * 2];
+    char cmd[PATH_MAX * 3];
     snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>'%s/gnuplot.log'", path, pdir);
     if (system(cmd) != 0)
         fprintf(stderr, "lethe: note: gnuplot failed (see %s/gnuplot.log); the tables are written\n", pdir);

@@ -416,7 +416,8 @@ typedef struct Eval {
     mt_tpr two_emp, two_norm, neg_emp, neg_norm, mia;
     double auc;
     int nroc;
-    double roc_fpr[64], roc_tpr[64];
+    double roc_fpr[64], roc_tpr[64];   /* against the empirical null (fresh noise) */
+    double roc_tpr_normal[64];         /* against N(0, 1): threshold Phi^-1(1 - fpr) */
 } Eval;
 
 /* Run fn entry `name` over samples pos[0..n) of `ds` in batches of the
@@ -557,7 +558,12 @@ static int evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
                             best = pts[j].tpr;
                             at = pts[j].fpr;
                         }
+                    double t = mt_normal_quantile(1 - target);
+                    int64_t above = 0;
+                    for (int64_t j = 0; j < np; j++)
+                        above += pos[j] > t;
                     ev->roc_fpr[ev->nroc] = target;
+                    ev->roc_tpr_normal[ev->nroc] = (double)above / (double)np;
                     ev->roc_tpr[ev->nroc++] = best;
                     (void)at;
                 }
@@ -641,15 +647,18 @@ static int write_record(Run *r, const char *method, double budget, const Eval *e
         jw_obj_end(&w);
         put_tpr(&w, "loss_mia", &ev->mia);
         jw_kv_num(&w, "auc", ev->auc);
-        jw_key(&w, "roc");
-        jw_arr_begin(&w);
-        for (int i = 0; i < ev->nroc; i++) {
+        /* [fpr, tpr] of the statistic -I at log-spaced false positive rates */
+        for (int k = 0; k < 2; k++) {
+            jw_key(&w, k ? "roc_normal" : "roc");
             jw_arr_begin(&w);
-            jw_num(&w, ev->roc_fpr[i]);
-            jw_num(&w, ev->roc_tpr[i]);
+            for (int i = 0; i < ev->nroc; i++) {
+                jw_arr_begin(&w);
+                jw_num(&w, ev->roc_fpr[i]);
+                jw_num(&w, k ? ev->roc_tpr_normal[i] : ev->roc_tpr[i]);
+                jw_arr_end(&w);
+            }
             jw_arr_end(&w);
         }
-        jw_arr_end(&w);
     }
     jw_key(&w, "run");
     jw_obj_begin(&w);
