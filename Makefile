@@ -59,7 +59,7 @@ $(B)/obj/gen/%.o: $(B)/gen/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 $(OPT) -g -fPIC $(SAN_FLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar -c $< -o $@
 
-$(B)/obj/compiler/%.o: compiler/%.c compiler/*.h compiler/ops.def runtime/lethe_abi.h runtime/philox.h $(B)/gen/parser.h
+$(B)/obj/compiler/%.o: compiler/%.c compiler/*.h compiler/ops.def runtime/*.h $(B)/gen/parser.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LLVM_CFLAGS) -c $< -o $@
 
@@ -79,7 +79,8 @@ $(B)/liblethe.a: $(RUNTIME_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/lethec: $(B)/obj/compiler/main.o $(B)/libletheccore.a
+# liblethe.a after the compiler: lethec uses its NVRTC loader (runtime/cuda_nvrtc.c)
+$(B)/lethec: $(B)/obj/compiler/main.o $(B)/libletheccore.a $(B)/liblethe.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
 
 $(B)/lethe: $(B)/obj/runtime/main.o $(B)/liblethe.a

@@ -16,8 +16,10 @@
  * call, the peak RSS in MiB and the workspace in MiB). With --profile, the
  * generated code's kernel profile (backend_llvm_abi.c) is enabled for the
  * timed calls and a per-kernel table follows, as lines starting with "K ":
- * mean ms per call, share of the step, rough GFLOP/s, kernel name and the
- * graph nodes it computes.
+ * the minimum and the mean ms per call over the timed steps, the minimum's
+ * share of the sum of minima, GFLOP/s at the minimum (from the kernel's
+ * rough flop count), the kernel name and the graph nodes it computes. The
+ * minimum is what a kernel costs when no other process takes its core.
  */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -98,22 +100,58 @@ static int call_init(const lethe_program *p, const char *entry, const char *suff
     return rc;
 }
 
-static void print_profile(const kprofile *kp, const char *entry, int steps, double total_s) {
-    for (int i = 0; kp && i < kp->nentries; i++) {
-        const kprofile_entry *pe = &kp->entries[i];
-        if (strcmp(pe->entry, entry))
-            continue;
-        double sum = 0;
-        for (int64_t k = 0; k < pe->nkernels; k++)
-            sum += (double)pe->ns[k];
-        printf("P entry=%s kernels=%lld profiled_ms=%.3f step_ms=%.3f\n", entry, (long long)pe->nkernels,
-               sum * 1e-6 / steps, total_s * 1e3);
-        for (int64_t k = 0; k < pe->nkernels; k++) {
-            double ms = (double)pe->ns[k] * 1e-6 / steps;
-            double gf = ms > 0 ? pe->flops[k] / (ms * 1e6) : 0;
-            printf("K %9.3f %6.2f%% %8.1f %s | %s\n", ms, sum > 0 ? 100.0 * (double)pe->ns[k] / sum : 0.0, gf,
-                   pe->kernel[k], pe->what[k]);
-        }
+/* The profile of `entry` as per-step minima (robust to other processes on a
+ * shared machine) and means over the timed steps. */
+typedef struct kstats {
+    const kprofile_entry *pe;
+    int64_t *last;       /* counters after the previous step */
+    double *min, *sum;   /* ns per step */
+} kstats;
+
+static kstats kstats_new(const kprofile *kp, const char *entry) {
+    kstats ks = {0};
+    for (int i = 0; kp && i < kp->nentries; i++)
+        if (!strcmp(kp->entries[i].entry, entry))
+            ks.pe = &kp->entries[i];
+    if (!ks.pe)
+        return ks;
+    size_t n = (size_t)ks.pe->nkernels + 1;
+    ks.last = calloc(n, sizeof(int64_t));
+    ks.min = calloc(n, sizeof(double));
+    ks.sum = calloc(n, sizeof(double));
+    for (int64_t k = 0; k < ks.pe->nkernels; k++) {
+        ks.last[k] = ks.pe->ns[k];
+        ks.min[k] = 1e30;
+    }
+    return ks;
+}
+
+static void kstats_step(kstats *ks) {
+    for (int64_t k = 0; ks->pe && k < ks->pe->nkernels; k++) {
+        double d = (double)(ks->pe->ns[k] - ks->last[k]);
+        ks->last[k] = ks->pe->ns[k];
+        ks->sum[k] += d;
+        if (d < ks->min[k])
+            ks->min[k] = d;
+    }
+}
+
+static void print_profile(const kstats *ks, int steps, double step_s) {
+    const kprofile_entry *pe = ks->pe;
+    if (!pe)
+        return;
+    double smin = 0, smean = 0;
+    for (int64_t k = 0; k < pe->nkernels; k++) {
+        smin += ks->min[k];
+        smean += ks->sum[k] / steps;
+    }
+    printf("P entry=%s kernels=%lld sum_min_ms=%.3f sum_mean_ms=%.3f step_ms=%.3f\n", pe->entry, (long long)pe->nkernels,
+           smin * 1e-6, smean * 1e-6, step_s * 1e3);
+    for (int64_t k = 0; k < pe->nkernels; k++) {
+        double ms = ks->min[k] * 1e-6;
+        double gf = ms > 0 ? pe->flops[k] / (ms * 1e6) : 0;
+        printf("K %9.3f %9.3f %6.2f%% %8.1f %s | %s\n", ms, ks->sum[k] * 1e-6 / steps,
+               smin > 0 ? 100.0 * ks->min[k] / smin : 0.0, gf, pe->kernel[k], pe->what[k]);
     }
 }
 
@@ -178,11 +216,9 @@ int main(int argc, char **argv) {
     kprofile *kp = profile ? dlsym(prog.handle, "lethe_program_main_profile") : NULL;
     if (profile && !kp)
         fprintf(stderr, "bench_resnet: %s has no kernel profile table\n", so);
-    if (kp) {
-        for (int i = 0; i < kp->nentries; i++)
-            memset(kp->entries[i].ns, 0, sizeof(int64_t) * (size_t)kp->entries[i].nkernels);
+    kstats ks = kstats_new(kp, entry);
+    if (kp)
         kp->enabled = 1;
-    }
     double *t = calloc((size_t)steps, sizeof(double));
     double total = 0;
     for (int i = 0; i < steps; i++) {
@@ -194,6 +230,7 @@ int main(int argc, char **argv) {
         }
         t[i] = now_s() - t0;
         total += t[i];
+        kstats_step(&ks);
     }
     qsort(t, (size_t)steps, sizeof(double), cmp_double);
     double med = steps % 2 ? t[steps / 2] : 0.5 * (t[steps / 2 - 1] + t[steps / 2]);
@@ -207,7 +244,7 @@ int main(int argc, char **argv) {
         printf(" loss=%.4f", (double)*loss);
     printf("\n");
     if (kp)
-        print_profile(kp, entry, steps, total / steps);
+        print_profile(&ks, steps, total / steps);
     frame_free(f);
     ts_clear(&model);
     ts_clear(&state);

@@ -224,6 +224,7 @@ typedef struct KG {
     LLVMValueRef *slot;        /* per variable: the memory of a LET variable */
     LLVMValueRef *ival;        /* per variable: the phi of a loop variable */
     LLVMValueRef ctx, seed, step;
+    bool in_parallel;          /* generating the body of a parallel loop */
     /* expression DAGs share subtrees; one statement's code is straight-line,
      * so values are reused within a statement (stamp = statement) */
     Memo *memo;
@@ -290,7 +291,7 @@ static unsigned elem_align(const LBuf *bf) {
     /* args are only promised 4-byte alignment (lethe_abi.h), the workspace
      * and its 64-byte aligned offsets more */
     unsigned size = (unsigned)dtype_size(bf->dtype);
-    unsigned base = bf->kind == LB_WORKSPACE ? 64 : 4;
+    unsigned base = bf->kind == LB_ARG ? 4 : 64;
     return size < base ? size : base;
 }
 
@@ -611,6 +612,12 @@ static void gen_gemm(KG *g, const LGemm *gm) {
     if (gm->lda < need_a || gm->ldb < need_b || gm->ldc < gm->n)
         internal_error(__FILE__, __LINE__, "kernel %s: GEMM leading dimensions %lld %lld %lld too small", g->k->name,
                        (long long)gm->lda, (long long)gm->ldb, (long long)gm->ldc);
+    if (llg_supported(gm, dt)) {
+        /* inside a parallel loop the GEMM is one iteration's work */
+        llg_emit(ll, g->b, gm, dt, elem_ptr(g, gm->a_buf, gen_expr(g, gm->a_off)), elem_ptr(g, gm->b_buf, gen_expr(g, gm->b_off)),
+                 elem_ptr(g, gm->c_buf, gen_expr(g, gm->c_off)), g->in_parallel ? NULL : g->ctx);
+        return;
+    }
     const char *name = dt == DT_F32 ? "cblas_sgemm" : "cblas_dgemm";
     LLVMTypeRef ft = ll_type(ll, dt);
     LLVMTypeRef pt[14] = {ll->t_i32, ll->t_i32, ll->t_i32, ll->t_i32, ll->t_i32, ll->t_i32, ft,
@@ -697,12 +704,16 @@ static const char *sanitize(const char *s) {
     return r;
 }
 
+/* Is buffer i a parameter of the functions of a statement with uses u?
+ * Private buffers are not: they are arrays of the loop function. */
+static bool passed(const LProgram *p, const Uses *u, int i) { return u->buf[i] && p->bufs.data[i].kind != LB_PRIVATE; }
+
 /* The inner function of top-level loop `s` (see the top of the file). */
 static LLVMValueRef gen_loop_fn(LL *ll, const LProgram *p, const LKernel *k, const LStmt *s, const char *name,
                                 const Uses *u, bool serial) {
     int nb = 0, nv = 0;
     for (int i = 0; i < p->bufs.len; i++)
-        nb += u->buf[i];
+        nb += passed(p, u, i);
     for (int v = 0; serial && v < k->vars.len; v++)
         nv += u->used[v] && !u->def[v];
     int np = nb + 3 + nv;
@@ -713,11 +724,21 @@ static LLVMValueRef gen_loop_fn(LL *ll, const LProgram *p, const LKernel *k, con
     LLVMValueRef fn = ll_new_function(ll, name, LLVMFunctionType(ll->t_void, pt, (unsigned)np, 0), true);
     ll_fn_attr(ll, fn, "alwaysinline");
     KG g = kg_new(ll, p, k, fn);
+    g.in_parallel = !serial;
     int pi = 0;
     for (int i = 0; i < p->bufs.len; i++) {
         if (!u->buf[i])
             continue;
         const LBuf *bf = &p->bufs.data[i];
+        if (bf->kind == LB_PRIVATE) {
+            /* one copy per call, i.e. per chunk of iterations and thread
+             * (loopir.h); alwaysinline puts it in the entry block of the
+             * task or kernel function, a static stack slot */
+            LLVMTypeRef at = LLVMArrayType2(mem_type(ll, bf->dtype), (uint64_t)(bf->nelem ? bf->nelem : 1));
+            g.buf[i] = LLVMBuildAlloca(g.b, at, bf->name ? bf->name : "private");
+            LLVMSetAlignment(g.buf[i], 64);
+            continue;
+        }
         g.buf[i] = LLVMGetParam(fn, (unsigned)pi);
         LLVMSetValueName2(g.buf[i], bf->name ? bf->name : "buf", strlen(bf->name ? bf->name : "buf"));
         ll_param_attr(ll, fn, pi, "noalias", 0);
@@ -763,7 +784,7 @@ static LLVMValueRef gen_task(LL *ll, const LProgram *p, LLVMValueRef inner, cons
     LLVMValueRef *args = xalloc(sizeof(LLVMValueRef) * ((size_t)p->bufs.len + 3));
     int n = 0;
     for (int i = 0; i < p->bufs.len; i++)
-        if (u->buf[i])
+        if (passed(p, u, i))
             args[n++] = closure_ptr(ll, b, clo, 1 + i);
     args[n++] = closure_ptr(ll, b, clo, 0);
     args[n++] = LLVMGetParam(fn, 1);
@@ -776,7 +797,7 @@ static LLVMValueRef gen_task(LL *ll, const LProgram *p, LLVMValueRef inner, cons
 
 /* void lethe.parallel(ctx, task, closure, n, grain): through the pool when
  * the caller installed one, else the whole range on this thread */
-static LLVMValueRef parallel_helper(LL *ll) {
+LLVMValueRef ll_parallel_helper(LL *ll) {
     LLVMValueRef fn = LLVMGetNamedFunction(ll->mod, "lethe.parallel");
     if (fn)
         return fn;
@@ -815,7 +836,7 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
         uses_stmt(&all, k->body.data[i]);
     g.ctx = closure_ptr(ll, g.b, clo, 0);
     for (int i = 0; i < p->bufs.len; i++)
-        if (all.buf[i])
+        if (passed(p, &all, i))
             g.buf[i] = closure_ptr(ll, g.b, clo, 1 + i);
     bool top_rand = false;
     for (int i = 0; i < k->body.len; i++)
@@ -842,14 +863,14 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
             double per_iter = stmt_work(s) / (double)s->extent;
             int64_t grain = per_iter >= 4096 ? 1 : (int64_t)(4096 / per_iter);
             LLVMValueRef args[5] = {g.ctx, task, clo, i64c(ll, s->extent), i64c(ll, grain)};
-            LLVMValueRef helper = parallel_helper(ll);
+            LLVMValueRef helper = ll_parallel_helper(ll);
             LLVMBuildCall2(g.b, LLVMGlobalGetValueType(helper), helper, args, 5, "");
         } else {
             LLVMValueRef inner = gen_loop_fn(ll, p, k, s, xfmt("%s.loop%d", kname, i), &u, true);
             LLVMValueRef *args = xalloc(sizeof(LLVMValueRef) * ((size_t)p->bufs.len + (size_t)k->vars.len + 3));
             int n = 0;
             for (int b = 0; b < p->bufs.len; b++)
-                if (u.buf[b])
+                if (passed(p, &u, b))
                     args[n++] = g.buf[b];
             args[n++] = g.ctx;
             args[n++] = i64c(ll, 0);
@@ -884,6 +905,8 @@ static LLVMValueRef gen_program(LL *ll, const LProgram *p, int index, const char
     for (int i = 0; i < p->bufs.len; i++) {
         const LBuf *bf = &p->bufs.data[i];
         LLVMValueRef base;
+        if (bf->kind == LB_PRIVATE)
+            continue;
         if (bf->kind == LB_ARG) {
             ASSERT(bf->arg >= 0 && bf->arg < p->entry->args.len);
             base = closure_ptr(ll, b, args, bf->arg);
@@ -1096,6 +1119,7 @@ static char *emit_output(LL *ll, EmitKind kind, const char *out_path, char **hin
     case EMIT_SO:
         return emit_so(ll, out_path, hint);
     case EMIT_HEADER:
+    case EMIT_CU:
         unreachable();
     }
     if (msg)

@@ -27,6 +27,10 @@ typedef struct LL {
      * per program, its [nkernels x i64] nanosecond counters */
     LLVMValueRef prof_table;
     VEC(LLVMValueRef) prof_ns;
+    /* the GEMM functions of backend_llvm_gemm.c, by shape */
+    VEC(LGemm) gemm_keys;
+    VEC(DType) gemm_dts;
+    VEC(LLVMValueRef) gemm_fns;
 } LL;
 
 /* backend_llvm.c: small shared helpers */
@@ -36,6 +40,18 @@ LLVMValueRef ll_call_intrinsic(LL *ll, LLVMBuilderRef b, const char *name, LLVMT
 LLVMValueRef ll_new_function(LL *ll, const char *name, LLVMTypeRef fnty, bool internal);
 void ll_fn_attr(LL *ll, LLVMValueRef fn, const char *attr);
 void ll_param_attr(LL *ll, LLVMValueRef fn, int param, const char *attr, uint64_t val);
+/* void lethe.parallel(ctx, task, closure, n, grain): ctx->parallel_for, or
+ * task(closure, 0, n) on this thread when the context has no pool */
+LLVMValueRef ll_parallel_helper(LL *ll);
+
+/* backend_llvm_gemm.c: LS_GEMM as generated code. llg_emit calls the GEMM
+ * of gm (dtype dt) on the element pointers a, b, c; with ctx (not NULL) it
+ * may spread the tiles over ctx->parallel_for, without it runs on this
+ * thread. llg_supported: the shapes it generates (f32 or f64, not both
+ * operands transposed); the others call BLAS. */
+bool llg_supported(const LGemm *gm, DType dt);
+void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef a, LLVMValueRef bp, LLVMValueRef c,
+              LLVMValueRef ctx);
 
 /* llvm_math.c: vectorizable transcendentals and Philox, each an internal
  * always-inline function without fast-math flags, so that -O0 and -O3 (and

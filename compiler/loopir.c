@@ -269,6 +269,8 @@ void loopir_dump(const LProgram *p, FILE *out) {
         const LBuf *b = &p->bufs.data[i];
         if (b->kind == LB_ARG)
             fprintf(out, "  buf %-24s %s[%lld] arg %d\n", b->name, dtype_name(b->dtype), (long long)b->nelem, b->arg);
+        else if (b->kind == LB_PRIVATE)
+            fprintf(out, "  buf %-24s %s[%lld] private\n", b->name, dtype_name(b->dtype), (long long)b->nelem);
         else
             fprintf(out, "  buf %-24s %s[%lld] workspace+%llu\n", b->name, dtype_name(b->dtype), (long long)b->nelem,
                     (unsigned long long)b->offset);
@@ -288,8 +290,25 @@ typedef struct VerifyCtx {
     const LProgram *p;
     const LKernel *k;
     char *defined;     /* per variable: defined and in scope */
-    bool in_parallel;
+    /* LB_PRIVATE ownership: the top-level loop being verified (NULL at the
+     * top level) and, per buffer, the loop that used it first */
+    const LStmt *top_loop;
+    const LStmt **owner;
 } VerifyCtx;
+
+static void verify_buf(VerifyCtx *v, int buf) {
+    ASSERT(buf >= 0 && buf < v->p->bufs.len);
+    if (v->p->bufs.data[buf].kind != LB_PRIVATE)
+        return;
+    if (!v->top_loop)
+        internal_error(__FILE__, __LINE__, "kernel %s: private buffer %s used outside a loop", v->k->name,
+                       v->p->bufs.data[buf].name);
+    if (!v->owner[buf])
+        v->owner[buf] = v->top_loop;
+    else if (v->owner[buf] != v->top_loop)
+        internal_error(__FILE__, __LINE__, "kernel %s: private buffer %s used by two loops", v->k->name,
+                       v->p->bufs.data[buf].name);
+}
 
 static void verify_expr(VerifyCtx *v, const LExpr *e) {
     ASSERT(e);
@@ -302,7 +321,7 @@ static void verify_expr(VerifyCtx *v, const LExpr *e) {
         ASSERT(e->dtype == v->k->vars.data[e->var]);
         return;
     case LE_LOAD:
-        ASSERT(e->buf >= 0 && e->buf < v->p->bufs.len);
+        verify_buf(v, e->buf);
         ASSERT(e->dtype == v->p->bufs.data[e->buf].dtype);
         ASSERT(e->index->dtype == DT_I64);
         verify_expr(v, e->index);
@@ -340,7 +359,11 @@ static void verify_stmts(VerifyCtx *v, LStmt *const *body, int n, bool top) {
                 memset(v->defined, 0, (size_t)v->k->vars.len);
             }
             v->defined[s->var] = 1;
+            if (top)
+                v->top_loop = s;
             verify_stmts(v, s->body.data, s->body.len, false);
+            if (top)
+                v->top_loop = NULL;
             v->defined[s->var] = 0;
             if (saved)
                 memcpy(v->defined, saved, (size_t)v->k->vars.len);
@@ -360,7 +383,7 @@ static void verify_stmts(VerifyCtx *v, LStmt *const *body, int n, bool top) {
             ASSERT(s->value->dtype == v->k->vars.data[s->var]);
             break;
         case LS_STORE:
-            ASSERT(s->buf >= 0 && s->buf < v->p->bufs.len);
+            verify_buf(v, s->buf);
             ASSERT(s->index->dtype == DT_I64);
             ASSERT(s->value->dtype == v->p->bufs.data[s->buf].dtype);
             verify_expr(v, s->index);
@@ -368,9 +391,9 @@ static void verify_stmts(VerifyCtx *v, LStmt *const *body, int n, bool top) {
             break;
         case LS_GEMM: {
             const LGemm *g = &s->gemm;
-            ASSERT(g->a_buf >= 0 && g->a_buf < v->p->bufs.len);
-            ASSERT(g->b_buf >= 0 && g->b_buf < v->p->bufs.len);
-            ASSERT(g->c_buf >= 0 && g->c_buf < v->p->bufs.len);
+            verify_buf(v, g->a_buf);
+            verify_buf(v, g->b_buf);
+            verify_buf(v, g->c_buf);
             DType dt = v->p->bufs.data[g->c_buf].dtype;
             ASSERT(dt == DT_F32 || dt == DT_F64);
             ASSERT(v->p->bufs.data[g->a_buf].dtype == dt && v->p->bufs.data[g->b_buf].dtype == dt);
@@ -398,9 +421,22 @@ void loopir_verify(const LProgram *p) {
             ASSERT(b->offset + (uint64_t)b->nelem * (uint64_t)dtype_size(b->dtype) <= p->workspace_bytes);
         }
     }
+    const LStmt **owner = xalloc(sizeof(LStmt *) * ((size_t)p->bufs.len + 1));
     for (int i = 0; i < p->kernels.len; i++) {
-        VerifyCtx v = {.p = p, .k = p->kernels.data[i]};
+        VerifyCtx v = {.p = p, .k = p->kernels.data[i], .owner = owner};
         v.defined = xalloc((size_t)v.k->vars.len + 1);
         verify_stmts(&v, v.k->body.data, v.k->body.len, true);
+    }
+    /* the private buffers of each loop fit LOOPIR_PRIVATE_MAX_BYTES */
+    for (int i = 0; i < p->bufs.len; i++) {
+        if (!owner[i])
+            continue;
+        int64_t bytes = 0;
+        for (int j = 0; j < p->bufs.len; j++)
+            if (owner[j] == owner[i])
+                bytes += p->bufs.data[j].nelem * dtype_size(p->bufs.data[j].dtype);
+        if (bytes > LOOPIR_PRIVATE_MAX_BYTES)
+            internal_error(__FILE__, __LINE__, "private buffers of one loop take %lld bytes (at most %lld)",
+                           (long long)bytes, (long long)LOOPIR_PRIVATE_MAX_BYTES);
     }
 }

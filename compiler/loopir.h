@@ -11,6 +11,15 @@
  *    `offset` bytes (a multiple of 64) inside the workspace. Two distinct
  *    buffers used by one kernel never overlap in memory (the memory planner
  *    guarantees it), so backends may mark them noalias.
+ *  - LB_PRIVATE buffers are scratch owned by the iterations of one top-level
+ *    LS_FOR (parallel or serial) of one kernel: every use (load, store, GEMM
+ *    operand) lies inside that loop, the contents are undefined at the start
+ *    of each iteration, and an iteration reads only elements it wrote itself.
+ *    So iterations never communicate through it, and a backend may give each
+ *    thread (CUDA: each block) its own copy, e.g. a stack array; it has no
+ *    offset and takes no workspace. The private buffers of one loop take at
+ *    most LOOPIR_PRIVATE_MAX_BYTES together. Writes to it by different
+ *    iterations of a parallel loop are not a conflict.
  *  - Variables are numbered per kernel (0..nvars-1), each with a dtype. Loop
  *    variables are DT_I64. Every variable is defined exactly once (by its
  *    LS_FOR or its LS_LET) before use; LS_ASSIGN updates a variable already
@@ -34,7 +43,11 @@
  *  - LS_GEMM computes C = alpha * op(A) @ op(B) + beta * C on row-major
  *    sub-matrices starting at element offsets a_off/b_off/c_off (I64
  *    expressions, may use enclosing loop variables), op = transpose if trans_*.
- *    A,B,C share the dtype (f32 -> sgemm, f64 -> dgemm). beta is 0 or 1.
+ *    A,B,C share the dtype (f32 or f64). beta is 0 or 1 (beta 0 never reads
+ *    C). A GEMM may stand anywhere, also inside a parallel loop: there it is
+ *    one iteration's work and runs on that iteration's thread (it must not
+ *    start threads of its own); elsewhere a backend may spread it over
+ *    threads. Operands may be LB_PRIVATE buffers of the enclosing loop.
  *  - Kernels run one after another in LProgram order; a kernel sees every
  *    write of the kernels before it.
  */
@@ -43,7 +56,11 @@
 
 #include "graph.h"
 
-typedef enum LBufKind { LB_ARG, LB_WORKSPACE } LBufKind;
+typedef enum LBufKind { LB_ARG, LB_WORKSPACE, LB_PRIVATE } LBufKind;
+
+/* Bytes of LB_PRIVATE buffers one top-level loop may use (see above): small
+ * enough for any thread's stack, large enough for an im2col tile in L2. */
+#define LOOPIR_PRIVATE_MAX_BYTES ((int64_t)1 << 20)
 
 typedef struct LBuf {
     LBufKind kind;
@@ -138,18 +155,28 @@ typedef struct LowerOptions {
 LProgram *lower_entry(const Entry *e, const LowerOptions *opt);
 
 /* backend_llvm.c: loop IR -> object file / shared object / IR / assembly. */
-typedef enum EmitKind { EMIT_OBJ, EMIT_SO, EMIT_LL, EMIT_ASM, EMIT_HEADER } EmitKind;
+typedef enum EmitKind { EMIT_OBJ, EMIT_SO, EMIT_LL, EMIT_ASM, EMIT_HEADER, EMIT_CU } EmitKind;
 typedef struct BackendOptions {
     int opt_level;              /* 0..3 */
     const char *cpu;            /* NULL: the host CPU; e.g. "x86-64-v3" */
     const char *features;       /* NULL: host features when cpu is NULL, else none */
     bool fast_math;             /* reassoc/contract/afn etc. on float math */
     const char *program_symbol; /* "lethe_program" by default */
+    const char *cuda_arch;      /* cuda_emit: "sm_90" by default */
+    const char *nvrtc_flags;    /* cuda_emit: extra NVRTC options, space-separated */
 } BackendOptions;
 /* Emits every program of `cu` into one output. Errors are reported with
  * error_noloc. */
 void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind,
                const char *out_path, const BackendOptions *opt);
+/* backend_cuda.c: loop IR -> CUDA kernels compiled by NVRTC, and a host
+ * object (obj, so, ll, asm) whose program table runs them through
+ * lethe_ctx.device (runtime/lethe_abi.h, docs/cuda.md); EMIT_CU writes the
+ * CUDA source; EMIT_HEADER is emit_header's. Lowering for this target should
+ * use LowerOptions.parallel_min_work = 1, so that every loop that may run in
+ * parallel is marked so. */
+void cuda_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, const char *out_path,
+               const BackendOptions *opt);
 /* header.c: the --emit=header C header (argument indices per entry). */
 void emit_header(const CompUnit *cu, LProgram **progs, int nprogs, const char *out_path, const char *program_symbol);
 

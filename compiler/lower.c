@@ -108,6 +108,12 @@ int lower_scratch(Lower *L, const char *name, DType dt, int64_t nelem) {
     return lp_add_buf(L->p, lb);
 }
 
+int lower_private(Lower *L, const char *name, DType dt, int64_t nelem) {
+    int b = lower_scratch(L, name, dt, nelem);
+    L->p->bufs.data[b].kind = LB_PRIVATE;
+    return b;
+}
+
 /* ----------------------------------------------------------------------------
  * loop helpers */
 

@@ -209,6 +209,7 @@ LExpr *lower_eval(KCtx *kc, const Node *n, int stack);
 /* Buffer index of a materialized node. */
 int lower_buf_of(Lower *L, const Node *n);
 int lower_scratch(Lower *L, const char *name, DType dt, int64_t nelem);
+int lower_private(Lower *L, const char *name, DType dt, int64_t nelem);   /* LB_PRIVATE */
 /* Loop helpers. An "outer" nest is one flattened loop over dims (parallel
  * when work >= parallel_min_work and the extent is >= 2) that defines the
  * per-dim indices with div/mod; a "serial" nest is one loop per dim. Both
@@ -224,8 +225,8 @@ LExpr *imul(LExpr *a, int64_t b);
 LExpr *band(LExpr *a, LExpr *b);       /* NULL-tolerant AND */
 
 void lower_opaque(Lower *L, FKernel *fk, LKernel *k);   /* lower_opaque.c */
-/* Bytes of im2col columns a convolution may keep at once (64 MiB); the
- * tests lower it to exercise chunking. */
-extern int64_t lower_conv_workspace_bytes;
+/* Bytes of im2col columns one tile of a convolution holds (256 KiB, an L2
+ * share); the tests lower it to exercise row tiles and K blocks. */
+extern int64_t lower_conv_tile_bytes;
 
 #endif

@@ -50,7 +50,7 @@
 
 #include "lower_int.h"
 
-int64_t lower_conv_workspace_bytes = (int64_t)64 << 20;
+int64_t lower_conv_tile_bytes = (int64_t)256 << 10;
 
 static LExpr *lt(LExpr *a, LExpr *b) { return le_op2(OP_LT, DT_BOOL, a, b); }
 static LExpr *le(LExpr *a, LExpr *b) { return le_op2(OP_LE, DT_BOOL, a, b); }
@@ -75,6 +75,15 @@ static LExpr *let_i64(Block b, LExpr *e) {
     int v;
     blk_push(b, ls_let(b.k, DT_I64, e, &v));
     return le_var(b.k, v);
+}
+
+/* A top-level loop over independent items, parallel when the kernel's work
+ * reaches parallel_min_work (no loop for extent 1: *var is then 0). */
+static Block blk_open_loop(LKernel *k, int64_t extent, double work, const LowerOptions *opt, LExpr **var) {
+    LExpr *idx[1], *lin;
+    Block b = nest_outer(blk_top(k), &extent, 1, work, opt, idx, &lin);
+    *var = idx[0];
+    return b;
 }
 
 /* A serial loop (no loop for extent 1: *var is then 0). */
@@ -223,33 +232,166 @@ static bool conv_is_pointwise(const Conv *c) {
     return c->kh == 1 && c->kw == 1 && c->sh == 1 && c->sw == 1 && c->ph == 0 && c->pw == 0;
 }
 
-static int64_t conv_chunk(const Conv *c, DType dt) {
-    int64_t per = c->CK * c->P * dtype_size(dt);
-    int64_t g = per ? lower_conv_workspace_bytes / per : c->N;
-    if (g < 1)
-        g = 1;
-    return g < c->N ? g : c->N;
+static int64_t divisor_upto(int64_t n, int64_t cap) {
+    for (int64_t d = cap < n ? cap : n; d > 1; d--)
+        if (n % d == 0)
+            return d;
+    return 1;
 }
 
-/* col[g, (ci*kh+i)*kw+j, p*OW+q] = x[n0+g, ci, p*sh+i-ph, q*sw+j-pw] for the
- * G images from n0: a parallel loop over (g, ci, i, j) rows. */
-static void im2col(KCtx *kc, const Conv *c, const Node *x, int col, int64_t n0, int64_t G) {
+/* A tile of the column matrix: RT consecutive output rows of the batch
+ * (global row gr = n * OH + oh; either R | OH rows of one image or G | N whole
+ * images), PT = RT * OW columns, and Cb input channels, i.e. KC = Cb kh kw
+ * rows. A tile lives in an LB_PRIVATE buffer of lower_conv_tile_bytes at
+ * most, so the GEMMs that read it find it in L2 (the whole column matrix of a
+ * ResNet layer is 58-300 MB at batch 128, measured 2-3x slower through
+ * memory, bench/RESULTS.md). */
+typedef struct Tile {
+    int64_t RT, PT, Cb, KC, nK, ntiles;
+} Tile;
+
+static Tile conv_tile(const Conv *c, DType dt, int64_t cols) {
+    Tile t;
+    int64_t esz = dtype_size(dt), budget = lower_conv_tile_bytes / esz;
+    if (c->P >= cols || c->P == 0)
+        t.RT = divisor_upto(c->OH, c->OW ? cols / c->OW : 1);
+    else
+        t.RT = divisor_upto(c->N, cols / c->P) * c->OH;
+    /* the columns of one input channel must fit: fewer rows if not */
+    while (t.RT > 1 && t.RT * c->OW * c->kh * c->kw > budget) {
+        int64_t r = t.RT > c->OH ? divisor_upto(t.RT / c->OH, t.RT / c->OH - 1) * c->OH : divisor_upto(t.RT, t.RT - 1);
+        t.RT = r < t.RT ? r : 1;
+    }
+    t.PT = t.RT * c->OW;
+    int64_t per = t.PT * c->kh * c->kw;
+    t.Cb = divisor_upto(c->Ci, per ? budget / per : c->Ci);
+    if (t.Cb * per * esz > LOOPIR_PRIVATE_MAX_BYTES)
+        error_noloc("a convolution with %lld-pixel output rows (kernel %lldx%lld) needs %lld bytes of columns per "
+                    "channel, more than the %lld a tile may hold\n---> HINT: split the image into narrower strips",
+                    (long long)c->OW, (long long)c->kh, (long long)c->kw, (long long)(per * esz),
+                    (long long)LOOPIR_PRIVATE_MAX_BYTES);
+    t.KC = t.Cb * c->kh * c->kw;
+    t.nK = c->Ci / t.Cb;
+    t.ntiles = c->OH ? c->N * c->OH / t.RT : 0;
+    return t;
+}
+
+/* 0 <= q*sw + j - pw < W exactly for q in [*lo, *hi) */
+static void valid_cols(const Conv *c, int64_t j, int64_t *lo, int64_t *hi) {
+    int64_t a = c->pw - j, b = c->W - 1 + c->pw - j;   /* a <= q*sw <= b */
+    *lo = a <= 0 ? 0 : (a + c->sw - 1) / c->sw;
+    *hi = b < 0 ? 0 : b / c->sw + 1;
+    if (*hi > c->OW)
+        *hi = c->OW;
+    if (*lo > *hi)
+        *lo = *hi;
+}
+
+/* The image and row of global output row gr. */
+static void row_of(Block b, const Conv *c, LExpr *gr, LExpr **n, LExpr **oh) {
+    *n = c->OH == 1 ? gr : let_i64(b, idiv(gr, c->OH));
+    *oh = c->OH == 1 ? iconst(0) : let_i64(b, imod(gr, c->OH));
+}
+
+/* The input row h = oh*sh + i - ph of tap row i, clamped into [0, H), and
+ * whether it really is inside (NULL: always). Reading the clamped row and
+ * masking the value keeps the inner loop's addresses consecutive, which a
+ * predicated load would not (LLVM then gathers). */
+static LExpr *tap_row(Block b, const Conv *c, LExpr *oh, int64_t i, LExpr **valid) {
+    LExpr *h = let_i64(b, isub(iadd(imul(oh, c->sh), iconst(i)), c->ph));
+    *valid = in_range(h, -c->ph + i, (c->OH - 1) * c->sh + i - c->ph, c->H);
+    if (!*valid)
+        return h;
+    LExpr *lo = lt(h, iconst(0)), *hi = lt(h, iconst(c->H));
+    return let_i64(b, isel(lo, iconst(0), isel(hi, h, iconst(c->H - 1))));
+}
+
+/* col[r * PT + lr * OW + q] = x[n, ci0 + cl, oh*sh + i - ph, q*sw + j - pw]
+ * (0 outside x) for the rows r = (cl*kh + i)*kw + j of one K block and the
+ * tile's rows lr from global row gr0: one loop nest per tap (i, j), with the
+ * columns that fall into the padding stored as zeros by loops of their own,
+ * so that the copy loop is branch-free and contiguous for stride 1. */
+static void im2col_tile(KCtx *kc, Block b, const Conv *c, const Tile *t, const Node *x, int col, LExpr *gr0, LExpr *ci0) {
+    DType dt = x->dtype;
+    LExpr *cl;
+    Block bc = open_loop(b, t->Cb, &cl);
+    LExpr *ci = let_i64(bc, iadd(ci0, cl));
+    for (int64_t i = 0; i < c->kh; i++)
+        for (int64_t j = 0; j < c->kw; j++) {
+            LExpr *lr, *n, *oh, *hv, *q;
+            Block br = open_loop(bc, t->RT, &lr);
+            row_of(br, c, iadd(gr0, lr), &n, &oh);
+            LExpr *h = tap_row(br, c, oh, i, &hv);
+            LExpr *base = let_i64(br, iadd(imul(iadd(imul(cl, c->kh * c->kw), iconst(i * c->kw + j)), t->PT), imul(lr, c->OW)));
+            int64_t lo, hi;
+            valid_cols(c, j, &lo, &hi);
+            int64_t zr[2][2] = {{0, lo}, {hi, c->OW}};
+            for (int z = 0; z < 2; z++)
+                if (zr[z][1] > zr[z][0]) {
+                    int64_t ext = zr[z][1] - zr[z][0];
+                    Block bz = open_loop(br, ext, &q);
+                    blk_push(bz, ls_store(col, iadd(base, iadd(q, iconst(zr[z][0]))), le_const_f(dt, 0), false));
+                }
+            if (hi <= lo)
+                continue;
+            Block bq = open_loop(br, hi - lo, &q);
+            LExpr *qq = iadd(q, iconst(lo));
+            LExpr *xi[4] = {n, ci, h, iadd(imul(qq, c->sw), iconst(j - c->pw))};
+            LExpr *v = read_at(kc, bq, x, xi, 4, NULL);
+            if (hv)
+                v = le_op3(OP_WHERE, dt, hv, v, le_const_f(dt, 0));
+            blk_push(bq, ls_store(col, iadd(base, qq), v, false));
+        }
+}
+
+/* y = conv(x, w) with w [Co, CK] contiguous at buffer wbuf + woff and y
+ * [N, Co, P] in ybuf: a parallel loop over tiles; each builds its columns
+ * K block by K block and multiplies them into y, beta 0 for the first
+ * block and 1 after. Tiles of whole images take one GEMM per image. Also
+ * the input gradient of a stride-1 convolution, as a convolution of dy with
+ * the flipped weights. */
+static void conv_forward(Lower *L, KCtx *kc, const Conv *c, const Node *x, int wbuf, int64_t woff, int ybuf,
+                         const char *name) {
     LKernel *k = kc->k;
-    int64_t rows[4] = {G, c->Ci, c->kh, c->kw};
-    LExpr *ri[4], *rl;
-    double work = (double)(G * c->CK * c->P);
-    Block b = nest_outer(blk_top(k), rows, 4, work, &kc->L->opt, ri, &rl);
-    LExpr *p, *q;
-    Block bp = open_loop(b, c->OH, &p);
-    LExpr *h = let_i64(bp, isub(iadd(imul(p, c->sh), ri[2]), c->ph));
-    LExpr *vh = in_range(h, -c->ph, (c->OH - 1) * c->sh + c->kh - 1 - c->ph, c->H);
-    Block bq = open_loop(bp, c->OW, &q);
-    LExpr *w = isub(iadd(imul(q, c->sw), ri[3]), c->pw);
-    LExpr *vw = in_range(w, -c->pw, (c->OW - 1) * c->sw + c->kw - 1 - c->pw, c->W);
-    LExpr *xi[4] = {iadd(ri[0], iconst(n0)), ri[1], h, w};
-    LExpr *v = read_at(kc, bq, x, xi, 4, band(vh, vw));
-    LExpr *dst = iadd(imul(rl, c->P), iadd(imul(p, c->OW), q));
-    blk_push(bq, ls_store(col, dst, v, false));
+    DType dt = x->dtype;
+    Tile t = conv_tile(c, dt, 256);
+    int col = lower_private(L, xfmt("%s_col", name), dt, t.KC * t.PT);
+    LExpr *it;
+    Block bi = blk_open_loop(k, t.ntiles, (double)(c->N * c->Co * c->P * c->CK), &L->opt, &it);
+    LExpr *gr0 = let_i64(bi, imul(it, t.RT));
+    bool images = t.RT > c->OH;
+    LExpr *coff = NULL;
+    if (!images) {
+        LExpr *n, *oh0;
+        row_of(bi, c, gr0, &n, &oh0);
+        coff = let_i64(bi, iadd(imul(n, c->Co * c->P), imul(oh0, c->OW)));
+    }
+    for (int blk = 0; blk < 2 && blk < t.nK; blk++) {
+        /* block 0, then a loop over blocks 1..nK-1 */
+        LExpr *cb = iconst(0);
+        Block bb = bi;
+        if (blk == 1 && t.nK > 2)
+            bb = open_loop(bi, t.nK - 1, &cb);
+        if (blk == 1)
+            cb = let_i64(bb, iadd(cb, iconst(1)));
+        im2col_tile(kc, bb, c, &t, x, col, gr0, imul(cb, t.Cb));
+        LGemm g = {0};
+        g.alpha = 1, g.beta = blk;
+        g.m = c->Co, g.k = t.KC, g.ldc = c->P;
+        g.a_buf = wbuf, g.lda = c->CK, g.a_off = iadd(iconst(woff), imul(cb, t.KC));
+        g.b_buf = col, g.ldb = t.PT;
+        g.c_buf = ybuf;
+        if (!images) {
+            g.n = t.PT, g.b_off = iconst(0), g.c_off = coff;
+            blk_push(bb, ls_gemm(&g));
+        } else {
+            LExpr *gi;
+            Block bg = open_loop(bb, t.RT / c->OH, &gi);
+            g.n = c->P, g.b_off = imul(gi, c->P);
+            g.c_off = imul(iadd(imul(it, t.RT / c->OH), gi), c->Co * c->P);
+            blk_push(bg, ls_gemm(&g));
+        }
+    }
 }
 
 static void lower_conv2d(Lower *L, KCtx *kc, const Node *n) {
@@ -259,148 +401,215 @@ static void lower_conv2d(Lower *L, KCtx *kc, const Node *n) {
     IdxMap mw, mx;
     int wbuf, xbuf;
     need_buffer(L, n->in[1], &mw, &wbuf);
-    LGemm g = {0};
-    g.alpha = 1, g.beta = 0, g.c_buf = y;
-    g.m = c.Co, g.n = c.P, g.k = c.CK, g.ldc = c.P;
-    g.a_buf = wbuf, g.lda = c.CK, g.a_off = iconst(mw.offset);
     k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    if (shape_numel(n->shape) == 0)
+        return;
     if (c.CK == 0) {
         zero_fill(L, k, y, 0, shape_numel(n->shape));
         return;
     }
     if (conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1)) {
+        /* the input images are the column matrices: one GEMM per image */
         LExpr *img;
-        Block b = open_loop(blk_top(k), c.N, &img);
-        g.b_buf = xbuf, g.ldb = c.P;
-        g.b_off = iadd(iconst(mx.offset), imul(img, mx.stride[0]));
-        g.c_off = imul(img, c.Co * c.P);
+        Block b = blk_open_loop(k, c.N, (double)k->flops, &L->opt, &img);
+        LGemm g = {0};
+        g.alpha = 1, g.beta = 0;
+        g.m = c.Co, g.n = c.P, g.k = c.CK, g.ldc = c.P;
+        g.a_buf = wbuf, g.lda = c.CK, g.a_off = iconst(mw.offset);
+        g.b_buf = xbuf, g.ldb = c.P, g.b_off = iadd(iconst(mx.offset), imul(img, mx.stride[0]));
+        g.c_buf = y, g.c_off = imul(img, c.Co * c.P);
         blk_push(b, ls_gemm(&g));
         return;
     }
-    int64_t G = conv_chunk(&c, n->dtype);
-    int col = lower_scratch(L, xfmt("t%d_col", n->id), n->dtype, G * c.CK * c.P);
-    g.b_buf = col, g.ldb = c.P;
-    for (int64_t n0 = 0; n0 < c.N; n0 += G) {
-        int64_t cnt = c.N - n0 < G ? c.N - n0 : G;
-        im2col(kc, &c, n->in[0], col, n0, cnt);
-        LExpr *gi;
-        Block b = open_loop(blk_top(k), cnt, &gi);
-        g.b_off = imul(gi, c.CK * c.P);
-        g.c_off = imul(iadd(gi, iconst(n0)), c.Co * c.P);
-        blk_push(b, ls_gemm(&g));
-    }
+    conv_forward(L, kc, &c, n->in[0], wbuf, mw.offset, y, xfmt("t%d", n->id));
 }
 
+/* dw (Co x CK) = sum over images of dy[n] (Co x P) @ col[n]^T (P x CK): a
+ * parallel loop over blocks of dw (K blocks of columns, times row blocks of
+ * Co when there are few K blocks), each zeroing its block and adding the
+ * products of every tile, an NT GEMM whose K is the tile's pixels. Tiles of
+ * whole images read dy through a channel-major copy dyt [Co, N*P], so that
+ * their pixels are one row per channel. */
 static void lower_conv2d_bwd_weight(Lower *L, KCtx *kc, const Node *n) {
     Conv c = conv_geom(n);
     LKernel *k = kc->k;
+    DType dt = n->dtype;
     int dw = lower_buf_of(L, n);
     IdxMap mdy, mx;
     int dybuf, xbuf;
     need_buffer(L, n->in[1], &mdy, &dybuf);
-    zero_fill(L, k, dw, 0, shape_numel(n->shape));
     k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
-    if (c.P == 0 || c.CK == 0 || c.Co == 0)
+    if (shape_numel(n->shape) == 0)
         return;
+    if (c.P == 0 || c.N == 0) {
+        zero_fill(L, k, dw, 0, shape_numel(n->shape));
+        return;
+    }
+    bool direct = conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1);
+    Tile t = conv_tile(&c, dt, 1024);
+    if (direct) {
+        t.RT = c.OH, t.PT = c.P, t.ntiles = c.N;
+        t.Cb = divisor_upto(c.Ci, c.Ci >= 8 ? c.Ci / 8 : 1);
+        t.KC = t.Cb, t.nK = c.Ci / t.Cb;
+    }
+    bool images = t.RT > c.OH;
+    int dyt = dybuf;
+    int64_t dyt_off = mdy.offset, dyt_ld = c.P, NP = c.N * c.P;
+    if (images) {
+        /* dyt[co, n*P + p] = dy[n, co, p] */
+        dyt = lower_scratch(L, xfmt("t%d_dyt", n->id), dt, c.Co * NP);
+        int64_t rows[2] = {c.N, c.Co};
+        LExpr *ri[2], *rl, *p;
+        Block b = nest_outer(blk_top(k), rows, 2, (double)(c.Co * NP), &L->opt, ri, &rl);
+        Block bp = open_loop(b, c.P, &p);
+        LExpr *src = iadd(iadd(iconst(mdy.offset), imul(ri[0], mdy.stride[0])), iadd(imul(ri[1], c.P), p));
+        blk_push(bp, ls_store(dyt, iadd(iadd(imul(ri[1], NP), imul(ri[0], c.P)), p), le_load(L->p, dybuf, src, NULL), false));
+        dyt_off = 0, dyt_ld = NP;
+    }
+    /* rows of dw per item: all of Co, or blocks when K blocks alone give
+     * fewer than 8 items for the pool to balance */
+    int64_t MB = c.Co;
+    if (t.nK < 8)
+        MB = c.Co / divisor_upto(c.Co, (8 + t.nK - 1) / t.nK);
+    int64_t nMB = c.Co / MB;
+    int col = direct ? -1 : lower_private(L, xfmt("t%d_col", n->id), dt, t.KC * t.PT);
+    LExpr *it;
+    Block bi = blk_open_loop(k, t.nK * nMB, (double)k->flops, &L->opt, &it);
+    LExpr *cb = nMB == 1 ? it : let_i64(bi, idiv(it, nMB));
+    LExpr *mb = nMB == 1 ? iconst(0) : let_i64(bi, imod(it, nMB));
+    LExpr *dwoff = let_i64(bi, iadd(imul(mb, MB * c.CK), imul(cb, t.KC)));
+    LExpr *zr, *zc;
+    Block bz = open_loop(open_loop(bi, MB, &zr), t.KC, &zc);
+    blk_push(bz, ls_store(dw, iadd(dwoff, iadd(imul(zr, c.CK), zc)), le_const_f(dt, 0), false));
+    LExpr *ti;
+    Block bt = open_loop(bi, t.ntiles, &ti);
+    LExpr *gr0 = let_i64(bt, imul(ti, t.RT));
     LGemm g = {0};
-    g.alpha = 1, g.beta = 1, g.c_buf = dw, g.c_off = iconst(0);
-    g.m = c.Co, g.n = c.CK, g.k = c.P, g.ldc = c.CK;
-    g.a_buf = dybuf, g.lda = c.P;
+    g.alpha = 1, g.beta = 1;
+    g.m = MB, g.n = t.KC, g.k = t.PT;
     g.trans_b = true;
-    if (conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1)) {
-        LExpr *img;
-        Block b = open_loop(blk_top(k), c.N, &img);
-        g.a_off = iadd(iconst(mdy.offset), imul(img, mdy.stride[0]));
+    g.c_buf = dw, g.ldc = c.CK, g.c_off = dwoff;
+    g.a_buf = dyt, g.lda = dyt_ld;
+    if (images) {
+        g.a_off = iadd(imul(mb, MB * NP), imul(ti, t.PT));
+    } else {
+        LExpr *img, *oh0;
+        row_of(bt, &c, gr0, &img, &oh0);
+        g.a_off = iadd(iadd(iconst(dyt_off), imul(img, mdy.stride[0])), iadd(imul(mb, MB * c.P), imul(oh0, c.OW)));
+    }
+    if (direct) {
+        /* x[n] is the column matrix: rows ci, columns p */
         g.b_buf = xbuf, g.ldb = c.P;
-        g.b_off = iadd(iconst(mx.offset), imul(img, mx.stride[0]));
-        blk_push(b, ls_gemm(&g));
-        return;
+        g.b_off = iadd(iadd(iconst(mx.offset), imul(ti, mx.stride[0])), imul(cb, t.KC * c.P));
+    } else {
+        im2col_tile(kc, bt, &c, &t, n->in[0], col, gr0, imul(cb, t.Cb));
+        g.b_buf = col, g.ldb = t.PT, g.b_off = iconst(0);
     }
-    int64_t G = conv_chunk(&c, n->dtype);
-    int col = lower_scratch(L, xfmt("t%d_col", n->id), n->dtype, G * c.CK * c.P);
-    g.b_buf = col, g.ldb = c.P;
-    for (int64_t n0 = 0; n0 < c.N; n0 += G) {
-        int64_t cnt = c.N - n0 < G ? c.N - n0 : G;
-        im2col(kc, &c, n->in[0], col, n0, cnt);
-        LExpr *gi;
-        Block b = open_loop(blk_top(k), cnt, &gi);
-        g.a_off = iadd(iconst(mdy.offset), imul(iadd(gi, iconst(n0)), mdy.stride[0]));
-        g.b_off = imul(gi, c.CK * c.P);
-        blk_push(b, ls_gemm(&g));
-    }
+    blk_push(bt, ls_gemm(&g));
 }
 
+/* dx for stride 1 with 0 <= pad < kernel: a convolution of dy with the
+ * weights flipped and transposed, wf[ci, co, i, j] = w[co, ci, kh-1-i,
+ * kw-1-j], padded by kernel - 1 - pad; no scatter. */
+static void conv_bwd_input_flipped(Lower *L, KCtx *kc, const Node *n, const Conv *c, int wbuf, int64_t woff, int dx) {
+    LKernel *k = kc->k;
+    DType dt = n->dtype;
+    int64_t kk = c->kh * c->kw;
+    int wf = lower_scratch(L, xfmt("t%d_wflip", n->id), dt, c->Ci * c->Co * kk);
+    int64_t dims[4] = {c->Ci, c->Co, c->kh, c->kw};
+    LExpr *wi[4], *wl;
+    Block b = nest_outer(blk_top(k), dims, 4, (double)(c->Ci * c->Co * kk), &L->opt, wi, &wl);
+    LExpr *fi = le_op2(OP_SUB, DT_I64, iconst(c->kh - 1), wi[2]), *fj = le_op2(OP_SUB, DT_I64, iconst(c->kw - 1), wi[3]);
+    LExpr *src = iadd(iconst(woff), iadd(imul(iadd(imul(wi[1], c->Ci), wi[0]), kk), iadd(imul(fi, c->kw), fj)));
+    blk_push(b, ls_store(wf, wl, le_load(L->p, wbuf, src, NULL), false));
+    Conv f = *c;
+    f.Ci = c->Co, f.H = c->OH, f.W = c->OW;
+    f.Co = c->Ci, f.OH = c->H, f.OW = c->W;
+    f.ph = c->kh - 1 - c->ph, f.pw = c->kw - 1 - c->pw;
+    f.CK = f.Ci * kk;
+    f.P = f.OH * f.OW;
+    conv_forward(L, kc, &f, n->in[0], wf, 0, dx, xfmt("t%d", n->id));
+}
+
+/* dx in general: per image (a parallel loop; an image's dx belongs to its
+ * iteration alone), zero dx[n], then per tile of rows and K block the
+ * columns colg (KC x PT) = w^T (KC x Co) @ dy[n] (Co x PT) are added to
+ * their pixels (col2im; entries in the padding add 0 to a clamped pixel). */
 static void lower_conv2d_bwd_input(Lower *L, KCtx *kc, const Node *n) {
     Conv c = conv_geom(n);
     LKernel *k = kc->k;
+    DType dt = n->dtype;
     int dx = lower_buf_of(L, n);
     IdxMap mdy, mw;
     int dybuf, wbuf;
     need_buffer(L, n->in[0], &mdy, &dybuf);
     need_buffer(L, n->in[1], &mw, &wbuf);
     k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
-    LGemm g = {0};
-    g.alpha = 1, g.beta = 0;
-    g.trans_a = true, g.a_buf = wbuf, g.a_off = iconst(mw.offset), g.lda = c.CK;
-    g.b_buf = dybuf, g.ldb = c.P;
-    g.m = c.CK, g.n = c.P, g.k = c.Co;
-    if (c.Co == 0 || c.P == 0 || c.CK == 0) {
+    if (shape_numel(n->shape) == 0)
+        return;
+    if (c.Co == 0 || c.P == 0) {
         zero_fill(L, k, dx, 0, shape_numel(n->shape));
         return;
     }
+    LGemm g = {0};
+    g.alpha = 1;
+    g.trans_a = true, g.a_buf = wbuf, g.lda = c.CK;
+    g.b_buf = dybuf, g.ldb = c.P;
+    g.k = c.Co;
     if (conv_is_pointwise(&c)) {
         LExpr *img;
-        Block b = open_loop(blk_top(k), c.N, &img);
-        g.c_buf = dx, g.ldc = c.P;
+        Block b = blk_open_loop(k, c.N, (double)k->flops, &L->opt, &img);
+        g.m = c.CK, g.n = c.P, g.a_off = iconst(mw.offset);
         g.b_off = iadd(iconst(mdy.offset), imul(img, mdy.stride[0]));
-        g.c_off = imul(img, c.Ci * c.P);
+        g.c_buf = dx, g.ldc = c.P, g.c_off = imul(img, c.Ci * c.P);
         blk_push(b, ls_gemm(&g));
         return;
     }
-    int64_t G = conv_chunk(&c, n->dtype);
-    int col = lower_scratch(L, xfmt("t%d_col", n->id), n->dtype, G * c.CK * c.P);
-    g.c_buf = col, g.ldc = c.P;
-    int64_t HW = c.H * c.W;
-    for (int64_t n0 = 0; n0 < c.N; n0 += G) {
-        int64_t cnt = c.N - n0 < G ? c.N - n0 : G;
-        LExpr *gi;
-        Block b = open_loop(blk_top(k), cnt, &gi);
-        g.b_off = iadd(iconst(mdy.offset), imul(iadd(gi, iconst(n0)), mdy.stride[0]));
-        g.c_off = imul(gi, c.CK * c.P);
-        blk_push(b, ls_gemm(&g));
-        /* col2im over (g, ci) planes */
-        int64_t planes[2] = {cnt, c.Ci};
-        LExpr *pi[2], *pl;
-        double work = (double)(cnt * c.CK * c.P);
-        Block bp = nest_outer(blk_top(k), planes, 2, work, &L->opt, pi, &pl);
-        LExpr *base = let_i64(bp, imul(iadd(pl, iconst(n0 * c.Ci)), HW));
-        LExpr *z;
-        Block bz = open_loop(bp, HW, &z);
-        blk_push(bz, ls_store(dx, iadd(base, z), le_const_f(n->dtype, 0), false));
-        int64_t kk[2] = {c.kh, c.kw};
-        LExpr *ij[2];
-        Block bij = nest_serial(bp, kk, 2, ij, NULL);
-        LExpr *p, *q;
-        Block bpp = open_loop(bij, c.OH, &p);
-        LExpr *h = let_i64(bpp, isub(iadd(imul(p, c.sh), ij[0]), c.ph));
-        LExpr *vh = in_range(h, -c.ph, (c.OH - 1) * c.sh + c.kh - 1 - c.ph, c.H);
-        Block bq = open_loop(bpp, c.OW, &q);
-        LExpr *w = isub(iadd(imul(q, c.sw), ij[1]), c.pw);
-        LExpr *vw = in_range(w, -c.pw, (c.OW - 1) * c.sw + c.kw - 1 - c.pw, c.W);
-        LExpr *valid = band(vh, vw);
-        /* column row (ci*kh + i)*kw + j of image g */
-        LExpr *crow = iadd(imul(iadd(imul(pi[1], c.kh), ij[0]), c.kw), ij[1]);
-        LExpr *cidx = iadd(imul(iadd(imul(pi[0], c.CK), crow), c.P), iadd(imul(p, c.OW), q));
-        LExpr *v = le_load(L->p, col, cidx, NULL);
-        LExpr *pix = iadd(imul(h, c.W), w);
-        /* an entry in the padding adds 0 to the plane's first pixel: the
-         * address stays inside the plane this iteration owns */
-        if (valid) {
-            pix = isel(valid, pix, iconst(0));
-            v = le_op3(OP_WHERE, n->dtype, valid, v, le_const_f(n->dtype, 0));
-        }
-        blk_push(bq, ls_store(dx, iadd(base, pix), v, true));
+    if (c.sh == 1 && c.sw == 1 && c.ph >= 0 && c.ph < c.kh && c.pw >= 0 && c.pw < c.kw) {
+        conv_bwd_input_flipped(L, kc, n, &c, wbuf, mw.offset, dx);
+        return;
     }
+    Tile t = conv_tile(&c, dt, 256);
+    if (t.RT > c.OH)
+        t.RT = c.OH, t.PT = c.P;
+    int64_t HW = c.H * c.W, tiles = c.OH / t.RT;
+    int col = lower_private(L, xfmt("t%d_col", n->id), dt, t.KC * t.PT);
+    LExpr *img;
+    Block bi = blk_open_loop(k, c.N, (double)k->flops, &L->opt, &img);
+    LExpr *base = let_i64(bi, imul(img, c.Ci * HW));
+    LExpr *z;
+    Block bz = open_loop(bi, c.Ci * HW, &z);
+    blk_push(bz, ls_store(dx, iadd(base, z), le_const_f(dt, 0), false));
+    LExpr *ti, *cb;
+    Block bt = open_loop(open_loop(bi, tiles, &ti), t.nK, &cb);
+    LExpr *oh0 = let_i64(bt, imul(ti, t.RT));
+    g.m = t.KC, g.n = t.PT, g.beta = 0;
+    g.a_off = iadd(iconst(mw.offset), imul(cb, t.KC));
+    g.b_off = iadd(iadd(iconst(mdy.offset), imul(img, mdy.stride[0])), imul(oh0, c.OW));
+    g.c_buf = col, g.ldc = t.PT, g.c_off = iconst(0);
+    blk_push(bt, ls_gemm(&g));
+    /* col2im of the tile: row r = (cl*kh + i)*kw + j, columns lr*OW + q */
+    LExpr *cl;
+    Block bc = open_loop(bt, t.Cb, &cl);
+    LExpr *plane = let_i64(bc, iadd(base, imul(iadd(imul(cb, t.Cb), cl), HW)));
+    for (int64_t i = 0; i < c.kh; i++)
+        for (int64_t j = 0; j < c.kw; j++) {
+            int64_t lo, hi;
+            valid_cols(&c, j, &lo, &hi);
+            if (hi <= lo)
+                continue;
+            LExpr *lr, *hv, *q;
+            Block br = open_loop(bc, t.RT, &lr);
+            LExpr *h = tap_row(br, &c, iadd(oh0, lr), i, &hv);
+            LExpr *crow = let_i64(br, iadd(imul(iadd(imul(cl, c.kh * c.kw), iconst(i * c.kw + j)), t.PT), imul(lr, c.OW)));
+            LExpr *drow = let_i64(br, iadd(plane, imul(h, c.W)));
+            Block bq = open_loop(br, hi - lo, &q);
+            LExpr *qq = iadd(q, iconst(lo));
+            LExpr *v = le_load(L->p, col, iadd(crow, qq), NULL);
+            if (hv)
+                v = le_op3(OP_WHERE, dt, hv, v, le_const_f(dt, 0));
+            blk_push(bq, ls_store(dx, iadd(drow, iadd(imul(qq, c.sw), iconst(j - c.pw))), v, true));
+        }
 }
 
 /* ----------------------------------------------------------------------------

@@ -20,9 +20,13 @@ static const char usage[] =
     "descriptor (runtime/lethe_abi.h), every experiment a JSON plan in the program.\n"
     "\n"
     "  -o OUT              output path (default: IN's name with the emitted suffix)\n"
-    "  --emit=KINDS        comma list of obj, so, ll, asm, header (default obj); with\n"
+    "  --emit=KINDS        comma list of obj, so, ll, asm, header, cu (default obj); with\n"
     "                      several kinds, OUT names the first and the others get its\n"
-    "                      stem with .o .so .ll .s .h\n"
+    "                      stem with .o .so .ll .s .h .cu (cu: the CUDA source, --target=cuda)\n"
+    "  --target=cpu|cuda   cpu (default): native code through LLVM; cuda: kernels compiled\n"
+    "                      by NVRTC, run by the runtime's device layer (docs/cuda.md)\n"
+    "  --arch=sm_XX        the GPU architecture of --target=cuda (default sm_90)\n"
+    "  --nvrtc-flags=\"..\" extra NVRTC options for --target=cuda\n"
     "  -O0 -O1 -O2 -O3     LLVM optimisation level (default -O3)\n"
     "  --cpu=NAME          target CPU (default: this machine's); e.g. x86-64-v3\n"
     "  --no-fast-math      no reassociation/contraction of float math\n"
@@ -42,6 +46,7 @@ typedef struct Options {
     unsigned emit;          /* bit per EmitKind */
     EmitKind first_emit;
     bool check_only;
+    bool cuda;              /* --target=cuda */
     SemaOptions sema;
     BackendOptions backend;
     VEC(const char *) includes;
@@ -95,8 +100,9 @@ static const char *display_path(const char *path) {
 }
 
 static void parse_args(int argc, char **argv, Options *o) {
-    static const char *const emit_names[] = {"obj", "so", "ll", "asm", "header"};
-    static const unsigned emit_bits[] = {1 << EMIT_OBJ, 1 << EMIT_SO, 1 << EMIT_LL, 1 << EMIT_ASM, 1 << EMIT_HEADER};
+    static const char *const emit_names[] = {"obj", "so", "ll", "asm", "header", "cu"};
+    static const unsigned emit_bits[] = {1 << EMIT_OBJ, 1 << EMIT_SO, 1 << EMIT_LL, 1 << EMIT_ASM, 1 << EMIT_HEADER,
+                                         1 << EMIT_CU};
     static const char *const dump_names[] = {"ast", "shapes", "grad", "opt", "fusion", "memory", "loops", "ir"};
     static const unsigned dump_bits[] = {DUMP_AST, DUMP_SHAPES, DUMP_GRAD, DUMP_OPT, DUMP_FUSION, DUMP_MEMORY, DUMP_LOOPS, DUMP_IR};
     o->backend.opt_level = 3;
@@ -108,15 +114,15 @@ static void parse_args(int argc, char **argv, Options *o) {
             fputs(usage, stdout);
             exit(0);
         } else if (!strcmp(a, "--version")) {
-            printf("lethec %s (LLVM 19 backend, ABI %d)\n", LETHEC_VERSION, 1);
+            printf("lethec %s (LLVM 19 and CUDA backends, ABI %d)\n", LETHEC_VERSION, LETHE_ABI_VERSION);
             exit(0);
         } else if (!strcmp(a, "-o")) {
             if (++i == argc)
                 usage_error("%s needs a path", "-o");
             o->out = argv[i];
         } else if (!strncmp(a, "--emit=", 7)) {
-            o->emit = parse_flags(a + 7, emit_names, emit_bits, 5, "--emit kind");
-            for (int k = 0; k < 5; k++)
+            o->emit = parse_flags(a + 7, emit_names, emit_bits, 6, "--emit kind");
+            for (int k = 0; k < 6; k++)
                 if (!strncmp(a + 7, emit_names[k], strlen(emit_names[k]))) {
                     o->first_emit = (EmitKind)k;
                     break;
@@ -125,6 +131,14 @@ static void parse_args(int argc, char **argv, Options *o) {
             o->backend.opt_level = a[2] - '0';
         } else if (!strncmp(a, "--cpu=", 6)) {
             o->backend.cpu = a + 6;
+        } else if (!strncmp(a, "--target=", 9)) {
+            if (strcmp(a + 9, "cpu") && strcmp(a + 9, "cuda"))
+                usage_error("unknown target '%s' (cpu or cuda)", a + 9);
+            o->cuda = !strcmp(a + 9, "cuda");
+        } else if (!strncmp(a, "--arch=", 7)) {
+            o->backend.cuda_arch = a + 7;
+        } else if (!strncmp(a, "--nvrtc-flags=", 14)) {
+            o->backend.nvrtc_flags = a + 14;
         } else if (!strcmp(a, "--no-fast-math")) {
             o->backend.fast_math = false;
         } else if (!strcmp(a, "--f64")) {
@@ -165,6 +179,8 @@ static void parse_args(int argc, char **argv, Options *o) {
         o->emit = 1 << EMIT_OBJ;
         o->first_emit = EMIT_OBJ;
     }
+    if ((o->emit & (1u << EMIT_CU)) && !o->cuda)
+        usage_error("%s writes CUDA source: add --target=cuda", "--emit=cu");
     const char *env = getenv("LETHE_PATH");
     if (env)
         for (char *p = strtok(xstrdup(env), ":"); p; p = strtok(NULL, ":"))
@@ -179,7 +195,7 @@ static void parse_args(int argc, char **argv, Options *o) {
 }
 
 static const char *suffix_of(EmitKind k) {
-    static const char *s[] = {".o", ".so", ".ll", ".s", ".h"};
+    static const char *s[] = {".o", ".so", ".ll", ".s", ".h", ".cu"};
     return s[k];
 }
 
@@ -251,7 +267,8 @@ static int compile(Options *o) {
             graph_dump(cu->entries.data[i], dump_file);
     if (o->check_only)
         return 0;
-    LowerOptions lopt = {.parallel_min_work = 1 << 15};
+    /* on a GPU every loop that may run in parallel should */
+    LowerOptions lopt = {.parallel_min_work = o->cuda ? 1 : 1 << 15};
     LProgram **progs = xalloc(sizeof(LProgram *) * (size_t)(cu->entries.len + 1));
     for (int i = 0; i < cu->entries.len; i++) {
         Entry *e = cu->entries.data[i];
@@ -262,10 +279,12 @@ static int compile(Options *o) {
         if (dump_flags & DUMP_LOOPS)
             loopir_dump(progs[i], dump_file);
     }
-    for (int k = 0; k <= EMIT_HEADER; k++) {
+    for (int k = 0; k <= EMIT_CU; k++) {
         if (!(o->emit & (1u << k)))
             continue;
-        if (k == EMIT_HEADER)
+        if (o->cuda)
+            cuda_emit(cu, progs, cu->entries.len, (EmitKind)k, output_path(o, (EmitKind)k), &o->backend);
+        else if (k == EMIT_HEADER)
             emit_header(cu, progs, cu->entries.len, output_path(o, EMIT_HEADER), o->backend.program_symbol);
         else
             llvm_emit(cu, progs, cu->entries.len, (EmitKind)k, output_path(o, (EmitKind)k), &o->backend);

@@ -20,13 +20,17 @@
  * State arguments (params, buffers, optimizer state) are read and written in
  * place: the function reads their old values and leaves the new ones.
  * Bump LETHE_ABI_VERSION whenever a struct below changes.
+ *
+ * History: 1 the CPU table; 2 lethe_ctx.device and the CUDA program
+ * descriptors at the end of this file (CPU programs are unchanged, but a
+ * runtime must know the longer lethe_ctx before it runs a CUDA program).
  */
 #ifndef LETHE_ABI_H
 #define LETHE_ABI_H
 
 #include <stdint.h>
 
-#define LETHE_ABI_VERSION 1
+#define LETHE_ABI_VERSION 2
 #define LETHE_MAX_RANK 8
 
 typedef enum lethe_dtype {
@@ -103,6 +107,7 @@ typedef struct lethe_ctx {
     void *pool;       /* the runtime's thread pool, opaque to generated code     */
     int32_t nthreads;
     int32_t _reserved;
+    struct lethe_device *device; /* ABI 2: runs CUDA programs (below); NULL: none */
 } lethe_ctx;
 
 /* Symbol every generated object defines: `const lethe_program <name>;`.
@@ -110,5 +115,107 @@ typedef struct lethe_ctx {
  * lethe_program_foo so that several programs can be linked into one binary.
  * (Not plain `lethe_program`: C cannot declare a variable named like its type.) */
 #define LETHE_PROGRAM_SYMBOL "lethe_program_main"
+
+/* ---------------------------------------------------------------------------
+ * CUDA programs (ABI 2).
+ *
+ * `lethec --target=cuda` emits the same program table, with target
+ * "cuda:sm_XX". Its kernels are data: each entry function only calls
+ *
+ *     ctx->device->run(ctx, &<the entry's lethe_cuda_entry>, args)
+ *
+ * and returns LETHE_NO_DEVICE when ctx (or ctx->device) is NULL. The device
+ * layer (runtime/device_cuda.c) owns device memory: the entry's
+ * workspace_bytes is 0 (the caller passes no host workspace), the device
+ * workspace size is lethe_cuda_entry.workspace_bytes. Arguments are host
+ * pointers as on the CPU. PARAM, BUFFER and STATE tensors stay on the device
+ * between calls until device->sync copies the written ones back (call it
+ * before the host reads or changes them, and before freeing them); the other
+ * arguments are copied in (READ) and out (WRITE) on every call.
+ */
+enum { LETHE_NO_DEVICE = 77 };
+
+typedef struct lethe_cuda_module {
+    const char *source;        /* CUDA C++: the prelude and a share of the kernels */
+    const char *source_hash;   /* SHA-256 of source, hex (the kernel cache key)      */
+    const uint8_t *cubin;      /* NVRTC's CUBIN for the program's arch; NULL if     */
+    uint64_t cubin_size;       /* lethec ran without NVRTC                          */
+} lethe_cuda_module;
+
+typedef struct lethe_cuda_program {
+    const char *arch;          /* "sm_90" */
+    const char *options;       /* the NVRTC options, one per line (cache key too)  */
+    uint32_t nmodules;
+    uint32_t nkernels;
+    const lethe_cuda_module *modules;
+    const char *const *kernel_names;   /* extern "C" names, nkernels            */
+    const uint32_t *kernel_module;     /* the module defining each kernel        */
+} lethe_cuda_program;
+
+/* A device address: the device copy of args[arg] (arg >= 0) or the device
+ * workspace (arg = -1), plus `offset` bytes. */
+typedef struct lethe_cuda_ref {
+    int32_t arg;
+    int32_t _pad;
+    uint64_t offset;
+} lethe_cuda_ref;
+
+/* Kernel parameters, in order: a pointer (ref), or the 64-bit value of
+ * ctx->seed / ctx->counter. */
+enum { LETHE_CUDA_PTR = 0, LETHE_CUDA_SEED = 1, LETHE_CUDA_STEP = 2 };
+typedef struct lethe_cuda_param {
+    int32_t kind;
+    int32_t _pad;
+    lethe_cuda_ref ref;        /* LETHE_CUDA_PTR */
+} lethe_cuda_param;
+
+/* Row-major C = alpha op(A) op(B) + beta C, `batch` times with A, B, C moved
+ * by stride_* elements each time. stride_c = 0 with beta = 1 and batch > 1
+ * accumulates every product into one C. */
+typedef struct lethe_cuda_gemm {
+    int32_t dtype;             /* LETHE_F32 or LETHE_F64 */
+    int32_t trans_a, trans_b;
+    int32_t _pad;
+    int64_t m, n, k, lda, ldb, ldc;
+    double alpha, beta;
+    int64_t batch, stride_a, stride_b, stride_c;
+    lethe_cuda_ref a, b, c;
+} lethe_cuda_gemm;
+
+enum { LETHE_CUDA_KERNEL = 0, LETHE_CUDA_GEMM = 1 };
+typedef struct lethe_cuda_launch {
+    int32_t kind;
+    uint32_t kernel;           /* KERNEL: what runs; GEMM: the generated kernel
+                                  that runs it where cuBLAS cannot             */
+    uint32_t grid, block;      /* KERNEL: a 1-D grid of 1-D blocks             */
+    uint32_t nparams;
+    uint32_t _pad;
+    const lethe_cuda_param *params;
+    const lethe_cuda_gemm *gemm;       /* GEMM */
+} lethe_cuda_launch;
+
+typedef struct lethe_cuda_arg {
+    uint64_t bytes;
+    int32_t kind, access;      /* lethe_kind, lethe_access of the entry's arg  */
+} lethe_cuda_arg;
+
+typedef struct lethe_cuda_entry {
+    const lethe_cuda_program *program;
+    const char *name;
+    uint32_t nargs;
+    uint32_t nlaunches;
+    const lethe_cuda_arg *args;
+    uint64_t workspace_bytes;  /* on the device */
+    const lethe_cuda_launch *launches;   /* run in order on one stream */
+} lethe_cuda_entry;
+
+/* What a runtime installs in lethe_ctx.device. run and sync return 0 on
+ * success; on failure they have printed the reason (file:line and a hint). */
+typedef struct lethe_device {
+    const char *name;          /* "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)" */
+    int (*run)(lethe_ctx *ctx, const lethe_cuda_entry *entry, void *const *args);
+    int (*sync)(struct lethe_device *dev);
+    void *impl;
+} lethe_device;
 
 #endif

@@ -334,6 +334,25 @@ static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_sto
     return rc;
 }
 
+/* One call of an entry that needs no data (init_model, init_state). */
+static int call_once(Run *r, const lethe_entry *e, ts_store *model, ts_store *state, uint64_t seed, char *err) {
+    frame_models fm = {NULL, model};
+    lethe_frame *f = frame_new(e, &fm, 1, state, err);
+    if (!f)
+        return LETHE_EARG;
+    r->ctx.seed = seed;
+    r->ctx.counter = 0;
+    int rc = frame_call(f, &r->ctx, err);
+    frame_free(f);
+    return rc;
+}
+
+/* Fresh weights from the declared initializers, drawn from `seed`. */
+static int init_model(Run *r, ts_store *model, uint64_t seed, char *err) {
+    const lethe_entry *e = entry(r, "train.init_model", err);
+    return e ? call_once(r, e, model, NULL, seed, err) : LETHE_ENOTFOUND;
+}
+
 /* Run an init entry (init_model, init_state) into a scratch store and keep
  * only what `into` lacks: state shared by name between a method's phases
  * (SCRUB's momentum, SSD's statistics) is initialised once. */
@@ -342,14 +361,7 @@ static int call_init(Run *r, const char *name, ts_store *model, ts_store *into, 
     if (!e)
         return LETHE_OK;   /* a rule without state has no init_state */
     ts_store fresh = {0};
-    frame_models fm = {NULL, model};
-    lethe_frame *f = frame_new(e, &fm, 1, &fresh, err);
-    if (!f)
-        return LETHE_EARG;
-    r->ctx.seed = r->seed;
-    r->ctx.counter = 0;
-    int rc = frame_call(f, &r->ctx, err);
-    frame_free(f);
+    int rc = call_once(r, e, model, &fresh, r->seed, err);
     for (int i = 0; !rc && into && i < fresh.n; i++) {
         const ts_tensor *t = &fresh.t[i];
         if (ts_get(into, t->name))
@@ -361,22 +373,6 @@ static int call_init(Run *r, const char *name, ts_store *model, ts_store *into, 
             memcpy(d->data, t->data, t->nbytes);
     }
     ts_clear(&fresh);
-    return rc;
-}
-
-/* Fresh weights from the declared initializers, drawn from `seed`. */
-static int init_model(Run *r, ts_store *model, uint64_t seed, char *err) {
-    const lethe_entry *e = entry(r, "train.init_model", err);
-    if (!e)
-        return LETHE_ENOTFOUND;
-    frame_models fm = {NULL, model};
-    lethe_frame *f = frame_new(e, &fm, 1, NULL, err);
-    if (!f)
-        return LETHE_EARG;
-    r->ctx.seed = seed;
-    r->ctx.counter = 0;
-    int rc = frame_call(f, &r->ctx, err);
-    frame_free(f);
     return rc;
 }
 

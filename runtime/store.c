@@ -95,7 +95,8 @@ ts_tensor *ts_put(ts_store *s, const char *name, int dtype, int rank, const int6
     }
     t->dtype = dtype;
     t->rank = rank;
-    memcpy(t->shape, shape, sizeof(int64_t) * (size_t)rank);
+    if (rank > 0)
+        memcpy(t->shape, shape, sizeof(int64_t) * (size_t)rank);
     s->n++;
     return t;
 }

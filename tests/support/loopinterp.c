@@ -33,9 +33,16 @@ typedef struct Interp {
     Shadow *sh;
     uint32_t epoch;     /* current parallel loop, 0 = none */
     int64_t iter;       /* its current iteration */
+    /* LB_PRIVATE buffers: own storage, and per element the top-level
+     * iteration that last wrote it (a read must find the current one) */
+    char **priv;
+    uint64_t **priv_w;
+    uint64_t top_iter;  /* iterations of top-level loops, counted from 1 */
 } Interp;
 
 static bool is_float(DType t) { return t == DT_F32 || t == DT_F64; }
+
+static uint64_t top_iters;   /* Interp.top_iter values, unique over all runs */
 
 static __attribute__((__noreturn__, format(printf, 2, 3))) void fail(Interp *in, const char *fmt, ...) {
     int n = snprintf(in->err, in->errlen, "%s: ", in->k ? in->k->name : "program");
@@ -49,7 +56,24 @@ static __attribute__((__noreturn__, format(printf, 2, 3))) void fail(Interp *in,
 
 static char *buf_base(Interp *in, int b) {
     const LBuf *lb = &in->p->bufs.data[b];
+    if (lb->kind == LB_PRIVATE) {
+        if (!in->priv[b]) {
+            in->priv[b] = calloc((size_t)lb->nelem + 1, (size_t)dtype_size(lb->dtype));
+            in->priv_w[b] = calloc((size_t)lb->nelem + 1, sizeof(uint64_t));
+        }
+        return in->priv[b];
+    }
     return lb->kind == LB_ARG ? (char *)in->args[lb->arg] : in->ws + lb->offset;
+}
+
+/* A private element is read only after this iteration of its loop wrote it. */
+static void track_private(Interp *in, int b, int64_t i, bool write) {
+    if (write) {
+        in->priv_w[b][i] = in->top_iter;
+        return;
+    }
+    if (in->priv_w[b][i] != in->top_iter || !in->top_iter)
+        fail(in, "reads private %s[%lld] before this iteration wrote it", in->p->bufs.data[b].name, (long long)i);
 }
 
 static void check_index(Interp *in, int b, int64_t i, const char *what) {
@@ -71,6 +95,10 @@ static Shadow *shadow(Interp *in, int b) {
 }
 
 static void track(Interp *in, int b, int64_t i, bool write) {
+    if (in->p->bufs.data[b].kind == LB_PRIVATE) {
+        track_private(in, b, i, write);
+        return;
+    }
     if (!in->epoch)
         return;
     Shadow *s = shadow(in, b);
@@ -94,8 +122,8 @@ static void track(Interp *in, int b, int64_t i, bool write) {
 
 static Val mem_read(Interp *in, int b, int64_t i) {
     check_index(in, b, i, "load");
-    track(in, b, i, false);
     char *base = buf_base(in, b);
+    track(in, b, i, false);
     Val v = {0, 0};
     switch (in->p->bufs.data[b].dtype) {
     case DT_BOOL: v.i = ((unsigned char *)base)[i] != 0; break;
@@ -109,8 +137,8 @@ static Val mem_read(Interp *in, int b, int64_t i) {
 
 static void mem_write(Interp *in, int b, int64_t i, Val v) {
     check_index(in, b, i, "store");
-    track(in, b, i, true);
     char *base = buf_base(in, b);
+    track(in, b, i, true);
     switch (in->p->bufs.data[b].dtype) {
     case DT_BOOL: ((unsigned char *)base)[i] = v.i != 0; break;
     case DT_I32: ((int32_t *)base)[i] = (int32_t)v.i; break;
@@ -255,7 +283,7 @@ static void gemm(Interp *in, const LGemm *g) {
         }
 }
 
-static void exec(Interp *in, LStmt *const *body, int n) {
+static void exec(Interp *in, LStmt *const *body, int n, bool top) {
     for (int i = 0; i < n; i++) {
         const LStmt *s = body[i];
         switch (s->kind) {
@@ -270,8 +298,12 @@ static void exec(Interp *in, LStmt *const *body, int n) {
                 in->vars[s->var] = vi(v);
                 if (s->parallel)
                     in->iter = v;
-                exec(in, s->body.data, s->body.len);
+                if (top)
+                    in->top_iter = ++top_iters;   /* a fresh private scratch */
+                exec(in, s->body.data, s->body.len, false);
             }
+            if (top)
+                in->top_iter = 0;
             if (s->parallel)
                 in->epoch = 0;
             break;
@@ -336,7 +368,7 @@ static void check_overlap(Interp *in) {
                 continue;
             const LBuf *x = &in->p->bufs.data[a], *y = &in->p->bufs.data[b];
             bool clash;
-            if (x->kind != y->kind) {
+            if (x->kind != y->kind || x->kind == LB_PRIVATE) {
                 clash = false;
             } else if (x->kind == LB_ARG) {
                 clash = x->arg == y->arg;
@@ -365,6 +397,8 @@ int loopinterp_run(const LProgram *p, void *const *args, void *workspace, uint64
     in.err = err;
     in.errlen = errlen;
     in.sh = calloc((size_t)p->bufs.len + 1, sizeof(Shadow));
+    in.priv = calloc((size_t)p->bufs.len + 1, sizeof(char *));
+    in.priv_w = calloc((size_t)p->bufs.len + 1, sizeof(uint64_t *));
     int rc = 0;
     if (setjmp(in.fail)) {
         rc = -1;
@@ -382,7 +416,7 @@ int loopinterp_run(const LProgram *p, void *const *args, void *workspace, uint64
             check_overlap(&in);
             free(in.vars);
             in.vars = calloc((size_t)in.k->vars.len + 1, sizeof(Val));
-            exec(&in, in.k->body.data, in.k->body.len);
+            exec(&in, in.k->body.data, in.k->body.len, true);
         }
     }
     free(in.vars);
@@ -391,8 +425,12 @@ int loopinterp_run(const LProgram *p, void *const *args, void *workspace, uint64
         free(in.sh[i].rep);
         free(in.sh[i].wit);
         free(in.sh[i].rit);
+        free(in.priv[i]);
+        free(in.priv_w[i]);
     }
     free(in.sh);
+    free(in.priv);
+    free(in.priv_w);
     if (!rc && errlen)
         err[0] = 0;
     return rc;

@@ -243,16 +243,18 @@ static int depth_of(LStmt *const *s, int n) {
 
 static int kernel_depth(const LProgram *p, int k) { return depth_of(p->kernels.data[k]->body.data, p->kernels.data[k]->body.len); }
 
-static int count_workspace(const LProgram *p, const char *suffix) {
+static int count_bufs(const LProgram *p, LBufKind kind, const char *suffix) {
     int n = 0;
     size_t ls = strlen(suffix);
     for (int i = 0; i < p->bufs.len; i++) {
         const LBuf *b = &p->bufs.data[i];
         size_t ln = strlen(b->name);
-        n += b->kind == LB_WORKSPACE && ln >= ls && !strcmp(b->name + ln - ls, suffix);
+        n += b->kind == kind && ln >= ls && !strcmp(b->name + ln - ls, suffix);
     }
     return n;
 }
+
+static int count_workspace(const LProgram *p, const char *suffix) { return count_bufs(p, LB_WORKSPACE, suffix); }
 
 /* ----------------------------------------------------------------------------
  * running */
@@ -589,17 +591,18 @@ static void conv_case(DType dt, bool chunk, const char *name) {
     tg_out(&t, "y1", g_conv2d(g, x1, w1, 1, 1, 0, 0, L0));
     tg_out(&t, "dx1", g_conv2d_bwd_input(g, dy1, w1, x1->shape, 1, 1, 0, 0, L0));
     tg_out(&t, "dw1", g_conv2d_bwd_weight(g, x1, dy1, 1, 1, 1, 1, 0, 0, L0));
-    int64_t saved = lower_conv_workspace_bytes;
+    int64_t saved = lower_conv_tile_bytes;
     if (chunk)
-        lower_conv_workspace_bytes = 1;
+        lower_conv_tile_bytes = 1;
     LProgram *p = run_both(&t, name);
     if (p && !chunk)
-        th_check(count_workspace(p, "_col") == 6, xfmt("%s: 1x1 convolutions need no columns", name), "%d column buffers",
-                 count_workspace(p, "_col"));
+        th_check(count_bufs(p, LB_PRIVATE, "_col") == 6 && count_bufs(p, LB_WORKSPACE, "_col") == 0,
+                 xfmt("%s: column tiles are private, 1x1 convolutions need none", name), "%d private column buffers",
+                 count_bufs(p, LB_PRIVATE, "_col"));
     if (p && chunk)
-        th_check(count_stmts(p, LS_GEMM, false) >= 3 * 4, xfmt("%s: one chunk per image", name), "%d GEMMs",
-                 count_stmts(p, LS_GEMM, false));
-    lower_conv_workspace_bytes = saved;
+        th_check(count_stmts(p, LS_GEMM, false) >= 3 * 4, xfmt("%s: one-channel K blocks of one-row tiles", name),
+                 "%d GEMMs", count_stmts(p, LS_GEMM, false));
+    lower_conv_tile_bytes = saved;
     tg_free(&t);
 }
 

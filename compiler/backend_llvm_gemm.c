@@ -1,0 +1,577 @@
+/* backend_llvm_gemm.c: LS_GEMM as generated vector code.
+ *
+ * Why not OpenBLAS for f32: on the machines this project runs on, OpenBLAS
+ * 0.3.21 runs its AVX2 kernel under OPENBLAS_CORETYPE=Haswell (half of the
+ * AVX-512 peak, PERF-ANCHORS) and falls back to its SSE3 "Prescott" kernel on
+ * CPUs it does not know (an Emerald Rapids guest: 18 GFLOP/s for a 2048^3
+ * sgemm against 120 with its AVX-512 kernel, bench/RESULTS.md). Its threads
+ * also compete with the runtime's pool, and it cannot run inside a parallel
+ * loop. Every shape here is a compile-time constant, so each GEMM statement
+ * gets a function specialised for its sizes, strides and transposes, with
+ * register-blocked micro-kernels in the host's widest vectors (llvm.fma on
+ * <16 x float> with AVX-512, <8 x float> with AVX2; f64 the same way).
+ *
+ * Two micro-kernels, chosen by the operand layouts:
+ *   NN  (B not transposed; A either way): C[MR x NV vectors] += A[i][k]
+ *       broadcast x B[k][j..j+VW), vectors along N. Covers C = A B and
+ *       C = A^T B. Per k step: NV vector loads, MR broadcasts, MR*NV FMAs.
+ *   NT  (B transposed, A not): C[i][j] = dot(A[i][:], B[j][:]), vectors
+ *       along K with MR x NR vector accumulators summed at the end. Used for
+ *       the weight gradient of a convolution (K = pixels, long).
+ * A transposed together with B transposed has no micro-kernel here (the
+ * backend calls BLAS, see llg_supported).
+ *
+ * The generated function is
+ *     void gemm.S(ptr A, ptr B, ptr C, i64 bi0, i64 bi1, i64 bj0, i64 bj1)
+ * computing the tiles of row blocks [bi0, bi1) x column blocks [bj0, bj1) of
+ * C = alpha op(A) op(B) + beta C, so that a top-level GEMM is split over
+ * ctx->parallel_for by tiles and a GEMM inside a parallel loop calls it once
+ * for everything. Blocks: MR rows (the last block may have fewer: a second
+ * micro-kernel instance with static size), NR columns (NN: the last panel
+ * is masked per lane; NT: a smaller instance). No packing: A's rows and B's
+ * rows are read in place, which the lowering keeps cache-sized (K blocks of
+ * convolutions, lower_opaque.c). Results are the same at every thread count
+ * and optimisation level: each C element is one fixed sequence of fused
+ * multiply-adds in K order (NN), or fixed per-lane partial sums combined by
+ * a fixed tree (NT).
+ */
+#include <string.h>
+
+#include "backend_llvm.h"
+
+typedef struct GB {
+    LL *ll;
+    LLVMBuilderRef b;
+    LLVMValueRef fn;
+    const LGemm *gm;
+    int vw, esz;            /* lanes per vector, bytes per element */
+    LLVMTypeRef et, vt;     /* element type (float or double), <vw x et> */
+} GB;
+
+static LLVMValueRef c64(GB *g, int64_t v) { return LLVMConstInt(g->ll->t_i64, (unsigned long long)v, 1); }
+static LLVMValueRef c32(GB *g, int64_t v) { return LLVMConstInt(g->ll->t_i32, (unsigned long long)v, 1); }
+
+static LLVMValueRef fptr(GB *g, LLVMValueRef base, LLVMValueRef idx) {
+    return LLVMBuildInBoundsGEP2(g->b, g->et, base, &idx, 1, "");
+}
+
+static LLVMValueRef add64(GB *g, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(g->b, a, b, ""); }
+static LLVMValueRef mul64(GB *g, LLVMValueRef a, int64_t b) { return LLVMBuildNSWMul(g->b, a, c64(g, b), ""); }
+
+static LLVMValueRef splat(GB *g, LLVMValueRef s) {
+    LLVMValueRef v = LLVMBuildInsertElement(g->b, LLVMGetUndef(g->vt), s, c32(g, 0), "");
+    return LLVMBuildShuffleVector(g->b, v, LLVMGetUndef(g->vt), LLVMConstNull(LLVMVectorType(g->ll->t_i32, (unsigned)g->vw)), "");
+}
+
+/* lanes l with start + l < limit */
+static LLVMValueRef lane_mask(GB *g, LLVMValueRef start, int64_t limit) {
+    LLVMValueRef lanes[64];
+    for (int l = 0; l < g->vw; l++)
+        lanes[l] = c64(g, l);
+    LLVMTypeRef it = LLVMVectorType(g->ll->t_i64, (unsigned)g->vw);
+    LLVMValueRef s = LLVMBuildInsertElement(g->b, LLVMGetUndef(it), start, c32(g, 0), "");
+    s = LLVMBuildShuffleVector(g->b, s, LLVMGetUndef(it), LLVMConstNull(LLVMVectorType(g->ll->t_i32, (unsigned)g->vw)), "");
+    LLVMValueRef idx = LLVMBuildAdd(g->b, s, LLVMConstVector(lanes, (unsigned)g->vw), "");
+    LLVMValueRef lim[64];
+    for (int l = 0; l < g->vw; l++)
+        lim[l] = c64(g, limit);
+    return LLVMBuildICmp(g->b, LLVMIntSLT, idx, LLVMConstVector(lim, (unsigned)g->vw), "");
+}
+
+static LLVMValueRef call_intr(GB *g, const char *name, LLVMTypeRef *tys, int ntys, LLVMValueRef *args, int nargs) {
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    ASSERT(id);
+    LLVMValueRef fn = LLVMGetIntrinsicDeclaration(g->ll->mod, id, tys, (size_t)ntys);
+    LLVMTypeRef fty = LLVMIntrinsicGetType(g->ll->ctx, id, tys, (size_t)ntys);
+    return LLVMBuildCall2(g->b, fty, fn, args, (unsigned)nargs, "");
+}
+
+/* a vector from p, lanes outside mask read as 0 without touching memory */
+static LLVMValueRef vload(GB *g, LLVMValueRef p, LLVMValueRef mask) {
+    if (!mask) {
+        LLVMValueRef v = LLVMBuildLoad2(g->b, g->vt, p, "");
+        LLVMSetAlignment(v, (unsigned)g->esz);
+        return v;
+    }
+    LLVMTypeRef tys[2] = {g->vt, g->ll->t_ptr};
+    LLVMValueRef args[4] = {p, c32(g, g->esz), mask, LLVMConstNull(g->vt)};
+    return call_intr(g, "llvm.masked.load", tys, 2, args, 4);
+}
+
+static void vstore(GB *g, LLVMValueRef v, LLVMValueRef p, LLVMValueRef mask) {
+    if (!mask) {
+        LLVMSetAlignment(LLVMBuildStore(g->b, v, p), (unsigned)g->esz);
+        return;
+    }
+    LLVMTypeRef tys[2] = {g->vt, g->ll->t_ptr};
+    LLVMValueRef args[4] = {v, p, c32(g, g->esz), mask};
+    call_intr(g, "llvm.masked.store", tys, 2, args, 4);
+}
+
+static LLVMValueRef fma3(GB *g, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
+    LLVMValueRef args[3] = {a, b, c};
+    return call_intr(g, "llvm.fma", &g->vt, 1, args, 3);
+}
+
+/* A counted loop: for iv in [begin, end) step `step`; begin < end is known
+ * by the caller. gl_close adds the back edge and leaves the builder after
+ * the loop. */
+typedef struct GL {
+    LLVMValueRef iv, end;
+    LLVMBasicBlockRef body, exit, pre;
+    int64_t step;
+} GL;
+
+static LLVMValueRef gl_open(GB *g, GL *L, LLVMValueRef begin, LLVMValueRef end, int64_t step) {
+    L->pre = LLVMGetInsertBlock(g->b);
+    L->body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+    L->exit = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+    L->end = end;
+    L->step = step;
+    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, begin, end, ""), L->body, L->exit);
+    LLVMPositionBuilderAtEnd(g->b, L->body);
+    L->iv = LLVMBuildPhi(g->b, g->ll->t_i64, "");
+    LLVMAddIncoming(L->iv, &begin, &L->pre, 1);
+    return L->iv;
+}
+
+static void gl_close(GB *g, GL *L) {
+    LLVMValueRef next = add64(g, L->iv, c64(g, L->step));
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(g->b);
+    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, next, L->end, ""), L->body, L->exit);
+    LLVMAddIncoming(L->iv, &next, &latch, 1);
+    LLVMPositionBuilderAtEnd(g->b, L->exit);
+}
+
+/* ----------------------------------------------------------------------------
+ * C = alpha acc + beta C for one vector of C */
+
+static void store_c(GB *g, LLVMValueRef acc, LLVMValueRef cp, LLVMValueRef mask) {
+    const LGemm *gm = g->gm;
+    LLVMValueRef v = acc;
+    if (gm->alpha != 1)
+        v = LLVMBuildFMul(g->b, v, splat(g, LLVMConstReal(g->et, gm->alpha)), "");
+    if (gm->beta != 0)
+        v = LLVMBuildFAdd(g->b, v, vload(g, cp, mask), "");
+    vstore(g, v, cp, mask);
+}
+
+/* ----------------------------------------------------------------------------
+ * NN: one MR x NV tile at rows i0 (static count mr), columns j0 */
+
+static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef i0,
+                    LLVMValueRef j0, LLVMValueRef *mask) {
+    const LGemm *gm = g->gm;
+    LLVMBuilderRef b = g->b;
+    int n = mr * nv;
+    /* A's rows at i0: element (i, k) at a_row + i * ri + k * rk */
+    int64_t ri = gm->trans_a ? 1 : gm->lda, rk = gm->trans_a ? gm->lda : 1;
+    LLVMValueRef a_row = fptr(g, A, mul64(g, i0, ri));
+    LLVMValueRef b_col = fptr(g, B, j0);
+    LLVMValueRef acc[32];
+    if (gm->k > 0) {
+        LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
+        LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k");
+        LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k.end");
+        LLVMBuildBr(b, body);
+        LLVMPositionBuilderAtEnd(b, body);
+        LLVMValueRef k = LLVMBuildPhi(b, g->ll->t_i64, "k");
+        LLVMValueRef zero = c64(g, 0);
+        LLVMAddIncoming(k, &zero, &pre, 1);
+        LLVMValueRef phi[32];
+        for (int t = 0; t < n; t++) {
+            phi[t] = LLVMBuildPhi(b, g->vt, "acc");
+            LLVMValueRef z = LLVMConstNull(g->vt);
+            LLVMAddIncoming(phi[t], &z, &pre, 1);
+        }
+        LLVMValueRef bv[8];
+        LLVMValueRef brow = fptr(g, b_col, mul64(g, k, gm->ldb));
+        for (int v = 0; v < nv; v++)
+            bv[v] = vload(g, fptr(g, brow, c64(g, (int64_t)v * g->vw)), mask[v]);
+        LLVMValueRef akp = fptr(g, a_row, mul64(g, k, rk));
+        LLVMValueRef next[32];
+        for (int i = 0; i < mr; i++) {
+            LLVMValueRef a = LLVMBuildLoad2(b, g->et, fptr(g, akp, c64(g, (int64_t)i * ri)), "");
+            LLVMSetAlignment(a, (unsigned)g->esz);
+            LLVMValueRef as = splat(g, a);
+            for (int v = 0; v < nv; v++)
+                next[i * nv + v] = fma3(g, as, bv[v], phi[i * nv + v]);
+        }
+        LLVMValueRef kn = add64(g, k, c64(g, 1));
+        LLVMBasicBlockRef latch = LLVMGetInsertBlock(b);
+        LLVMAddIncoming(k, &kn, &latch, 1);
+        for (int t = 0; t < n; t++)
+            LLVMAddIncoming(phi[t], &next[t], &latch, 1);
+        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kn, c64(g, gm->k), ""), body, exit);
+        LLVMPositionBuilderAtEnd(b, exit);
+        for (int t = 0; t < n; t++)
+            acc[t] = next[t];
+    } else {
+        for (int t = 0; t < n; t++)
+            acc[t] = LLVMConstNull(g->vt);
+    }
+    LLVMValueRef c_row = fptr(g, fptr(g, C, mul64(g, i0, gm->ldc)), j0);
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++)
+            store_c(g, acc[i * nv + v], fptr(g, c_row, c64(g, (int64_t)i * gm->ldc + (int64_t)v * g->vw)), mask[v]);
+}
+
+/* The row blocks [bi0, bi1) of one column panel: full blocks of MR rows,
+ * the last one (static index) with the M % MR rows left. */
+static void nn_rows(GB *g, int mr, int nv, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef bi0,
+                    LLVMValueRef bi1, LLVMValueRef j0, LLVMValueRef *mask) {
+    const LGemm *gm = g->gm;
+    int64_t nfull = gm->m / mr, tail = gm->m % mr;
+    GL L;
+    LLVMValueRef ib = gl_open(g, &L, bi0, bi1, 1);
+    LLVMValueRef i0 = mul64(g, ib, mr);
+    if (!tail) {
+        nn_tile(g, mr, nv, A, B, C, i0, j0, mask);
+    } else {
+        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "full");
+        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "tail");
+        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ib, c64(g, nfull), ""), full, part);
+        LLVMPositionBuilderAtEnd(g->b, full);
+        nn_tile(g, mr, nv, A, B, C, i0, j0, mask);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, part);
+        nn_tile(g, (int)tail, nv, A, B, C, i0, j0, mask);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, join);
+    }
+    gl_close(g, &L);
+}
+
+/* Column panels [bj0, bj1) of NV vectors; a partial last panel (static
+ * index) uses as many vectors as it needs, with constant lane masks. */
+static void nn_body(GB *g, int mr, int nv, LLVMValueRef *p) {
+    const LGemm *gm = g->gm;
+    int64_t nr = (int64_t)nv * g->vw;
+    int64_t nfull = gm->n / nr, rest = gm->n % nr;
+    LLVMValueRef none[8] = {0};
+    GL L;
+    LLVMValueRef jb = gl_open(g, &L, p[5], p[6], 1);
+    LLVMValueRef j0 = mul64(g, jb, nr);
+    if (!rest) {
+        nn_rows(g, mr, nv, p[0], p[1], p[2], p[3], p[4], j0, none);
+    } else {
+        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "panel");
+        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "last");
+        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, jb, c64(g, nfull), ""), full, part);
+        LLVMPositionBuilderAtEnd(g->b, full);
+        nn_rows(g, mr, nv, p[0], p[1], p[2], p[3], p[4], j0, none);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, part);
+        int nvl = (int)((rest + g->vw - 1) / g->vw);
+        LLVMValueRef mask[8];
+        for (int v = 0; v < nvl; v++)
+            mask[v] = (int64_t)(v + 1) * g->vw <= rest ? NULL : lane_mask(g, c64(g, nfull * nr + (int64_t)v * g->vw), gm->n);
+        nn_rows(g, mr, nvl, p[0], p[1], p[2], p[3], p[4], j0, mask);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, join);
+    }
+    gl_close(g, &L);
+}
+
+/* ----------------------------------------------------------------------------
+ * NT: an mr x nr tile of dot products at rows i0, columns j0 */
+
+/* the sum of a vector's lanes by halving: a fixed tree */
+static LLVMValueRef hsum(GB *g, LLVMValueRef v) {
+    for (int w = g->vw / 2; w >= 1; w /= 2) {
+        LLVMValueRef lo[32], hi[32];
+        for (int l = 0; l < w; l++) {
+            lo[l] = c32(g, l);
+            hi[l] = c32(g, l + w);
+        }
+        LLVMValueRef a = LLVMBuildShuffleVector(g->b, v, LLVMGetUndef(LLVMTypeOf(v)), LLVMConstVector(lo, (unsigned)w), "");
+        LLVMValueRef c = LLVMBuildShuffleVector(g->b, v, LLVMGetUndef(LLVMTypeOf(v)), LLVMConstVector(hi, (unsigned)w), "");
+        v = LLVMBuildFAdd(g->b, a, c, "");
+    }
+    return LLVMBuildExtractElement(g->b, v, c32(g, 0), "");
+}
+
+static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef i0,
+                    LLVMValueRef j0) {
+    const LGemm *gm = g->gm;
+    LLVMBuilderRef b = g->b;
+    int n = mr * nr;
+    LLVMValueRef a_row = fptr(g, A, mul64(g, i0, gm->lda));
+    LLVMValueRef b_row = fptr(g, B, mul64(g, j0, gm->ldb));
+    int64_t kfull = gm->k / g->vw, krest = gm->k % g->vw;
+    LLVMValueRef acc[32];
+    for (int t = 0; t < n; t++)
+        acc[t] = LLVMConstNull(g->vt);
+    /* one step: vectors at k0 (mask for the last, partial one) */
+#define NT_STEP(K0, MASK, PHI, OUT)                                                                        \
+    do {                                                                                                   \
+        LLVMValueRef av[8], bv[8];                                                                         \
+        for (int i = 0; i < mr; i++)                                                                       \
+            av[i] = vload(g, fptr(g, a_row, add64(g, K0, c64(g, (int64_t)i * gm->lda))), MASK);            \
+        for (int j = 0; j < nr; j++)                                                                       \
+            bv[j] = vload(g, fptr(g, b_row, add64(g, K0, c64(g, (int64_t)j * gm->ldb))), MASK);            \
+        for (int i = 0; i < mr; i++)                                                                       \
+            for (int j = 0; j < nr; j++)                                                                   \
+                OUT[i * nr + j] = fma3(g, av[i], bv[j], PHI[i * nr + j]);                                  \
+    } while (0)
+    if (kfull > 0) {
+        LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
+        LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k");
+        LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k.end");
+        LLVMBuildBr(b, body);
+        LLVMPositionBuilderAtEnd(b, body);
+        LLVMValueRef k = LLVMBuildPhi(b, g->ll->t_i64, "k");
+        LLVMValueRef zero = c64(g, 0);
+        LLVMAddIncoming(k, &zero, &pre, 1);
+        LLVMValueRef phi[32], next[32];
+        for (int t = 0; t < n; t++) {
+            phi[t] = LLVMBuildPhi(b, g->vt, "acc");
+            LLVMAddIncoming(phi[t], &acc[t], &pre, 1);
+        }
+        NT_STEP(k, NULL, phi, next);
+        LLVMValueRef kn = add64(g, k, c64(g, g->vw));
+        LLVMBasicBlockRef latch = LLVMGetInsertBlock(b);
+        LLVMAddIncoming(k, &kn, &latch, 1);
+        for (int t = 0; t < n; t++)
+            LLVMAddIncoming(phi[t], &next[t], &latch, 1);
+        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kn, c64(g, kfull * g->vw), ""), body, exit);
+        LLVMPositionBuilderAtEnd(b, exit);
+        for (int t = 0; t < n; t++)
+            acc[t] = next[t];
+    }
+    if (krest) {
+        LLVMValueRef next[32];
+        LLVMValueRef k0 = c64(g, kfull * g->vw);
+        LLVMValueRef mask = lane_mask(g, k0, gm->k);
+        NT_STEP(k0, mask, acc, next);
+        for (int t = 0; t < n; t++)
+            acc[t] = next[t];
+    }
+#undef NT_STEP
+    LLVMValueRef c_row = fptr(g, fptr(g, C, mul64(g, i0, gm->ldc)), j0);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) {
+            LLVMValueRef s = hsum(g, acc[i * nr + j]);
+            if (gm->alpha != 1)
+                s = LLVMBuildFMul(b, s, LLVMConstReal(g->et, gm->alpha), "");
+            LLVMValueRef cp = fptr(g, c_row, c64(g, (int64_t)i * gm->ldc + j));
+            if (gm->beta != 0) {
+                LLVMValueRef old = LLVMBuildLoad2(b, g->et, cp, "");
+                LLVMSetAlignment(old, (unsigned)g->esz);
+                s = LLVMBuildFAdd(b, s, old, "");
+            }
+            LLVMSetAlignment(LLVMBuildStore(b, s, cp), (unsigned)g->esz);
+        }
+}
+
+/* rows [bi0, bi1) x columns [bj0, bj1) in blocks of mr x nr, the last of
+ * each (static index) possibly smaller */
+static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p) {
+    const LGemm *gm = g->gm;
+    int64_t nfi = gm->m / mr, ri = gm->m % mr, nfj = gm->n / nr, rj = gm->n % nr;
+    GL LJ, LI;
+    LLVMValueRef jb = gl_open(g, &LJ, p[5], p[6], 1);
+    LLVMValueRef j0 = mul64(g, jb, nr);
+    LLVMValueRef ib = gl_open(g, &LI, p[3], p[4], 1);
+    LLVMValueRef i0 = mul64(g, ib, mr);
+    /* up to four instances: (full or last row block) x (full or last column block) */
+    LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+    for (int lr = 0; lr < 2; lr++)
+        for (int lc = 0; lc < 2; lc++) {
+            int tr = lr ? (int)ri : mr, tc = lc ? (int)rj : nr;
+            if (!tr || !tc)
+                continue;
+            LLVMValueRef cond = LLVMBuildAnd(g->b, LLVMBuildICmp(g->b, lr ? LLVMIntEQ : LLVMIntSLT, ib, c64(g, nfi), ""),
+                                             LLVMBuildICmp(g->b, lc ? LLVMIntEQ : LLVMIntSLT, jb, c64(g, nfj), ""), "");
+            LLVMBasicBlockRef yes = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "tile");
+            LLVMBasicBlockRef no = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+            LLVMBuildCondBr(g->b, cond, yes, no);
+            LLVMPositionBuilderAtEnd(g->b, yes);
+            nt_tile(g, tr, tc, p[0], p[1], p[2], i0, j0);
+            LLVMBuildBr(g->b, join);
+            LLVMPositionBuilderAtEnd(g->b, no);
+        }
+    LLVMBuildBr(g->b, join);
+    LLVMPositionBuilderAtEnd(g->b, join);
+    gl_close(g, &LI);
+    gl_close(g, &LJ);
+}
+
+/* ----------------------------------------------------------------------------
+ * variants and functions */
+
+typedef struct Shape2 {
+    bool nt;          /* NT micro-kernel, else NN */
+    int mr, nv;       /* NN: rows x vectors; NT: rows x columns */
+    int64_t bm, bn;   /* rows and columns per block */
+} Shape2;
+
+/* lanes of the widest vector register for elements of `size` bytes */
+static int lanes(LL *ll, int size) {
+    int bytes = strstr(ll->features, "+avx512f") ? 64 : strstr(ll->features, "+avx") ? 32 : 16;
+    return bytes / size;
+}
+
+/* Spread n items over blocks of at most cap: the fewest blocks, as even as
+ * possible (M = 16 with 14-row blocks wastes nothing as 2 x 8). */
+static int even_block(int64_t n, int cap) {
+    if (n <= 0)
+        return cap;
+    int64_t nb = (n + cap - 1) / cap;
+    return (int)((n + nb - 1) / nb);
+}
+
+/* Register blocking: accumulators MR x NV within 24 of AVX-512's 32
+ * registers (12 of AVX2's 16), leaving room for B's vectors and A's
+ * broadcasts; wide panels first since they need fewer loads per FMA. */
+static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
+    Shape2 s = {0};
+    int vw = lanes(ll, dtype_size(dt)), wide = strstr(ll->features, "+avx512f") != NULL;
+    int regs = wide ? 24 : 12;
+    if (gm->trans_b) {
+        s.nt = true;
+        int mr = wide ? 4 : 3, nr = regs / mr;
+        s.mr = even_block(gm->m, mr);
+        s.nv = even_block(gm->n, nr);
+        s.bm = s.mr;
+        s.bn = s.nv;
+        return s;
+    }
+    int64_t vecs = (gm->n + vw - 1) / vw;
+    int nv = vecs >= 4 ? 4 : (int)(vecs ? vecs : 1);
+    if (!wide && nv > 2)
+        nv = 2;
+    int mr = regs / nv;
+    if (nv == 1 && mr > 16)
+        mr = 16;
+    s.mr = even_block(gm->m, mr);
+    s.nv = nv;
+    s.bm = s.mr;
+    s.bn = (int64_t)nv * vw;
+    return s;
+}
+
+static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
+    for (int i = 0; i < ll->gemm_keys.len; i++) {
+        const LGemm *o = &ll->gemm_keys.data[i];
+        if (ll->gemm_dts.data[i] == dt && o->m == gm->m && o->n == gm->n && o->k == gm->k && o->lda == gm->lda && o->ldb == gm->ldb &&
+            o->ldc == gm->ldc && o->trans_a == gm->trans_a && o->trans_b == gm->trans_b && o->alpha == gm->alpha &&
+            o->beta == gm->beta)
+            return ll->gemm_fns.data[i];
+    }
+    LLVMTypeRef pt[7] = {ll->t_ptr, ll->t_ptr, ll->t_ptr, ll->t_i64, ll->t_i64, ll->t_i64, ll->t_i64};
+    const char *name = xfmt("lethe.%sgemm.%s%s.%lldx%lldx%lld.%lld.%lld.%lld%s", dt == DT_F32 ? "s" : "d", gm->trans_a ? "t" : "n",
+                            gm->trans_b ? "t" : "n", (long long)gm->m, (long long)gm->n, (long long)gm->k,
+                            (long long)gm->lda, (long long)gm->ldb, (long long)gm->ldc, gm->beta != 0 ? ".acc" : "");
+    LLVMValueRef fn = ll_new_function(ll, name, LLVMFunctionType(ll->t_void, pt, 7, 0), true);
+    ll_fn_attr(ll, fn, "noinline");
+    /* keep the explicit 512-bit vectors in zmm registers even where the
+     * target prefers 256-bit vectorization (sapphirerapids) */
+    LLVMAddTargetDependentFunctionAttr(fn, "min-legal-vector-width", "512");
+    for (int i = 0; i < 3; i++) {
+        ll_param_attr(ll, fn, i, "nocapture", 0);
+        if (i == 2)
+            ll_param_attr(ll, fn, i, "noalias", 0);
+    }
+    GB g = {.ll = ll, .fn = fn, .gm = gm, .vw = lanes(ll, dtype_size(dt)), .esz = dtype_size(dt), .et = ll_type(ll, dt)};
+    g.vt = LLVMVectorType(g.et, (unsigned)g.vw);
+    g.b = LLVMCreateBuilderInContext(ll->ctx);
+    LLVMPositionBuilderAtEnd(g.b, LLVMAppendBasicBlockInContext(ll->ctx, fn, "entry"));
+    LLVMValueRef p[7];
+    for (int i = 0; i < 7; i++)
+        p[i] = LLVMGetParam(fn, (unsigned)i);
+    if (sh.nt)
+        nt_body(&g, sh.mr, sh.nv, p);
+    else
+        nn_body(&g, sh.mr, sh.nv, p);
+    LLVMBuildRetVoid(g.b);
+    LLVMDisposeBuilder(g.b);
+    vec_push(&ll->gemm_keys, *gm);
+    vec_push(&ll->gemm_dts, dt);
+    vec_push(&ll->gemm_fns, fn);
+    return fn;
+}
+
+bool llg_supported(const LGemm *gm, DType dt) { return (dt == DT_F32 || dt == DT_F64) && !(gm->trans_a && gm->trans_b); }
+
+/* The task of a top-level GEMM split into tiles: closure = {A, B, C}; tile t
+ * covers row blocks [ti*tbi, ...) and column blocks [tj*tbj, ...). */
+static LLVMValueRef gemm_task(LL *ll, LLVMValueRef fn, int64_t nbi, int64_t nbj, int64_t tbi, int64_t tbj) {
+    int64_t ntj = (nbj + tbj - 1) / tbj;
+    LLVMTypeRef pt[3] = {ll->t_ptr, ll->t_i64, ll->t_i64};
+    LLVMValueRef task = ll_new_function(ll, xfmt("%s.task", LLVMGetValueName(fn)), LLVMFunctionType(ll->t_void, pt, 3, 0), true);
+    ll_fn_attr(ll, task, "noinline");
+    GB g = {.ll = ll, .fn = task};
+    g.b = LLVMCreateBuilderInContext(ll->ctx);
+    LLVMPositionBuilderAtEnd(g.b, LLVMAppendBasicBlockInContext(ll->ctx, task, "entry"));
+    LLVMValueRef clo = LLVMGetParam(task, 0), ops[3];
+    for (int i = 0; i < 3; i++) {
+        LLVMValueRef idx = c64(&g, i);
+        ops[i] = LLVMBuildLoad2(g.b, ll->t_ptr, LLVMBuildInBoundsGEP2(g.b, ll->t_ptr, clo, &idx, 1, ""), "");
+    }
+    GL L;
+    LLVMValueRef t = gl_open(&g, &L, LLVMGetParam(task, 1), LLVMGetParam(task, 2), 1);
+    LLVMValueRef ti = LLVMBuildUDiv(g.b, t, c64(&g, ntj), ""), tj = LLVMBuildURem(g.b, t, c64(&g, ntj), "");
+    LLVMValueRef bi0 = mul64(&g, ti, tbi), bj0 = mul64(&g, tj, tbj);
+    LLVMValueRef bi1 = add64(&g, bi0, c64(&g, tbi)), bj1 = add64(&g, bj0, c64(&g, tbj));
+    bi1 = LLVMBuildSelect(g.b, LLVMBuildICmp(g.b, LLVMIntSLT, bi1, c64(&g, nbi), ""), bi1, c64(&g, nbi), "");
+    bj1 = LLVMBuildSelect(g.b, LLVMBuildICmp(g.b, LLVMIntSLT, bj1, c64(&g, nbj), ""), bj1, c64(&g, nbj), "");
+    LLVMValueRef args[7] = {ops[0], ops[1], ops[2], bi0, bi1, bj0, bj1};
+    LLVMBuildCall2(g.b, LLVMGlobalGetValueType(fn), fn, args, 7, "");
+    gl_close(&g, &L);
+    LLVMBuildRetVoid(g.b);
+    LLVMDisposeBuilder(g.b);
+    return task;
+}
+
+void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef a, LLVMValueRef bp, LLVMValueRef c,
+              LLVMValueRef ctx) {
+    Shape2 sh = choose(ll, gm, dt);
+    LLVMValueRef fn = gemm_fn(ll, gm, dt, sh);
+    int64_t nbi = (gm->m + sh.bm - 1) / sh.bm, nbj = (gm->n + sh.bn - 1) / sh.bn;
+    double flops = 2.0 * (double)gm->m * (double)gm->n * (double)gm->k;
+    LLVMValueRef zero = LLVMConstInt(ll->t_i64, 0, 0);
+    /* below ~1 MFLOP a split costs more than it gains */
+    if (!ctx || flops < 1e6 || nbi * nbj < 2) {
+        LLVMValueRef args[7] = {a, bp, c, zero, LLVMConstInt(ll->t_i64, (unsigned long long)nbi, 0), zero,
+                                LLVMConstInt(ll->t_i64, (unsigned long long)nbj, 0)};
+        LLVMBuildCall2(b, LLVMGlobalGetValueType(fn), fn, args, 7, "");
+        return;
+    }
+    /* tiles: columns first (B's panels are what a tile keeps in cache), at
+     * least 16 tiles of at least ~256 KFLOP when the GEMM is big enough, so
+     * that the pool's dynamic chunks balance */
+    int64_t tbj = nbj, tbi = nbi;
+    double per_block = flops / (double)(nbi * nbj);
+    while ((tbj > 1 || tbi > 1) && ((nbi + tbi - 1) / tbi) * ((nbj + tbj - 1) / tbj) < 16 &&
+           per_block * (double)((tbj + 1) / 2) * (double)tbi >= 2.5e5) {
+        if (tbj > 1)
+            tbj = (tbj + 1) / 2;
+        else
+            tbi = (tbi + 1) / 2;
+    }
+    int64_t ntiles = ((nbi + tbi - 1) / tbi) * ((nbj + tbj - 1) / tbj);
+    LLVMValueRef task = gemm_task(ll, fn, nbi, nbj, tbi, tbj);
+    /* the closure in the entry block: a GEMM inside a serial loop must not
+     * grow the stack per iteration */
+    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(LLVMGetBasicBlockParent(LLVMGetInsertBlock(b)));
+    LLVMBuilderRef eb = LLVMCreateBuilderInContext(ll->ctx);
+    LLVMValueRef first = LLVMGetFirstInstruction(entry);
+    if (first)
+        LLVMPositionBuilderBefore(eb, first);
+    else
+        LLVMPositionBuilderAtEnd(eb, entry);
+    LLVMValueRef clo = LLVMBuildArrayAlloca(eb, ll->t_ptr, LLVMConstInt(ll->t_i64, 3, 0), "gemm.ops");
+    LLVMDisposeBuilder(eb);
+    LLVMValueRef ops[3] = {a, bp, c};
+    for (int i = 0; i < 3; i++) {
+        LLVMValueRef idx = LLVMConstInt(ll->t_i64, (unsigned long long)i, 0);
+        LLVMBuildStore(b, ops[i], LLVMBuildInBoundsGEP2(b, ll->t_ptr, clo, &idx, 1, ""));
+    }
+    LLVMValueRef helper = ll_parallel_helper(ll);
+    LLVMValueRef args[5] = {ctx, task, clo, LLVMConstInt(ll->t_i64, (unsigned long long)ntiles, 0),
+                            LLVMConstInt(ll->t_i64, 1, 0)};
+    LLVMBuildCall2(b, LLVMGlobalGetValueType(helper), helper, args, 5, "");
+}
