@@ -9,7 +9,7 @@ L=$B/lethec
 t=$B/tests/tmp/cli.$$
 mkdir -p "$t"
 trap 'rm -rf "$t"' EXIT
-src=tests/lth/train.lth
+src=tests/lth/cli_small.lth
 
 expect() {   # name, condition (shell), detail
     if eval "$2"; then echo "PASS cli.$1"; else echo "FAIL cli.$1: $3"; fi
