@@ -104,8 +104,12 @@ static int load_data(Run *r, char *err) {
         r->synthetic_stand_in = 1;
         image = 0;
         rc = LETHE_OK;
-    } else if (rc)
-        return rc;
+    } else if (rc) {
+        char why[LETHE_ERR_LEN];
+        snprintf(why, sizeof why, "%s", err);
+        return lethe_errf(err, rc, "%s\n---> HINT: install the data set (Fashion-MNIST: apt-get install dataset-fashion-mnist), "
+                                   "point --data-dir at its files, or run on a synthetic stand-in with --synthetic-fallback", why);
+    }
     if (!image) {
         ds_synth s = {.kind = DS_SYNTH_BLOBS, .rank = 3, .c = p->c, .h = p->h, .w = p->w, .classes = p->classes,
                       .sep = p->synth_sep, .noise = 1, .seed = 1234};
@@ -330,6 +334,8 @@ static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_sto
         free(streams[i].perm);
         free(streams[i].own_y);
     }
+    if (!rc)
+        rc = lethe_ctx_sync(&r->ctx, err);
     frame_free(f);
     return rc;
 }
@@ -343,6 +349,8 @@ static int call_once(Run *r, const lethe_entry *e, ts_store *model, ts_store *st
     r->ctx.seed = seed;
     r->ctx.counter = 0;
     int rc = frame_call(f, &r->ctx, err);
+    if (!rc)
+        rc = lethe_ctx_sync(&r->ctx, err);
     frame_free(f);
     return rc;
 }
@@ -452,6 +460,8 @@ static int eval_over(Run *r, const char *name, ts_store *model, const lethe_data
     }
     free(idx);
     free(own_y);
+    if (!rc)
+        rc = lethe_ctx_sync(&r->ctx, err);
     frame_free(f);
     return rc;
 }
@@ -1019,6 +1029,7 @@ static int run_open(Run *r, const lethe_prog *prog, exp_plan *plan, const run_op
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     r->pool = lethe_pool_new(o->threads > 0 ? o->threads : cores > 0 ? (int)cores : 1);
     lethe_ctx_init(&r->ctx, r->pool, 0);
+    r->ctx.device = o->device;
     return load_data(r, err);
 }
 
