@@ -164,6 +164,13 @@ static void print_expr(FILE *out, const Expr *e) {
         print_list(out, e->items, e->nitems);
         fputc(']', out);
         break;
+    case EX_COMP:
+        fputc('[', out);
+        print_expr(out, e->a);
+        fprintf(out, " for %s in ", e->sval);
+        print_expr(out, e->b);
+        fputc(']', out);
+        break;
     case EX_IF:
         fputs("(if ", out);
         print_expr(out, e->a);

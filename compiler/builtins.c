@@ -31,6 +31,7 @@
     X(BROADCAST, "broadcast", "x,shape") X(UNSQUEEZE, "unsqueeze", "x,axis") \
     X(SQUEEZE, "squeeze", "x,axis=") X(FLATTEN, "flatten", "x,start=") \
     X(CONCAT, "concat", "xs,axis=") X(SPLIT, "split", "x,sections,axis=") \
+    X(RANGE, "range", "n") X(CLIP_NORM, "clip_norm", "t,max")   \
     X(TAKE, "take", "x,idx,axis=") X(ONE_HOT, "one_hot", "y,n")  \
     X(EMBEDDING, "embedding", "w,idx") X(ARANGE, "arange", "n")  \
     X(CONV2D, "conv2d", "x,w,stride=,pad=")                     \
@@ -531,7 +532,34 @@ static Value concat(Value *a, bool *given, Loc loc) {
     return v_tensor(acc);
 }
 
+static Value split(Value *a, bool *given, Loc loc);
+
+/* split(batch, k) of a record (a data batch): each field split the same way,
+ * giving a list of k smaller records. */
+static Value split_record(Value *a, bool *given, Loc loc) {
+    Tree *t = a[0].tree;
+    Value r = {.kind = V_NONE};
+    for (int f = 0; f < t->n; f++) {
+        Value args[3] = {t->vals[f], a[1], a[2]};
+        Value parts = split(args, given, loc);
+        if (f == 0) {
+            r = v_tree_new(parts.tree->n, true, loc);
+            for (int i = 0; i < parts.tree->n; i++)
+                r.tree->vals[i] = v_tree_new(t->n, false, loc);
+        }
+        for (int i = 0; i < parts.tree->n; i++) {
+            r.tree->vals[i].tree->names[f] = t->names[f];
+            r.tree->vals[i].tree->vals[f] = parts.tree->vals[i];
+        }
+    }
+    if (r.kind == V_NONE)
+        error_at(loc, "split of an empty record");
+    return r;
+}
+
 static Value split(Value *a, bool *given, Loc loc) {
+    if (a[0].kind == V_TREE && !a[0].tree->is_list)
+        return split_record(a, given, loc);
     Graph *g = G(loc, "split");
     Node *x = N(a[0], loc, "x");
     if (x->shape.rank == 0)
@@ -715,6 +743,16 @@ Value builtin_call(int id, Value *pos, int npos, const char **kwnames, Value *kw
             double x = value_as_double(&a[0], loc, "a"), y = value_as_double(&a[1], loc, "b");
             double r = id == B_MAX ? fmax(x, y) : fmin(x, y);
             return a[0].kind == V_INT && a[1].kind == V_INT ? v_int((int64_t)r, loc) : v_float(r, loc);
+        }
+        if ((id == B_SUM || id == B_MEAN) && a[0].kind == V_TREE && a[0].tree->is_list && !given[1]) {
+            /* sum([t1, t2, ...]) of tensors or trees: element by element */
+            Tree *t = a[0].tree;
+            if (t->n == 0)
+                error_at(loc, "%s of an empty list", table[id].name);
+            Value acc = t->vals[0];
+            for (int i = 1; i < t->n; i++)
+                acc = tree_map2(OP_ADD, acc, t->vals[i], loc);
+            return id == B_SUM ? acc : tree_map2(OP_MUL, acc, v_float(1.0 / t->n, loc), loc);
         }
         if (id == B_NORM && (a[0].kind == V_TREE) && !given[1])
             return v_tensor(g_unary(G(loc, "norm"), OP_SQRT, tree_dot(a[0], a[0], loc), loc));
@@ -909,6 +947,25 @@ Value builtin_call(int id, Value *pos, int npos, const char **kwnames, Value *kw
         return v_tensor(g_where(g, g_binary(g, OP_GE, row, col, loc), x, scalar_like(g, -INFINITY, x, loc), loc));
     }
     case B_DOT: return v_tensor(tree_dot(a[0], a[1], loc));
+    case B_RANGE: {
+        int64_t n = value_as_int(&a[0], loc, "range(n)");
+        if (n < 0 || n > 4096)
+            error_at(loc, "range(n) needs 0 <= n <= 4096 (it unrolls at compile time)");
+        Value r = v_tree_new((int)n, true, loc);
+        for (int64_t i = 0; i < n; i++)
+            r.tree->vals[i] = v_int(i, loc);
+        return r;
+    }
+    case B_CLIP_NORM: {
+        /* t * min(1, max / |t|), with |t| the norm over every leaf */
+        g = G(loc, "clip_norm");
+        Node *nrm = g_unary(g, OP_SQRT, tree_dot(a[0], a[0], loc), loc);
+        Node *mx = N(a[1], loc, "max");
+        Node *scale = g_binary(g, OP_MIN, g_scalar(g, 1, nrm->dtype, loc),
+                               g_binary(g, OP_DIV, mx, g_binary(g, OP_ADD, nrm, g_scalar(g, 1e-12, nrm->dtype, loc), loc), loc),
+                               loc);
+        return tree_map2(OP_MUL, a[0], v_tensor(scale), loc);
+    }
     case B_COSINE: {
         g = G(loc, "cosine");
         Node *ab = tree_dot(a[0], a[1], loc);

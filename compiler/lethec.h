@@ -100,6 +100,7 @@ typedef enum ExprKind {
     EX_SLICE,    /* lo:hi:step, each may be NULL */
     EX_ELLIPSIS, /* ... inside an index */
     EX_LIST,     /* [items] */
+    EX_COMP,     /* [a for sval in b]: a list built from each element of the list b */
     EX_IF,       /* if a then b else c */
     EX_BLOCK,    /* { let ...; let ...; a } : lets + result in a */
     EX_EVAL,     /* eval a : the call a runs in evaluation mode */

@@ -857,6 +857,19 @@ Value eval(Env *env, const Expr *e) {
     case EX_SLICE:
     case EX_ELLIPSIS: error_at(e->loc, "a slice is only allowed inside [ ]");
     case EX_LIST: return eval_list(env, e);
+    case EX_COMP: {
+        Value src = eval(env, e->b);
+        if (src.kind != V_TREE || !src.tree->is_list)
+            error_at(e->b->loc, "a comprehension runs over a list (such as range(n) or split(batch, k)), not %s",
+                     value_kind_name(&src));
+        Value r = v_tree_new(src.tree->n, true, e->loc);
+        for (int i = 0; i < src.tree->n; i++) {
+            Env *inner = env_new(env);
+            env_bind(inner, e->sval, src.tree->vals[i]);
+            r.tree->vals[i] = eval(inner, e->a);
+        }
+        return r;
+    }
     case EX_IF: {
         Value c = eval(env, e->a);
         if (c.kind == V_TENSOR)

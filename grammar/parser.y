@@ -485,7 +485,9 @@ chain:
   ;
 
 /* primary = NUMBER | PERCENT | STRING | "true" | "false" | NAME | "(" expr ")"
- *         | "[" [ expr { "," expr } [ "," ] ] "]" | block */
+ *         | "[" [ expr { "," expr } [ "," ] ] "]" | "[" expr "for" NAME "in" expr "]"
+ *         | block
+ * (`in` is an ordinary name outside a comprehension, as `of` in clauses) */
 primary:
     NUMBER
   | STRING
@@ -494,6 +496,12 @@ primary:
   | NAME                            { $$ = expr_new(EX_NAME, @1); $$->sval = $1; }
   | '(' expr ')'                    { $$ = $2; }
   | '[' list ']'                    { $$ = expr_new(EX_LIST, @$); $$->items = $2.data; $$->nitems = $2.len; }
+  | '[' expr FOR NAME NAME expr ']' {
+        if (strcmp($5, "in"))
+            error_at(@5, "expected 'in' but found '%s'", $5);
+        $$ = expr_new(EX_COMP, @$);
+        $$->a = $2; $$->sval = $4; $$->b = $6;
+    }
   | block
   ;
 
