@@ -206,6 +206,9 @@ void pass_simplify(Entry *e);    /* algebra: x*1, x+0, x*0 (finite), detach, res
 void pass_cse(Entry *e);         /* common subexpressions */
 void pass_dce(Entry *e);         /* dead code */
 void entry_replace_uses(Entry *e); /* apply Node.repl links (set by a pass) to every use */
+/* pipeline.c: fold, simplify, CSE and DCE (twice), the verifier after each,
+ * then arguments the graph no longer reads or writes leave the signature. */
+void optimize_entry(Entry *e);
 
 /* ----------------------------------------------------------------------------
  * sema.c + builtins.c: the tracer. Resolves names and imports, instantiates

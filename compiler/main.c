@@ -211,47 +211,6 @@ static const char *output_path(const Options *o, EmitKind k) {
     return xfmt("%.*s%s", (int)stem, base, suffix_of(k));
 }
 
-/* After the passes: arguments whose INPUT node died are not read, and an
- * argument neither read nor written (other than a scalar) leaves the
- * signature. */
-static void finish_args(Entry *e) {
-    bool *live = xalloc((size_t)e->args.len + 1);
-    for (int i = 0; i < e->g->nodes.len; i++) {
-        Node *n = e->g->nodes.data[i];
-        if (n->op == OP_INPUT && n->attr.arg >= 0 && n->attr.arg < e->args.len && e->args.data[n->attr.arg].in == n)
-            live[n->attr.arg] = true;
-    }
-    int n = 0;
-    for (int i = 0; i < e->args.len; i++) {
-        EntryArg a = e->args.data[i];
-        if (!live[i])
-            a.in = NULL;
-        if (!a.in && !a.out && a.kind != 4 /* LETHE_SCALAR */)
-            continue;
-        a.access = (a.in || a.kind == 4 ? 1 : 0) | (a.out ? 2 : 0);
-        if (a.in)
-            a.in->attr.arg = n;
-        e->args.data[n++] = a;
-    }
-    e->args.len = n;
-}
-
-static void optimize(Entry *e) {
-    pass_verify(e, "sema");
-    for (int round = 0; round < 2; round++) {
-        pass_fold(e);
-        pass_verify(e, "fold");
-        pass_simplify(e);
-        pass_verify(e, "simplify");
-        pass_cse(e);
-        pass_verify(e, "cse");
-        pass_dce(e);
-        pass_verify(e, "dce");
-    }
-    finish_args(e);
-    pass_verify(e, "args");
-}
-
 static int compile(Options *o) {
     SrcFile *file = srcfile_read(o->in);
     if (!file) {
@@ -268,11 +227,11 @@ static int compile(Options *o) {
     if (o->check_only)
         return 0;
     /* on a GPU every loop that may run in parallel should */
-    LowerOptions lopt = {.parallel_min_work = o->cuda ? 1 : 1 << 15};
+    LowerOptions lopt = {.parallel_min_work = o->cuda ? 1 : 1 << 15, .top_gemms = o->cuda};
     LProgram **progs = xalloc(sizeof(LProgram *) * (size_t)(cu->entries.len + 1));
     for (int i = 0; i < cu->entries.len; i++) {
         Entry *e = cu->entries.data[i];
-        optimize(e);
+        optimize_entry(e);
         if (dump_flags & DUMP_OPT)
             graph_dump(e, dump_file);
         progs[i] = lower_entry(e, &lopt);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "graph.h"
+#include "loopir.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -29,7 +30,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         Program *prog = parse_file(file);
         if (null_out)
             ast_dump(prog, null_out);
-        sema_program(prog, &(SemaOptions){0});
+        CompUnit *cu = sema_program(prog, &(SemaOptions){0});
+        /* the rest of the pipeline up to the loop IR (no LLVM: it is slow and
+         * has its own fuzzers); huge graphs are skipped to keep runs fast */
+        for (int i = 0; i < cu->entries.len; i++) {
+            Entry *e = cu->entries.data[i];
+            if (e->g->nodes.len > 4000)
+                continue;
+            optimize_entry(e);
+            lower_entry(e, &(LowerOptions){.parallel_min_work = 1 << 15});
+        }
     }
     diag_recover = outer;
     arena_reset();
