@@ -15,7 +15,8 @@ pooling and a linear head, batch 128, 10 classes.
 
 One process times one configuration, so its peak resident memory (getrusage:
 the whole process, interpreter and libraries included) belongs to it alone.
-Prints one line of key=value pairs, like bench_resnet.c.
+Prints one line of key=value pairs, like bench_resnet.c (cpu_min_s: the
+least process CPU time of a step, all threads).
 """
 import argparse
 import os
@@ -66,10 +67,29 @@ class ResNet18(nn.Module):
 CONFIGS = {"w64": (64, 3, 32), "w16": (16, 1, 28)}
 
 
+def count_macs(model, x):
+    """Multiply-accumulates per image of every Conv2d and Linear (forward
+    hooks, as PERF-ANCHORS counts them), and those of the stem."""
+    macs = []
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            macs.append((m, out.numel() // out.shape[0] * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]))
+        elif isinstance(m, nn.Linear):
+            macs.append((m, out.numel() // out.shape[0] * m.in_features))
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x[:1])
+    for h in hs:
+        h.remove()
+    return sum(n for _, n in macs), sum(n for m, n in macs if m is model.conv1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config", choices=CONFIGS)
-    ap.add_argument("mode", choices=["train", "eval", "gus"])
+    ap.add_argument("mode", choices=["train", "eval", "gus", "macs"])
     ap.add_argument("layout", choices=["nchw", "cl"])
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
@@ -84,6 +104,10 @@ def main():
     model = ResNet18(width, channels).to(memory_format=fmt)
     x = torch.rand(128, channels, size, size).mul_(2).sub_(1).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (128,))
+    if a.mode == "macs":
+        macs, stem = count_macs(model, x)
+        print("macs_per_image=%d stem_macs_per_image=%d" % (macs, stem))
+        return
 
     if a.mode == "train":
         model.train()
@@ -113,14 +137,15 @@ def main():
 
     for _ in range(a.warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(max(a.steps, 1)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print("entry=%s_%s layout=%s median_s=%.5f min_s=%.5f max_s=%.5f steps=%d threads=%d peak_rss_mb=%.1f"
-          % (a.mode, a.config, a.layout, statistics.median(times), min(times), max(times), len(times),
+    print("entry=%s_%s layout=%s median_s=%.5f min_s=%.5f max_s=%.5f cpu_min_s=%.5f steps=%d threads=%d peak_rss_mb=%.1f"
+          % (a.mode, a.config, a.layout, statistics.median(times), min(times), max(times), min(cpu), len(times),
              torch.get_num_threads(), rss))
 
 

@@ -5,7 +5,8 @@
  *   i32 @<sym>.<entry>(ptr args, ptr workspace, ptr ctx)      internal
  *       closure = alloca [nbufs + 1 x ptr]: [0] = ctx, [1 + i] = base of
  *       buffer i (args[arg] or workspace + offset); calls every kernel in
- *       order; returns 0.
+ *       order (timing each when the kernel profile is on, backend_llvm_abi.c);
+ *       returns 0.
  *   void @<entry>.<kernel>(ptr closure)                          internal
  *       runs the kernel's top-level statements in order. Scalar statements
  *       and GEMMs run here; each top-level loop becomes an inner function:
@@ -14,7 +15,9 @@
  *       one pointer per buffer the loop touches, noalias (distinct LBufs
  *       never overlap, loopir.h), so the vectorizer needs no overlap checks;
  *       serial loops also get pointers to the scalars of the kernel they read
- *       or update (reductions into a top-level accumulator).
+ *       or update (reductions into a top-level accumulator). LB_PRIVATE
+ *       buffers are 64-byte aligned arrays on its stack, one per call, i.e.
+ *       per thread and chunk of iterations.
  *   void @<kernel>.taskJ(ptr closure, i64 begin, i64 end)  internal, noinline
  *       for a parallel loop: loads the pointers from the closure and calls
  *       the inner function on [begin, end); handed to ctx->parallel_for, or
@@ -23,7 +26,10 @@
  *
  * The closure lives on the entry's stack, so concurrent calls are safe.
  * Variables defined by LS_LET live in allocas (promoted by SROA); loop
- * variables are phis. The descriptor tables are in backend_llvm_abi.c, the
+ * variables are phis. GEMMs are generated code (backend_llvm_gemm.c), split
+ * over ctx->parallel_for outside parallel loops, on the calling thread
+ * inside them; only f32/f64 with both operands transposed call BLAS. The
+ * descriptor tables and the kernel profile are in backend_llvm_abi.c, the
  * math and Philox helpers in llvm_math.c.
  */
 #include <errno.h>
@@ -192,6 +198,8 @@ static void uses_stmt(Uses *u, const LStmt *s) {
         uses_expr(u, s->gemm.a_off);
         uses_expr(u, s->gemm.b_off);
         uses_expr(u, s->gemm.c_off);
+        if (s->gemm.b_im2col)
+            uses_expr(u, s->gemm.b_im2col->p0);
         return;
     }
 }
@@ -609,13 +617,17 @@ static void gen_gemm(KG *g, const LGemm *gm) {
     /* OpenBLAS rejects (and only prints about) leading dimensions below the
      * row length; for k = 0 any positive one is fine (C = beta C) */
     int64_t need_a = gm->k ? (gm->trans_a ? gm->m : gm->k) : 1, need_b = gm->k ? (gm->trans_b ? gm->k : gm->n) : 1;
+    if (gm->b_im2col)
+        need_b = 0;   /* not a strided matrix */
     if (gm->lda < need_a || gm->ldb < need_b || gm->ldc < gm->n)
         internal_error(__FILE__, __LINE__, "kernel %s: GEMM leading dimensions %lld %lld %lld too small", g->k->name,
                        (long long)gm->lda, (long long)gm->ldb, (long long)gm->ldc);
+    ASSERT(llg_supported(gm, dt) || !gm->b_im2col);
     if (llg_supported(gm, dt)) {
         /* inside a parallel loop the GEMM is one iteration's work */
         llg_emit(ll, g->b, gm, dt, elem_ptr(g, gm->a_buf, gen_expr(g, gm->a_off)), elem_ptr(g, gm->b_buf, gen_expr(g, gm->b_off)),
-                 elem_ptr(g, gm->c_buf, gen_expr(g, gm->c_off)), g->in_parallel ? NULL : g->ctx);
+                 elem_ptr(g, gm->c_buf, gen_expr(g, gm->c_off)), gm->b_im2col ? gen_expr(g, gm->b_im2col->p0) : NULL,
+                 g->in_parallel ? NULL : g->ctx);
         return;
     }
     const char *name = dt == DT_F32 ? "cblas_sgemm" : "cblas_dgemm";

@@ -45,13 +45,14 @@ void ll_param_attr(LL *ll, LLVMValueRef fn, int param, const char *attr, uint64_
 LLVMValueRef ll_parallel_helper(LL *ll);
 
 /* backend_llvm_gemm.c: LS_GEMM as generated code. llg_emit calls the GEMM
- * of gm (dtype dt) on the element pointers a, b, c; with ctx (not NULL) it
+ * of gm (dtype dt) on the element pointers a, b, c (p0: the first column of
+ * an im2col B, i64, else NULL); with ctx (not NULL) it
  * may spread the tiles over ctx->parallel_for, without it runs on this
  * thread. llg_supported: the shapes it generates (f32 or f64, not both
  * operands transposed); the others call BLAS. */
 bool llg_supported(const LGemm *gm, DType dt);
 void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef a, LLVMValueRef bp, LLVMValueRef c,
-              LLVMValueRef ctx);
+              LLVMValueRef p0, LLVMValueRef ctx);
 
 /* llvm_math.c: vectorizable transcendentals and Philox, each an internal
  * always-inline function without fast-math flags, so that -O0 and -O3 (and

@@ -158,8 +158,11 @@ void ll_emit_descriptor(LL *ll, const CompUnit *cu, LProgram **progs, int n, LLV
  *                const char *const *what; const double *flops; int64_t *ns; }
  *
  * When `enabled` is non-zero at the start of a call, the entry function reads
- * CLOCK_MONOTONIC around each kernel and adds the elapsed nanoseconds to
- * ns[kernel]; otherwise it runs the plain sequence of calls. The cost when
+ * clock `enabled - 1` (clock_gettime's clock id: CLOCK_MONOTONIC for wall
+ * time, CLOCK_THREAD_CPUTIME_ID for the calling thread's CPU time, which on a
+ * shared machine does not count the time other processes take) around each
+ * kernel and adds the elapsed nanoseconds to ns[kernel]; otherwise it runs
+ * the plain sequence of calls. The cost when
  * disabled is one load and one branch per call of an entry, nothing per
  * kernel. Kernel names and `what` are those of `-d loops`; flops the rough
  * count of LKernel.flops.
@@ -180,8 +183,8 @@ void ll_profile_begin(LL *ll, const char *symbol) {
     LLVMSetLinkage(ll->prof_table, LLVMExternalLinkage);
 }
 
-/* nanoseconds of CLOCK_MONOTONIC through clock_gettime (vDSO: ~20 ns) */
-static LLVMValueRef now_ns(LL *ll, LLVMBuilderRef b, LLVMValueRef ts) {
+/* nanoseconds of clock `clk` through clock_gettime (vDSO: ~20 ns) */
+static LLVMValueRef now_ns(LL *ll, LLVMBuilderRef b, LLVMValueRef clk, LLVMValueRef ts) {
     LLVMTypeRef pt[2] = {ll->t_i32, ll->t_ptr};
     LLVMTypeRef fty = LLVMFunctionType(ll->t_i32, pt, 2, 0);
     LLVMValueRef fn = LLVMGetNamedFunction(ll->mod, "clock_gettime");
@@ -189,8 +192,7 @@ static LLVMValueRef now_ns(LL *ll, LLVMBuilderRef b, LLVMValueRef ts) {
         fn = LLVMAddFunction(ll->mod, "clock_gettime", fty);
         ll_fn_attr(ll, fn, "nounwind");
     }
-    enum { CLOCK_MONOTONIC_ID = 1 };
-    LLVMValueRef args[2] = {LLVMConstInt(ll->t_i32, CLOCK_MONOTONIC_ID, 0), ts};
+    LLVMValueRef args[2] = {clk, ts};
     LLVMBuildCall2(b, fty, fn, args, 2, "");
     LLVMValueRef one = LLVMConstInt(ll->t_i64, 1, 0);
     LLVMValueRef sec = LLVMBuildLoad2(b, ll->t_i64, ts, "");
@@ -218,10 +220,11 @@ void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int
         LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo, 1, "");
     LLVMBuildBr(b, done);
     LLVMPositionBuilderAtEnd(b, timed);
+    LLVMValueRef clk = LLVMBuildSub(b, on, LLVMConstInt(ll->t_i32, 1, 0), "");
     for (int i = 0; i < nk; i++) {
-        LLVMValueRef t0 = now_ns(ll, b, ts);
+        LLVMValueRef t0 = now_ns(ll, b, clk, ts);
         LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo, 1, "");
-        LLVMValueRef t1 = now_ns(ll, b, ts);
+        LLVMValueRef t1 = now_ns(ll, b, clk, ts);
         LLVMValueRef idx[2] = {LLVMConstInt(ll->t_i64, 0, 0), LLVMConstInt(ll->t_i64, (unsigned long long)i, 0)};
         LLVMValueRef slot = LLVMBuildInBoundsGEP2(b, at, ns, idx, 2, "");
         LLVMValueRef acc = LLVMBuildAdd(b, LLVMBuildLoad2(b, ll->t_i64, slot, ""), LLVMBuildSub(b, t1, t0, ""), "");

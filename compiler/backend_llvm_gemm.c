@@ -1,15 +1,16 @@
 /* backend_llvm_gemm.c: LS_GEMM as generated vector code.
  *
- * Why not OpenBLAS for f32: on the machines this project runs on, OpenBLAS
- * 0.3.21 runs its AVX2 kernel under OPENBLAS_CORETYPE=Haswell (half of the
- * AVX-512 peak, PERF-ANCHORS) and falls back to its SSE3 "Prescott" kernel on
- * CPUs it does not know (an Emerald Rapids guest: 18 GFLOP/s for a 2048^3
- * sgemm against 120 with its AVX-512 kernel, bench/RESULTS.md). Its threads
- * also compete with the runtime's pool, and it cannot run inside a parallel
- * loop. Every shape here is a compile-time constant, so each GEMM statement
- * gets a function specialised for its sizes, strides and transposes, with
- * register-blocked micro-kernels in the host's widest vectors (llvm.fma on
- * <16 x float> with AVX-512, <8 x float> with AVX2; f64 the same way).
+ * Why not OpenBLAS: 0.3.21 runs its AVX2 kernel under
+ * OPENBLAS_CORETYPE=Haswell (half of the AVX-512 peak, PERF-ANCHORS) and
+ * falls back to its SSE3 "Prescott" kernel on a CPU it does not know (the
+ * Intel Xeon guest of bench/RESULTS.md: 18 GFLOP/s for a 2048^3 sgemm, 120
+ * with its AVX-512 kernel forced). Its threads also compete with the
+ * runtime's pool, and it cannot run inside a parallel loop, where the
+ * convolutions of lower_conv.c put their GEMMs. Every shape here is a
+ * compile-time constant, so each GEMM statement gets a function specialised
+ * for its sizes, strides and transposes, with register-blocked
+ * micro-kernels in the host's widest vectors (llvm.fma on <16 x float> with
+ * AVX-512, <8 x float> with AVX2; f64 the same way).
  *
  * Two micro-kernels, chosen by the operand layouts:
  *   NN  (B not transposed; A either way): C[MR x NV vectors] += A[i][k]
@@ -18,22 +19,24 @@
  *   NT  (B transposed, A not): C[i][j] = dot(A[i][:], B[j][:]), vectors
  *       along K with MR x NR vector accumulators summed at the end. Used for
  *       the weight gradient of a convolution (K = pixels, long).
- * A transposed together with B transposed has no micro-kernel here (the
+ * Both read an im2col B (LIm2col, below) as well as a strided one. A
+ * transposed together with B transposed has no micro-kernel here (the
  * backend calls BLAS, see llg_supported).
  *
  * The generated function is
- *     void gemm.S(ptr A, ptr B, ptr C, i64 bi0, i64 bi1, i64 bj0, i64 bj1)
+ *     void gemm.S(ptr A, ptr B, ptr C, i64 bi0, i64 bi1, i64 bj0, i64 bj1, i64 p0)
  * computing the tiles of row blocks [bi0, bi1) x column blocks [bj0, bj1) of
- * C = alpha op(A) op(B) + beta C, so that a top-level GEMM is split over
- * ctx->parallel_for by tiles and a GEMM inside a parallel loop calls it once
- * for everything. Blocks: MR rows (the last block may have fewer: a second
- * micro-kernel instance with static size), NR columns (NN: the last panel
- * is masked per lane; NT: a smaller instance). No packing: A's rows and B's
- * rows are read in place, which the lowering keeps cache-sized (K blocks of
- * convolutions, lower_opaque.c). Results are the same at every thread count
- * and optimisation level: each C element is one fixed sequence of fused
- * multiply-adds in K order (NN), or fixed per-lane partial sums combined by
- * a fixed tree (NT).
+ * C = alpha op(A) op(B) + beta C (p0: an im2col B's first column), so that
+ * a top-level GEMM is split over ctx->parallel_for by tiles and a GEMM
+ * inside a parallel loop calls it once for everything. Blocks: MR rows (the
+ * last block may have fewer: a second micro-kernel instance with static
+ * size), NR columns (NN: the last panel is masked per lane; NT: a smaller
+ * instance). Row blocks are the outer loop: a block of A stays in L1 while
+ * B streams past. No packing: A's rows and B's rows are read in place,
+ * which the lowering keeps cache-sized (lower_conv.c). Results are the same
+ * at every thread count and optimisation level: each C element is one
+ * fixed sequence of fused multiply-adds in a fixed K order (NN), or fixed
+ * per-lane partial sums combined by a fixed tree (NT).
  */
 #include <string.h>
 
@@ -157,9 +160,109 @@ static void store_c(GB *g, LLVMValueRef acc, LLVMValueRef cp, LLVMValueRef mask)
 }
 
 /* ----------------------------------------------------------------------------
+ * B as the column matrix of a convolution (LIm2col, loopir.h)
+ *
+ * A call computes, once, a table of lane masks: for each vector u of its
+ * columns (pixels q = p0 + u*VW + lane) and each tap t = (i, j), which
+ * lanes read inside the image (and inside the call's columns). The vector
+ * of row (ci, t) at u is then one masked load at X + ci*h*w + q + (i-ph)*w
+ * + (j-pw): with stride 1 and the width kept, the pixel index and the input
+ * offset advance together. Masked lanes read nothing, so padding costs no
+ * branch and no copy. (Stride 2 through gathers ran at a third of the
+ * speed of a private im2col tile, which lower_opaque.c uses instead.) */
+
+typedef struct BSrc {
+    LLVMValueRef B;             /* the image (im2col) or the matrix */
+    const LIm2col *ic;          /* NULL: a strided matrix */
+    LLVMValueRef p0;            /* i64: first column of the call */
+    LLVMValueRef masks;         /* per-call table (an alloca) */
+    LLVMTypeRef mt;             /* <VW x i1> */
+    int64_t nu;                 /* vectors of columns */
+} BSrc;
+
+static LLVMValueRef isplat(GB *g, LLVMTypeRef vt, LLVMValueRef s) {
+    LLVMValueRef v = LLVMBuildInsertElement(g->b, LLVMGetUndef(vt), s, c32(g, 0), "");
+    return LLVMBuildShuffleVector(g->b, v, LLVMGetUndef(vt), LLVMConstNull(LLVMVectorType(g->ll->t_i32, (unsigned)g->vw)), "");
+}
+
+static LLVMValueRef i32v(GB *g, int64_t v) { return isplat(g, LLVMVectorType(g->ll->t_i32, (unsigned)g->vw), c32(g, v)); }
+
+/* an alloca in the function's entry block */
+static LLVMValueRef entry_alloca(GB *g, LLVMTypeRef t, int64_t n, const char *name) {
+    LLVMBuilderRef eb = LLVMCreateBuilderInContext(g->ll->ctx);
+    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(g->fn);
+    LLVMValueRef first = LLVMGetFirstInstruction(entry);
+    if (first)
+        LLVMPositionBuilderBefore(eb, first);
+    else
+        LLVMPositionBuilderAtEnd(eb, entry);
+    LLVMValueRef a = LLVMBuildArrayAlloca(eb, t, LLVMConstInt(g->ll->t_i64, (unsigned long long)n, 0), name);
+    LLVMSetAlignment(a, 64);
+    LLVMDisposeBuilder(eb);
+    return a;
+}
+
+static BSrc bsrc_im2col(GB *g, LLVMValueRef B, LLVMValueRef p0, int64_t ncols) {
+    const LIm2col *ic = g->gm->b_im2col;
+    BSrc s = {.B = B, .ic = ic, .p0 = p0};
+    LLVMBuilderRef b = g->b;
+    LLVMTypeRef it = LLVMVectorType(g->ll->t_i32, (unsigned)g->vw);
+    s.mt = LLVMVectorType(g->ll->t_i1, (unsigned)g->vw);
+    s.nu = (ncols + g->vw - 1) / g->vw;
+    int64_t taps = ic->kh * ic->kw;
+    s.masks = entry_alloca(g, s.mt, taps * s.nu, "im2col.masks");
+    LLVMValueRef lanes[64];
+    for (int l = 0; l < g->vw; l++)
+        lanes[l] = c32(g, l);
+    LLVMValueRef iota = LLVMConstVector(lanes, (unsigned)g->vw);
+    LLVMValueRef p032 = LLVMBuildTrunc(b, p0, g->ll->t_i32, "");
+    GL L;
+    LLVMValueRef u = gl_open(g, &L, c64(g, 0), c64(g, s.nu), 1);
+    LLVMValueRef c0 = LLVMBuildMul(b, LLVMBuildTrunc(b, u, g->ll->t_i32, ""), c32(g, g->vw), "");
+    LLVMValueRef col = LLVMBuildAdd(b, isplat(g, it, c0), iota, "");              /* column in the call */
+    LLVMValueRef q = LLVMBuildAdd(b, col, isplat(g, it, p032), "");              /* output pixel */
+    LLVMValueRef inside = LLVMBuildAnd(b, LLVMBuildICmp(b, LLVMIntSLT, col, i32v(g, ncols), ""),
+                                       LLVMBuildICmp(b, LLVMIntSLT, q, i32v(g, ic->oh * ic->w), ""), "");
+    LLVMValueRef qh = LLVMBuildUDiv(b, q, i32v(g, ic->w), "");
+    LLVMValueRef qw = LLVMBuildSub(b, q, LLVMBuildMul(b, qh, i32v(g, ic->w), ""), "");
+    LLVMValueRef *hv = xalloc(sizeof(LLVMValueRef) * (size_t)ic->kh), *wv = xalloc(sizeof(LLVMValueRef) * (size_t)ic->kw);
+    /* 0 <= qh + i - ph < h and 0 <= qw + j - pw < w, as unsigned compares */
+    for (int64_t i = 0; i < ic->kh; i++)
+        hv[i] = LLVMBuildICmp(b, LLVMIntULT, LLVMBuildAdd(b, qh, i32v(g, i - ic->ph), ""), i32v(g, ic->h), "");
+    for (int64_t j = 0; j < ic->kw; j++)
+        wv[j] = LLVMBuildICmp(b, LLVMIntULT, LLVMBuildAdd(b, qw, i32v(g, j - ic->pw), ""), i32v(g, ic->w), "");
+    for (int64_t t = 0; t < taps; t++) {
+        LLVMValueRef m = LLVMBuildAnd(b, inside, LLVMBuildAnd(b, hv[t / ic->kw], wv[t % ic->kw], ""), "");
+        LLVMValueRef idx = add64(g, u, c64(g, t * s.nu));
+        LLVMBuildStore(b, m, LLVMBuildInBoundsGEP2(b, s.mt, s.masks, &idx, 1, ""));
+    }
+    gl_close(g, &L);
+    return s;
+}
+
+/* the lanes of COL[. * taps + t][p0 + u*VW + lane] inside the image */
+static LLVMValueRef col_mask(GB *g, const BSrc *s, LLVMValueRef t, LLVMValueRef u) {
+    LLVMValueRef midx = add64(g, u, mul64(g, t, s->nu));
+    return LLVMBuildLoad2(g->b, s->mt, LLVMBuildInBoundsGEP2(g->b, s->mt, s->masks, &midx, 1, ""), "");
+}
+
+/* the vector COL[ci*taps + t][p0 + u*VW + lane], mask from col_mask (i64
+ * values: a static tap folds to constants) */
+static LLVMValueRef col_vec(GB *g, const BSrc *s, LLVMValueRef ci, LLVMValueRef t, LLVMValueRef u, LLVMValueRef mask) {
+    const LIm2col *ic = s->ic;
+    LLVMBuilderRef b = g->b;
+    LLVMValueRef i = LLVMBuildUDiv(b, t, c64(g, ic->kw), ""), j = LLVMBuildURem(b, t, c64(g, ic->kw), "");
+    /* (i - ph) * w + (j - pw) */
+    LLVMValueRef tap = add64(g, mul64(g, LLVMBuildSub(b, i, c64(g, ic->ph), ""), ic->w), LLVMBuildSub(b, j, c64(g, ic->pw), ""));
+    LLVMValueRef plane = fptr(g, s->B, mul64(g, ci, ic->h * ic->w));
+    LLVMValueRef off = add64(g, add64(g, s->p0, mul64(g, u, g->vw)), tap);
+    return vload(g, fptr(g, plane, off), mask);
+}
+
+/* ----------------------------------------------------------------------------
  * NN: one MR x NV tile at rows i0 (static count mr), columns j0 */
 
-static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef i0,
+static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMValueRef C, LLVMValueRef i0,
                     LLVMValueRef j0, LLVMValueRef *mask) {
     const LGemm *gm = g->gm;
     LLVMBuilderRef b = g->b;
@@ -167,9 +270,19 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, LLVMValueRef B, LLVMV
     /* A's rows at i0: element (i, k) at a_row + i * ri + k * rk */
     int64_t ri = gm->trans_a ? 1 : gm->lda, rk = gm->trans_a ? gm->lda : 1;
     LLVMValueRef a_row = fptr(g, A, mul64(g, i0, ri));
-    LLVMValueRef b_col = fptr(g, B, j0);
     LLVMValueRef acc[32];
-    if (gm->k > 0) {
+    for (int t = 0; t < n; t++)
+        acc[t] = LLVMConstNull(g->vt);
+    /* K in one loop over its columns, or for an im2col B one loop over the
+     * input channels per tap (k = ci * taps + t), so that a tap's lane masks
+     * are loaded once for all channels; the sum runs in that order */
+    int64_t taps = bs->ic ? bs->ic->kh * bs->ic->kw : 1;
+    int64_t steps = gm->k / taps;
+    LLVMValueRef u0 = bs->ic ? LLVMBuildUDiv(b, j0, c64(g, g->vw), "") : NULL;
+    for (int64_t t = 0; t < taps && steps > 0; t++) {
+        LLVMValueRef tm[8];
+        for (int v = 0; bs->ic && v < nv; v++)
+            tm[v] = col_mask(g, bs, c64(g, t), add64(g, u0, c64(g, v)));
         LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
         LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k");
         LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k.end");
@@ -178,37 +291,38 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, LLVMValueRef B, LLVMV
         LLVMValueRef k = LLVMBuildPhi(b, g->ll->t_i64, "k");
         LLVMValueRef zero = c64(g, 0);
         LLVMAddIncoming(k, &zero, &pre, 1);
-        LLVMValueRef phi[32];
-        for (int t = 0; t < n; t++) {
-            phi[t] = LLVMBuildPhi(b, g->vt, "acc");
-            LLVMValueRef z = LLVMConstNull(g->vt);
-            LLVMAddIncoming(phi[t], &z, &pre, 1);
+        LLVMValueRef phi[32], cur[32];
+        for (int x = 0; x < n; x++) {
+            phi[x] = LLVMBuildPhi(b, g->vt, "acc");
+            LLVMAddIncoming(phi[x], &acc[x], &pre, 1);
+            cur[x] = phi[x];
         }
         LLVMValueRef bv[8];
-        LLVMValueRef brow = fptr(g, b_col, mul64(g, k, gm->ldb));
-        for (int v = 0; v < nv; v++)
-            bv[v] = vload(g, fptr(g, brow, c64(g, (int64_t)v * g->vw)), mask[v]);
-        LLVMValueRef akp = fptr(g, a_row, mul64(g, k, rk));
-        LLVMValueRef next[32];
+        for (int v = 0; v < nv; v++) {
+            if (bs->ic) {
+                bv[v] = col_vec(g, bs, k, c64(g, t), add64(g, u0, c64(g, v)), tm[v]);
+            } else {
+                LLVMValueRef brow = fptr(g, fptr(g, bs->B, j0), mul64(g, k, gm->ldb));
+                bv[v] = vload(g, fptr(g, brow, c64(g, (int64_t)v * g->vw)), mask[v]);
+            }
+        }
+        LLVMValueRef akp = fptr(g, a_row, add64(g, mul64(g, k, taps * rk), c64(g, t * rk)));
         for (int i = 0; i < mr; i++) {
             LLVMValueRef a = LLVMBuildLoad2(b, g->et, fptr(g, akp, c64(g, (int64_t)i * ri)), "");
             LLVMSetAlignment(a, (unsigned)g->esz);
             LLVMValueRef as = splat(g, a);
             for (int v = 0; v < nv; v++)
-                next[i * nv + v] = fma3(g, as, bv[v], phi[i * nv + v]);
+                cur[i * nv + v] = fma3(g, as, bv[v], cur[i * nv + v]);
         }
         LLVMValueRef kn = add64(g, k, c64(g, 1));
         LLVMBasicBlockRef latch = LLVMGetInsertBlock(b);
         LLVMAddIncoming(k, &kn, &latch, 1);
-        for (int t = 0; t < n; t++)
-            LLVMAddIncoming(phi[t], &next[t], &latch, 1);
-        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kn, c64(g, gm->k), ""), body, exit);
+        for (int x = 0; x < n; x++)
+            LLVMAddIncoming(phi[x], &cur[x], &latch, 1);
+        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kn, c64(g, steps), ""), body, exit);
         LLVMPositionBuilderAtEnd(b, exit);
-        for (int t = 0; t < n; t++)
-            acc[t] = next[t];
-    } else {
-        for (int t = 0; t < n; t++)
-            acc[t] = LLVMConstNull(g->vt);
+        for (int x = 0; x < n; x++)
+            acc[x] = cur[x];
     }
     LLVMValueRef c_row = fptr(g, fptr(g, C, mul64(g, i0, gm->ldc)), j0);
     for (int i = 0; i < mr; i++)
@@ -216,36 +330,10 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, LLVMValueRef B, LLVMV
             store_c(g, acc[i * nv + v], fptr(g, c_row, c64(g, (int64_t)i * gm->ldc + (int64_t)v * g->vw)), mask[v]);
 }
 
-/* The row blocks [bi0, bi1) of one column panel: full blocks of MR rows,
- * the last one (static index) with the M % MR rows left. */
-static void nn_rows(GB *g, int mr, int nv, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef bi0,
-                    LLVMValueRef bi1, LLVMValueRef j0, LLVMValueRef *mask) {
-    const LGemm *gm = g->gm;
-    int64_t nfull = gm->m / mr, tail = gm->m % mr;
-    GL L;
-    LLVMValueRef ib = gl_open(g, &L, bi0, bi1, 1);
-    LLVMValueRef i0 = mul64(g, ib, mr);
-    if (!tail) {
-        nn_tile(g, mr, nv, A, B, C, i0, j0, mask);
-    } else {
-        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "full");
-        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "tail");
-        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
-        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ib, c64(g, nfull), ""), full, part);
-        LLVMPositionBuilderAtEnd(g->b, full);
-        nn_tile(g, mr, nv, A, B, C, i0, j0, mask);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, part);
-        nn_tile(g, (int)tail, nv, A, B, C, i0, j0, mask);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, join);
-    }
-    gl_close(g, &L);
-}
-
-/* Column panels [bj0, bj1) of NV vectors; a partial last panel (static
- * index) uses as many vectors as it needs, with constant lane masks. */
-static void nn_body(GB *g, int mr, int nv, LLVMValueRef *p) {
+/* The column panels [bj0, bj1) of NV vectors at rows i0 (mr of them); a
+ * partial last panel (static index) uses as many vectors as it needs, with
+ * constant lane masks. */
+static void nn_cols(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs, LLVMValueRef i0) {
     const LGemm *gm = g->gm;
     int64_t nr = (int64_t)nv * g->vw;
     int64_t nfull = gm->n / nr, rest = gm->n % nr;
@@ -254,21 +342,48 @@ static void nn_body(GB *g, int mr, int nv, LLVMValueRef *p) {
     LLVMValueRef jb = gl_open(g, &L, p[5], p[6], 1);
     LLVMValueRef j0 = mul64(g, jb, nr);
     if (!rest) {
-        nn_rows(g, mr, nv, p[0], p[1], p[2], p[3], p[4], j0, none);
+        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, none);
     } else {
         LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "panel");
         LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "last");
         LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
         LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, jb, c64(g, nfull), ""), full, part);
         LLVMPositionBuilderAtEnd(g->b, full);
-        nn_rows(g, mr, nv, p[0], p[1], p[2], p[3], p[4], j0, none);
+        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, none);
         LLVMBuildBr(g->b, join);
         LLVMPositionBuilderAtEnd(g->b, part);
         int nvl = (int)((rest + g->vw - 1) / g->vw);
         LLVMValueRef mask[8];
         for (int v = 0; v < nvl; v++)
             mask[v] = (int64_t)(v + 1) * g->vw <= rest ? NULL : lane_mask(g, c64(g, nfull * nr + (int64_t)v * g->vw), gm->n);
-        nn_rows(g, mr, nvl, p[0], p[1], p[2], p[3], p[4], j0, mask);
+        nn_tile(g, mr, nvl, p[0], bs, p[2], i0, j0, mask);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, join);
+    }
+    gl_close(g, &L);
+}
+
+/* Row blocks [bi0, bi1) of MR rows outside (a block of A, MR x K, stays in
+ * L1 while B's panels stream past), the last one (static index) with the
+ * M % MR rows left. */
+static void nn_body(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs) {
+    const LGemm *gm = g->gm;
+    int64_t nfull = gm->m / mr, tail = gm->m % mr;
+    GL L;
+    LLVMValueRef ib = gl_open(g, &L, p[3], p[4], 1);
+    LLVMValueRef i0 = mul64(g, ib, mr);
+    if (!tail) {
+        nn_cols(g, mr, nv, p, bs, i0);
+    } else {
+        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "full");
+        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "tail");
+        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ib, c64(g, nfull), ""), full, part);
+        LLVMPositionBuilderAtEnd(g->b, full);
+        nn_cols(g, mr, nv, p, bs, i0);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, part);
+        nn_cols(g, (int)tail, nv, p, bs, i0);
         LLVMBuildBr(g->b, join);
         LLVMPositionBuilderAtEnd(g->b, join);
     }
@@ -293,29 +408,61 @@ static LLVMValueRef hsum(GB *g, LLVMValueRef v) {
     return LLVMBuildExtractElement(g->b, v, c32(g, 0), "");
 }
 
-static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, LLVMValueRef B, LLVMValueRef C, LLVMValueRef i0,
-                    LLVMValueRef j0) {
+/* The columns of an NT tile: plain, columns j0 + j of B's rows; with an
+ * im2col B, block jb holds one tap t of nr consecutive channels from ci0
+ * (column r = ci * taps + t of COL), so that a step loads the tap's lane
+ * mask once for all of them. */
+typedef struct NtCols {
+    LLVMValueRef j0;        /* plain: first column */
+    LLVMValueRef t, ci0;    /* im2col: the tap and the first channel */
+} NtCols;
+
+static NtCols nt_cols(GB *g, const BSrc *bs, LLVMValueRef jb, int nr) {
+    NtCols c = {0};
+    if (!bs->ic) {
+        c.j0 = mul64(g, jb, nr);
+        return c;
+    }
+    int64_t taps = bs->ic->kh * bs->ic->kw;
+    c.t = LLVMBuildURem(g->b, jb, c64(g, taps), "");
+    c.ci0 = mul64(g, LLVMBuildUDiv(g->b, jb, c64(g, taps), ""), nr);
+    return c;
+}
+
+/* One K step of an NT tile: vectors at k0 of A's rows and B's rows (mask:
+ * the last, partial step; an im2col B takes its masks from its tables). */
+static void nt_step(GB *g, int mr, int nr, LLVMValueRef a_row, const BSrc *bs, const NtCols *cols, LLVMValueRef k0,
+                    LLVMValueRef mask, LLVMValueRef *in, LLVMValueRef *out) {
+    const LGemm *gm = g->gm;
+    LLVMValueRef av[32], bv[32];
+    for (int i = 0; i < mr; i++)
+        av[i] = vload(g, fptr(g, a_row, add64(g, k0, c64(g, (int64_t)i * gm->lda))), mask);
+    if (bs->ic) {
+        LLVMValueRef u = LLVMBuildUDiv(g->b, k0, c64(g, g->vw), "");
+        LLVMValueRef tm = col_mask(g, bs, cols->t, u);
+        for (int j = 0; j < nr; j++)
+            bv[j] = col_vec(g, bs, add64(g, cols->ci0, c64(g, j)), cols->t, u, tm);
+    } else {
+        LLVMValueRef b_row = fptr(g, bs->B, mul64(g, cols->j0, gm->ldb));
+        for (int j = 0; j < nr; j++)
+            bv[j] = vload(g, fptr(g, b_row, add64(g, k0, c64(g, (int64_t)j * gm->ldb))), mask);
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            out[i * nr + j] = fma3(g, av[i], bv[j], in[i * nr + j]);
+}
+
+static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, const BSrc *bs, LLVMValueRef C, LLVMValueRef i0,
+                    LLVMValueRef jb, int nrb) {
     const LGemm *gm = g->gm;
     LLVMBuilderRef b = g->b;
     int n = mr * nr;
+    NtCols cols = nt_cols(g, bs, jb, nrb);
     LLVMValueRef a_row = fptr(g, A, mul64(g, i0, gm->lda));
-    LLVMValueRef b_row = fptr(g, B, mul64(g, j0, gm->ldb));
     int64_t kfull = gm->k / g->vw, krest = gm->k % g->vw;
     LLVMValueRef acc[32];
     for (int t = 0; t < n; t++)
         acc[t] = LLVMConstNull(g->vt);
-    /* one step: vectors at k0 (mask for the last, partial one) */
-#define NT_STEP(K0, MASK, PHI, OUT)                                                                        \
-    do {                                                                                                   \
-        LLVMValueRef av[8], bv[8];                                                                         \
-        for (int i = 0; i < mr; i++)                                                                       \
-            av[i] = vload(g, fptr(g, a_row, add64(g, K0, c64(g, (int64_t)i * gm->lda))), MASK);            \
-        for (int j = 0; j < nr; j++)                                                                       \
-            bv[j] = vload(g, fptr(g, b_row, add64(g, K0, c64(g, (int64_t)j * gm->ldb))), MASK);            \
-        for (int i = 0; i < mr; i++)                                                                       \
-            for (int j = 0; j < nr; j++)                                                                   \
-                OUT[i * nr + j] = fma3(g, av[i], bv[j], PHI[i * nr + j]);                                  \
-    } while (0)
     if (kfull > 0) {
         LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
         LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k");
@@ -330,7 +477,7 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, LLVMValueRef B, LLVMV
             phi[t] = LLVMBuildPhi(b, g->vt, "acc");
             LLVMAddIncoming(phi[t], &acc[t], &pre, 1);
         }
-        NT_STEP(k, NULL, phi, next);
+        nt_step(g, mr, nr, a_row, bs, &cols, k, NULL, phi, next);
         LLVMValueRef kn = add64(g, k, c64(g, g->vw));
         LLVMBasicBlockRef latch = LLVMGetInsertBlock(b);
         LLVMAddIncoming(k, &kn, &latch, 1);
@@ -342,21 +489,20 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, LLVMValueRef B, LLVMV
             acc[t] = next[t];
     }
     if (krest) {
-        LLVMValueRef next[32];
         LLVMValueRef k0 = c64(g, kfull * g->vw);
-        LLVMValueRef mask = lane_mask(g, k0, gm->k);
-        NT_STEP(k0, mask, acc, next);
-        for (int t = 0; t < n; t++)
-            acc[t] = next[t];
+        nt_step(g, mr, nr, a_row, bs, &cols, k0, lane_mask(g, k0, gm->k), acc, acc);
     }
-#undef NT_STEP
-    LLVMValueRef c_row = fptr(g, fptr(g, C, mul64(g, i0, gm->ldc)), j0);
+    LLVMValueRef c_row = fptr(g, C, mul64(g, i0, gm->ldc));
+    int64_t taps = bs->ic ? bs->ic->kh * bs->ic->kw : 1;
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++) {
             LLVMValueRef s = hsum(g, acc[i * nr + j]);
             if (gm->alpha != 1)
                 s = LLVMBuildFMul(b, s, LLVMConstReal(g->et, gm->alpha), "");
-            LLVMValueRef cp = fptr(g, c_row, c64(g, (int64_t)i * gm->ldc + j));
+            /* column j0 + j, or (ci0 + j) * taps + t */
+            LLVMValueRef col = bs->ic ? add64(g, mul64(g, add64(g, cols.ci0, c64(g, j)), taps), cols.t)
+                                      : add64(g, cols.j0, c64(g, j));
+            LLVMValueRef cp = fptr(g, c_row, add64(g, col, c64(g, (int64_t)i * gm->ldc)));
             if (gm->beta != 0) {
                 LLVMValueRef old = LLVMBuildLoad2(b, g->et, cp, "");
                 LLVMSetAlignment(old, (unsigned)g->esz);
@@ -368,13 +514,16 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, LLVMValueRef B, LLVMV
 
 /* rows [bi0, bi1) x columns [bj0, bj1) in blocks of mr x nr, the last of
  * each (static index) possibly smaller */
-static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p) {
+static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs) {
     const LGemm *gm = g->gm;
     int64_t nfi = gm->m / mr, ri = gm->m % mr, nfj = gm->n / nr, rj = gm->n % nr;
+    ASSERT(!bs->ic || rj == 0);
+    /* row blocks outside: a block of A's rows (mr x K) stays in L1 while
+     * B's rows stream past it (per image of a convolution's weight
+     * gradient: 1.5x faster than the other order, bench/RESULTS.md) */
     GL LJ, LI;
-    LLVMValueRef jb = gl_open(g, &LJ, p[5], p[6], 1);
-    LLVMValueRef j0 = mul64(g, jb, nr);
     LLVMValueRef ib = gl_open(g, &LI, p[3], p[4], 1);
+    LLVMValueRef jb = gl_open(g, &LJ, p[5], p[6], 1);
     LLVMValueRef i0 = mul64(g, ib, mr);
     /* up to four instances: (full or last row block) x (full or last column block) */
     LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
@@ -389,14 +538,14 @@ static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p) {
             LLVMBasicBlockRef no = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
             LLVMBuildCondBr(g->b, cond, yes, no);
             LLVMPositionBuilderAtEnd(g->b, yes);
-            nt_tile(g, tr, tc, p[0], p[1], p[2], i0, j0);
+            nt_tile(g, tr, tc, p[0], bs, p[2], i0, jb, nr);
             LLVMBuildBr(g->b, join);
             LLVMPositionBuilderAtEnd(g->b, no);
         }
     LLVMBuildBr(g->b, join);
     LLVMPositionBuilderAtEnd(g->b, join);
-    gl_close(g, &LI);
     gl_close(g, &LJ);
+    gl_close(g, &LI);
 }
 
 /* ----------------------------------------------------------------------------
@@ -412,6 +561,13 @@ typedef struct Shape2 {
 static int lanes(LL *ll, int size) {
     int bytes = strstr(ll->features, "+avx512f") ? 64 : strstr(ll->features, "+avx") ? 32 : 16;
     return bytes / size;
+}
+
+static int64_t divisor_upto(int64_t n, int64_t cap) {
+    for (int64_t d = cap < n ? cap : n; d > 1; d--)
+        if (n % d == 0)
+            return d;
+    return 1;
 }
 
 /* Spread n items over blocks of at most cap: the fewest blocks, as even as
@@ -433,8 +589,14 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
     if (gm->trans_b) {
         s.nt = true;
         int mr = wide ? 4 : 3, nr = regs / mr;
+        if (gm->b_im2col) {
+            /* blocks of channels of one tap (nr | c), and as many rows as
+             * the accumulators allow: a step loads mr + nr + 1 vectors */
+            nr = (int)divisor_upto(gm->b_im2col->c, nr);
+            mr = regs / nr < 12 ? regs / nr : 12;
+        }
         s.mr = even_block(gm->m, mr);
-        s.nv = even_block(gm->n, nr);
+        s.nv = gm->b_im2col ? nr : even_block(gm->n, nr);
         s.bm = s.mr;
         s.bn = s.nv;
         return s;
@@ -453,19 +615,28 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
     return s;
 }
 
+static bool same_im2col(const LIm2col *a, const LIm2col *b) {
+    if (!a || !b)
+        return a == b;
+    return a->c == b->c && a->h == b->h && a->w == b->w && a->kh == b->kh && a->kw == b->kw && a->ph == b->ph &&
+           a->pw == b->pw && a->oh == b->oh;
+}
+
 static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
     for (int i = 0; i < ll->gemm_keys.len; i++) {
         const LGemm *o = &ll->gemm_keys.data[i];
-        if (ll->gemm_dts.data[i] == dt && o->m == gm->m && o->n == gm->n && o->k == gm->k && o->lda == gm->lda && o->ldb == gm->ldb &&
-            o->ldc == gm->ldc && o->trans_a == gm->trans_a && o->trans_b == gm->trans_b && o->alpha == gm->alpha &&
-            o->beta == gm->beta)
+        if (ll->gemm_dts.data[i] == dt && o->m == gm->m && o->n == gm->n && o->k == gm->k && o->lda == gm->lda &&
+            (gm->b_im2col || o->ldb == gm->ldb) && o->ldc == gm->ldc && o->trans_a == gm->trans_a &&
+            o->trans_b == gm->trans_b && o->alpha == gm->alpha && o->beta == gm->beta &&
+            same_im2col(o->b_im2col, gm->b_im2col))
             return ll->gemm_fns.data[i];
     }
-    LLVMTypeRef pt[7] = {ll->t_ptr, ll->t_ptr, ll->t_ptr, ll->t_i64, ll->t_i64, ll->t_i64, ll->t_i64};
-    const char *name = xfmt("lethe.%sgemm.%s%s.%lldx%lldx%lld.%lld.%lld.%lld%s", dt == DT_F32 ? "s" : "d", gm->trans_a ? "t" : "n",
-                            gm->trans_b ? "t" : "n", (long long)gm->m, (long long)gm->n, (long long)gm->k,
-                            (long long)gm->lda, (long long)gm->ldb, (long long)gm->ldc, gm->beta != 0 ? ".acc" : "");
-    LLVMValueRef fn = ll_new_function(ll, name, LLVMFunctionType(ll->t_void, pt, 7, 0), true);
+    LLVMTypeRef pt[8] = {ll->t_ptr, ll->t_ptr, ll->t_ptr, ll->t_i64, ll->t_i64, ll->t_i64, ll->t_i64, ll->t_i64};
+    const char *name = xfmt("lethe.%sgemm.%s%s.%lldx%lldx%lld.%lld.%lld.%lld%s%s", dt == DT_F32 ? "s" : "d",
+                            gm->trans_a ? "t" : "n", gm->trans_b ? "t" : "n", (long long)gm->m, (long long)gm->n,
+                            (long long)gm->k, (long long)gm->lda, (long long)gm->ldb, (long long)gm->ldc,
+                            gm->beta != 0 ? ".acc" : "", gm->b_im2col ? ".im2col" : "");
+    LLVMValueRef fn = ll_new_function(ll, name, LLVMFunctionType(ll->t_void, pt, 8, 0), true);
     ll_fn_attr(ll, fn, "noinline");
     /* keep the explicit 512-bit vectors in zmm registers even where the
      * target prefers 256-bit vectorization (sapphirerapids) */
@@ -479,13 +650,16 @@ static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
     g.vt = LLVMVectorType(g.et, (unsigned)g.vw);
     g.b = LLVMCreateBuilderInContext(ll->ctx);
     LLVMPositionBuilderAtEnd(g.b, LLVMAppendBasicBlockInContext(ll->ctx, fn, "entry"));
-    LLVMValueRef p[7];
-    for (int i = 0; i < 7; i++)
+    LLVMValueRef p[8];
+    for (int i = 0; i < 8; i++)
         p[i] = LLVMGetParam(fn, (unsigned)i);
+    BSrc bs = {.B = p[1]};
+    if (gm->b_im2col)
+        bs = bsrc_im2col(&g, p[1], p[7], gm->trans_b ? gm->k : gm->n);
     if (sh.nt)
-        nt_body(&g, sh.mr, sh.nv, p);
+        nt_body(&g, sh.mr, sh.nv, p, &bs);
     else
-        nn_body(&g, sh.mr, sh.nv, p);
+        nn_body(&g, sh.mr, sh.nv, p, &bs);
     LLVMBuildRetVoid(g.b);
     LLVMDisposeBuilder(g.b);
     vec_push(&ll->gemm_keys, *gm);
@@ -496,8 +670,8 @@ static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
 
 bool llg_supported(const LGemm *gm, DType dt) { return (dt == DT_F32 || dt == DT_F64) && !(gm->trans_a && gm->trans_b); }
 
-/* The task of a top-level GEMM split into tiles: closure = {A, B, C}; tile t
- * covers row blocks [ti*tbi, ...) and column blocks [tj*tbj, ...). */
+/* The task of a top-level GEMM split into tiles: closure = {A, B, C, p0};
+ * tile t covers row blocks [ti*tbi, ...) and column blocks [tj*tbj, ...). */
 static LLVMValueRef gemm_task(LL *ll, LLVMValueRef fn, int64_t nbi, int64_t nbj, int64_t tbi, int64_t tbj) {
     int64_t ntj = (nbj + tbj - 1) / tbj;
     LLVMTypeRef pt[3] = {ll->t_ptr, ll->t_i64, ll->t_i64};
@@ -506,10 +680,10 @@ static LLVMValueRef gemm_task(LL *ll, LLVMValueRef fn, int64_t nbi, int64_t nbj,
     GB g = {.ll = ll, .fn = task};
     g.b = LLVMCreateBuilderInContext(ll->ctx);
     LLVMPositionBuilderAtEnd(g.b, LLVMAppendBasicBlockInContext(ll->ctx, task, "entry"));
-    LLVMValueRef clo = LLVMGetParam(task, 0), ops[3];
-    for (int i = 0; i < 3; i++) {
+    LLVMValueRef clo = LLVMGetParam(task, 0), ops[4];
+    for (int i = 0; i < 4; i++) {
         LLVMValueRef idx = c64(&g, i);
-        ops[i] = LLVMBuildLoad2(g.b, ll->t_ptr, LLVMBuildInBoundsGEP2(g.b, ll->t_ptr, clo, &idx, 1, ""), "");
+        ops[i] = LLVMBuildLoad2(g.b, i < 3 ? ll->t_ptr : ll->t_i64, LLVMBuildInBoundsGEP2(g.b, ll->t_i64, clo, &idx, 1, ""), "");
     }
     GL L;
     LLVMValueRef t = gl_open(&g, &L, LLVMGetParam(task, 1), LLVMGetParam(task, 2), 1);
@@ -518,8 +692,8 @@ static LLVMValueRef gemm_task(LL *ll, LLVMValueRef fn, int64_t nbi, int64_t nbj,
     LLVMValueRef bi1 = add64(&g, bi0, c64(&g, tbi)), bj1 = add64(&g, bj0, c64(&g, tbj));
     bi1 = LLVMBuildSelect(g.b, LLVMBuildICmp(g.b, LLVMIntSLT, bi1, c64(&g, nbi), ""), bi1, c64(&g, nbi), "");
     bj1 = LLVMBuildSelect(g.b, LLVMBuildICmp(g.b, LLVMIntSLT, bj1, c64(&g, nbj), ""), bj1, c64(&g, nbj), "");
-    LLVMValueRef args[7] = {ops[0], ops[1], ops[2], bi0, bi1, bj0, bj1};
-    LLVMBuildCall2(g.b, LLVMGlobalGetValueType(fn), fn, args, 7, "");
+    LLVMValueRef args[8] = {ops[0], ops[1], ops[2], bi0, bi1, bj0, bj1, ops[3]};
+    LLVMBuildCall2(g.b, LLVMGlobalGetValueType(fn), fn, args, 8, "");
     gl_close(&g, &L);
     LLVMBuildRetVoid(g.b);
     LLVMDisposeBuilder(g.b);
@@ -527,17 +701,19 @@ static LLVMValueRef gemm_task(LL *ll, LLVMValueRef fn, int64_t nbi, int64_t nbj,
 }
 
 void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef a, LLVMValueRef bp, LLVMValueRef c,
-              LLVMValueRef ctx) {
+              LLVMValueRef p0, LLVMValueRef ctx) {
     Shape2 sh = choose(ll, gm, dt);
     LLVMValueRef fn = gemm_fn(ll, gm, dt, sh);
     int64_t nbi = (gm->m + sh.bm - 1) / sh.bm, nbj = (gm->n + sh.bn - 1) / sh.bn;
     double flops = 2.0 * (double)gm->m * (double)gm->n * (double)gm->k;
     LLVMValueRef zero = LLVMConstInt(ll->t_i64, 0, 0);
+    if (!p0)
+        p0 = zero;
     /* below ~1 MFLOP a split costs more than it gains */
     if (!ctx || flops < 1e6 || nbi * nbj < 2) {
-        LLVMValueRef args[7] = {a, bp, c, zero, LLVMConstInt(ll->t_i64, (unsigned long long)nbi, 0), zero,
-                                LLVMConstInt(ll->t_i64, (unsigned long long)nbj, 0)};
-        LLVMBuildCall2(b, LLVMGlobalGetValueType(fn), fn, args, 7, "");
+        LLVMValueRef args[8] = {a, bp, c, zero, LLVMConstInt(ll->t_i64, (unsigned long long)nbi, 0), zero,
+                                LLVMConstInt(ll->t_i64, (unsigned long long)nbj, 0), p0};
+        LLVMBuildCall2(b, LLVMGlobalGetValueType(fn), fn, args, 8, "");
         return;
     }
     /* tiles: columns first (B's panels are what a tile keeps in cache), at
@@ -563,12 +739,12 @@ void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef 
         LLVMPositionBuilderBefore(eb, first);
     else
         LLVMPositionBuilderAtEnd(eb, entry);
-    LLVMValueRef clo = LLVMBuildArrayAlloca(eb, ll->t_ptr, LLVMConstInt(ll->t_i64, 3, 0), "gemm.ops");
+    LLVMValueRef clo = LLVMBuildArrayAlloca(eb, ll->t_i64, LLVMConstInt(ll->t_i64, 4, 0), "gemm.ops");
     LLVMDisposeBuilder(eb);
-    LLVMValueRef ops[3] = {a, bp, c};
-    for (int i = 0; i < 3; i++) {
+    LLVMValueRef ops[4] = {a, bp, c, p0};
+    for (int i = 0; i < 4; i++) {
         LLVMValueRef idx = LLVMConstInt(ll->t_i64, (unsigned long long)i, 0);
-        LLVMBuildStore(b, ops[i], LLVMBuildInBoundsGEP2(b, ll->t_ptr, clo, &idx, 1, ""));
+        LLVMBuildStore(b, ops[i], LLVMBuildInBoundsGEP2(b, ll->t_i64, clo, &idx, 1, ""));
     }
     LLVMValueRef helper = ll_parallel_helper(ll);
     LLVMValueRef args[5] = {ctx, task, clo, LLVMConstInt(ll->t_i64, (unsigned long long)ntiles, 0),

@@ -7,21 +7,26 @@
  *   - a REDUCE (SUM/RMAX/RMIN): its ELEM/VIEW producers are fused in as the
  *     prologue, and ELEM consumers read its result through views;
  *   - OPAQUE (MATMUL, CONV2D*, GATHER, SCATTER_ADD, FOLD): a hand-written
- *     lowering (lower_opaque.c) that reads materialized inputs. GEMM operands
+ *     lowering (lower_opaque.c, lower_conv.c) that reads materialized
+ *     inputs. GEMM operands
  *     may be strided views of a buffer (MATMUL: any batch strides, and the
  *     last two axes row- or column-major, which become trans flags);
  *     operands read by loop nests (the im2col input, GATHER, SCATTER_ADD,
  *     FOLD) may be any view of a buffer, or CONST/IOTA/RAND;
  *   - the value of a written argument (an output or new state);
- *   - an ELEM node evaluated by more than one kernel (through any views), or
- *     evaluated twice in one kernel at different indices (through different
- *     views): recomputing it would duplicate work;
+ *   - an ELEM node evaluated by more than one kernel (through any views),
+ *     unless recomputing it in each costs no extra memory traffic
+ *     (recomputation, below), or evaluated twice in one kernel at different
+ *     indices (through different views): recomputing it would duplicate
+ *     work;
  *   - the input of a RESHAPE whose index map needs div/mod (lower_view.c).
  * An output that is an identity view of a materialized value (the RESHAPE
  * that g_reduce(keep=false) or g_matmul put on top) is not copied: the value
  * is computed straight into the output's buffer. Elementwise kernels of one
  * shape that write arguments and read each other or a common tensor are
- * fused into one loop with several stores (sibling fusion, below).
+ * fused into one loop with several stores (sibling fusion, below), and
+ * independent reductions of one shape over the same axes that read a common
+ * tensor into one kernel with several accumulators (sibling reductions).
  * Everything else is inlined into the one kernel that reads it: ELEM and
  * VIEW nodes with a single consumer kernel, and always CONST, IOTA, RAND and
  * views of buffers (recomputing those is free). An ELEM node read twice in one
@@ -35,9 +40,10 @@
  *
  * The decisions depend on each other (materializing a node changes which
  * kernels read its inputs), so they are iterated to a fixpoint: each round
- * recomputes the consumer kernels of every node, then simulates every
- * kernel's index maps and marks the nodes that must be materialized. Nodes
- * are only ever added, so the loop ends.
+ * simulates every kernel's index maps (which also marks the operands opaque
+ * ops need in buffers), then recomputes the consumer kernels of every node
+ * and marks the shared ones that are not recomputed. Nodes are only ever
+ * added, so the loop ends.
  *
  * `-d fusion` prints one line per kernel: its roots, the nodes inlined into
  * it, the buffers it reads and the buffers it writes.
@@ -222,31 +228,147 @@ static void mark_live(Fusion *f) {
     }
 }
 
-/* Consumer kernels of every unmaterialized node, in reverse topological
- * order; an ELEM node with more than one gets a buffer. */
-static bool split_shared(Fusion *f, int *ks) {
+/* ----------------------------------------------------------------------------
+ * recomputation
+ *
+ * An ELEM node read by several kernels is recomputed in each of them instead
+ * of getting a buffer when that costs no extra memory traffic: its inlined
+ * tree reads at most one full-size tensor (other leaves are broadcast,
+ * e.g. per-channel statistics, or constants) and is a short chain of cheap
+ * arithmetic. Materializing costs a write plus a read per consumer;
+ * recomputing costs the one full-size read per consumer, the same reads,
+ * and saves the write and the buffer (memory the plan no longer needs). It
+ * is what a batch norm's backward pass needs: x - mean, x_hat, dy * gamma
+ * and their products are each read by 3-5 reductions and elementwise
+ * kernels, and were 17 passes over the activation per layer where 5 suffice
+ * (bench/RESULTS.md). */
+
+enum { RECOMPUTE_MAX_OPS = 12 };
+
+static bool cheap_op(Op op) {
+    switch (op) {
+    case OP_EXP: case OP_LOG: case OP_TANH: case OP_SIGMOID: case OP_GELU: case OP_POW: case OP_SQRT: case OP_RSQRT:
+    case OP_DIV: case OP_MOD:
+        return false;
+    default:
+        return true;
+    }
+}
+
+typedef struct Rc {
+    Fusion *f;
+    const int *ks;          /* consumer kernels by id at the start of the round */
+    signed char *verdict;   /* by id, this round: 0 unknown, 1 recomputed, -1 gets a buffer */
+} Rc;
+
+/* One walk over the tree a node would inline. */
+typedef struct RcWalk {
+    const Node *root;
+    int64_t numel;
+    int ops, nseen;
+    const Node *big;        /* the one full-size leaf */
+    const Node *seen[4 * RECOMPUTE_MAX_OPS];
+    bool ok;
+} RcWalk;
+
+static bool recompute_ok(Rc *r, const Node *n);
+
+/* n is a leaf of the walk: it has a buffer, or will get one this round (a
+ * shared ELEM node that is not recomputed itself) */
+static bool rc_leaf(Rc *r, const Node *n) {
+    if (r->f->mat[n->id] || n->op == OP_INPUT)
+        return true;
+    return kind_of(n) == OK_ELEM && r->ks[n->id] == KS_MULTI && !recompute_ok(r, n);
+}
+
+static void rc_walk(Rc *r, RcWalk *w, const Node *n) {
+    if (!w->ok)
+        return;
+    for (int i = 0; i < w->nseen; i++)
+        if (w->seen[i] == n)
+            return;
+    if (w->nseen == (int)(sizeof w->seen / sizeof *w->seen)) {
+        w->ok = false;
+        return;
+    }
+    w->seen[w->nseen++] = n;
+    if (n != w->root && rc_leaf(r, n)) {
+        if (shape_numel(n->shape) >= w->numel) {
+            if (w->big && w->big != n)
+                w->ok = false;
+            w->big = n;
+        }
+        return;
+    }
+    /* a smaller tree reached through a broadcast (per-channel statistics)
+     * costs no traffic; whether it gets a buffer is decided on its own */
+    if (shape_numel(n->shape) < w->numel)
+        return;
+    if (fusion_is_cheap_leaf(n)) {
+        w->ok = n->op == OP_CONST || n->op == OP_IOTA;   /* Philox per element is not cheap */
+        return;
+    }
+    switch (kind_of(n)) {
+    case OK_VIEW: rc_walk(r, w, n->in[0]); return;
+    case OK_ELEM:
+        if (!cheap_op(n->op) || ++w->ops > RECOMPUTE_MAX_OPS) {
+            w->ok = false;
+            return;
+        }
+        for (int i = 0; i < n->nin; i++)
+            rc_walk(r, w, n->in[i]);
+        return;
+    default: w->ok = false; return;
+    }
+}
+
+static bool recompute_ok(Rc *r, const Node *n) {
+    if (r->verdict[n->id])
+        return r->verdict[n->id] > 0;
+    r->verdict[n->id] = -1;   /* a cycle cannot happen in a DAG; this only guards */
+    RcWalk w = {.root = n, .numel = shape_numel(n->shape), .ok = true};
+    rc_walk(r, &w, n);
+    r->verdict[n->id] = w.ok ? 1 : -1;
+    return w.ok;
+}
+
+/* what n's inputs see: n's own kernel if it has one, else the kernels n is
+ * evaluated in */
+static void push_consumer(const Fusion *f, int *ks, const Node *n) {
+    int mine = f->mat[n->id] ? n->id : ks[n->id];
+    for (int k = 0; k < n->nin; k++) {
+        int *t = &ks[n->in[k]->id];
+        if (*t == KS_NONE)
+            *t = mine;
+        else if (*t != mine)
+            *t = KS_MULTI;
+    }
+}
+
+/* Consumer kernels of every unmaterialized node; an ELEM node with more
+ * than one gets a buffer unless it is recomputed (above). One pass in
+ * reverse topological order, so that a node's consumers have all decided
+ * before it does. Whether a shared producer will be recomputed is not known
+ * yet when a consumer asks (recompute_ok walks down), so that uses the
+ * consumer sets of the round's start (pre). */
+static bool split_shared(Fusion *f, int *ks, int *pre, Rc *rc) {
     const Graph *g = f->e->g;
     bool changed = false;
     for (int i = 0; i < f->nid; i++)
-        ks[i] = KS_NONE;
+        pre[i] = ks[i] = KS_NONE;
+    for (int i = g->nodes.len - 1; i >= 0; i--)
+        if (f->live[g->nodes.data[i]->id])
+            push_consumer(f, pre, g->nodes.data[i]);
+    memset(rc->verdict, 0, (size_t)f->nid + 1);
     for (int i = g->nodes.len - 1; i >= 0; i--) {
         Node *n = g->nodes.data[i];
         if (!f->live[n->id])
             continue;
-        if (!f->mat[n->id] && kind_of(n) == OK_ELEM && ks[n->id] == KS_MULTI) {
+        if (!f->mat[n->id] && kind_of(n) == OK_ELEM && ks[n->id] == KS_MULTI && !recompute_ok(rc, n)) {
             f->mat[n->id] = 1;
             changed = true;
         }
-        /* what n's inputs see: n's own kernel if it has one, else the
-         * kernels n is evaluated in */
-        int mine = f->mat[n->id] ? n->id : ks[n->id];
-        for (int k = 0; k < n->nin; k++) {
-            int *t = &ks[n->in[k]->id];
-            if (*t == KS_NONE)
-                *t = mine;
-            else if (*t != mine)
-                *t = KS_MULTI;
-        }
+        push_consumer(f, ks, n);
     }
     return changed;
 }
@@ -315,6 +437,8 @@ static void add_dep(FKernel *k, int dep) {
  * writes (fused, that costs no temporary and copy). The common inputs are read
  * once, and an update reading another's old value no longer needs a
  * temporary (memplan.c): all loads of an iteration happen before its stores.
+ * Elementwise kernels with workspace results fuse only as a chain: one that
+ * reads another's result where it writes (chain_pair).
  */
 
 /* Merging marks kernels dead and forwards them to their new owner; the list
@@ -366,6 +490,19 @@ static bool is_root_of(const FKernel *k, const Node *n) {
     return false;
 }
 
+/* An elementwise kernel with a workspace result may absorb one that reads
+ * that result where it writes (a ResNet block's sum and its ReLU: the sum
+ * is kept for the backward pass, the ReLU feeds the next convolution), so
+ * the result is not read back from memory. */
+static bool chain_pair(const FKernel *a, const FKernel *b) {
+    if (a->kind != KK_ELEM || b->kind != KK_ELEM || is_update(a) || is_update(b))
+        return false;
+    for (int i = 0; i < b->reads.len; i++)
+        if (is_root_of(a, b->reads.data[i].n))
+            return true;
+    return false;
+}
+
 /* Every tensor of the kernel's size is read at the element written: then
  * the fused loop flattens exactly as each one alone would. */
 static bool reads_in_place(const FKernel *k, int64_t numel) {
@@ -388,7 +525,8 @@ static bool reads_old_of(const FKernel *x, const FKernel *y) {
 
 static bool siblings(Sib *s, int ai, int bi) {
     const FKernel *a = s->f->kernels.data[ai], *b = s->f->kernels.data[bi];
-    if (!is_update(a) || !shape_eq(KROOT(a)->shape, KROOT(b)->shape))
+    bool chain = chain_pair(a, b);
+    if ((!chain && (!is_update(a) || !is_update(b))) || !shape_eq(KROOT(a)->shape, KROOT(b)->shape))
         return false;
     int64_t numel = shape_numel(KROOT(a)->shape);
     bool hazard = reads_old_of(a, b) || reads_old_of(b, a);
@@ -406,7 +544,7 @@ static bool siblings(Sib *s, int ai, int bi) {
         for (int j = 0; j < a->reads.len && !shared; j++)
             shared = a->reads.data[j].n == rb->n && shape_numel(rb->n->shape) == numel;
     }
-    if (!direct && !shared)
+    if (!direct && (!shared || chain))
         return false;
     /* no path between them other than b's direct reads of a */
     for (int i = 0; i < b->deps.len; i++) {
@@ -432,18 +570,52 @@ static void absorb(Sib *s, int ai, int bi) {
     s->fwd[bi] = ai;
 }
 
-static void fuse_siblings(Fusion *f) {
+static Sib sib_new(Fusion *f) {
     int n = f->kernels.len;
     Sib s = {.f = f};
     s.fwd = xalloc(sizeof(int) * ((size_t)n + 1));
     s.stamp = xalloc(sizeof(int) * ((size_t)n + 1));
     s.readers = xalloc(sizeof(*s.readers) * ((size_t)f->nid + 1));
-    int *tried = xalloc(sizeof(int) * ((size_t)n + 1));
     for (int i = 0; i < n; i++)
         s.fwd[i] = i;
+    return s;
+}
+
+/* Drop the absorbed kernels and renumber the dependencies. */
+static void sib_compact(Fusion *f, Sib *s) {
+    int n = f->kernels.len;
+    int *pos = xalloc(sizeof(int) * ((size_t)n + 1));
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (s->fwd[i] == i) {
+            pos[i] = m;
+            f->kernels.data[m++] = f->kernels.data[i];
+        }
+    f->kernels.len = m;
+    for (int i = 0; i < m; i++) {
+        FKernel *k = f->kernels.data[i];
+        k->index = i;
+        int nd = 0;
+        for (int d = 0; d < k->deps.len; d++) {
+            int x = pos[resolve(s, k->deps.data[d])];
+            bool dup = x == i;
+            for (int e = 0; e < nd && !dup; e++)
+                dup = k->deps.data[e] == x;
+            if (!dup)
+                k->deps.data[nd++] = x;
+        }
+        k->deps.len = nd;
+    }
+    fusion_producers(f);
+}
+
+static void fuse_siblings(Fusion *f) {
+    int n = f->kernels.len;
+    Sib s = sib_new(f);
+    int *tried = xalloc(sizeof(int) * ((size_t)n + 1));
     for (int bi = 0; bi < n; bi++) {
         FKernel *b = f->kernels.data[bi];
-        if (!is_update(b))
+        if (b->kind != KK_ELEM)
             continue;
         int64_t numel = shape_numel(KROOT(b)->shape);
         int merged = -1;
@@ -475,30 +647,66 @@ static void fuse_siblings(Fusion *f) {
             if (shape_numel(b->reads.data[i].n->shape) == numel)
                 vec_push(&s.readers[b->reads.data[i].n->id], bi);
     }
-    /* compact */
-    int *pos = xalloc(sizeof(int) * ((size_t)n + 1));
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (s.fwd[i] == i) {
-            pos[i] = m;
-            f->kernels.data[m++] = f->kernels.data[i];
+    sib_compact(f, &s);
+}
+
+/* ----------------------------------------------------------------------------
+ * sibling reductions
+ *
+ * Reductions over the same axes of inputs of one shape that read a common
+ * full-size tensor and do not depend on each other become one kernel with an
+ * accumulator each (lower.c), so the common tensor is read once: a batch
+ * norm's backward pass sums dy, dy * x_hat, dy * (x - mean) and dy * rstd
+ * per channel, four passes over dy (and x) that become one. Full reductions
+ * (no kept dim) are left alone: they split across threads one at a time. */
+
+static bool keeps_a_dim(const Node *r) {
+    const Shape *s = &r->in[0]->shape;
+    for (int d = 0; d < s->rank; d++)
+        if (!(r->attr.axes >> d & 1) && s->dim[d] > 1)
+            return true;
+    return false;
+}
+
+static bool reduce_siblings(Sib *s, int ai, int bi) {
+    const FKernel *a = s->f->kernels.data[ai], *b = s->f->kernels.data[bi];
+    const Node *ra = KROOT(a), *rb = KROOT(b);
+    if (a->kind != KK_REDUCE || !shape_eq(ra->in[0]->shape, rb->in[0]->shape) || ra->attr.axes != rb->attr.axes)
+        return false;
+    /* a reads before b in topological order: only b can depend on a */
+    return !reaches(s, bi, ai);
+}
+
+static void fuse_reductions(Fusion *f) {
+    int n = f->kernels.len;
+    Sib s = sib_new(f);
+    int *tried = xalloc(sizeof(int) * ((size_t)n + 1));
+    for (int bi = 0; bi < n; bi++) {
+        FKernel *b = f->kernels.data[bi];
+        if (b->kind != KK_REDUCE || !keeps_a_dim(KROOT(b)))
+            continue;
+        int64_t numel = shape_numel(KROOT(b)->in[0]->shape);
+        int merged = -1;
+        for (int i = 0; i < b->reads.len && merged < 0; i++) {
+            const Node *r = b->reads.data[i].n;
+            if (shape_numel(r->shape) != numel)
+                continue;
+            for (int j = 0; j < s.readers[r->id].len && merged < 0; j++) {
+                int a = resolve(&s, s.readers[r->id].data[j]);
+                if (tried[a] == bi + 1)
+                    continue;
+                tried[a] = bi + 1;
+                if (reduce_siblings(&s, a, bi))
+                    merged = a;
+            }
         }
-    f->kernels.len = m;
-    for (int i = 0; i < m; i++) {
-        FKernel *k = f->kernels.data[i];
-        k->index = i;
-        int nd = 0;
-        for (int d = 0; d < k->deps.len; d++) {
-            int x = pos[resolve(&s, k->deps.data[d])];
-            bool dup = x == i;
-            for (int e = 0; e < nd && !dup; e++)
-                dup = k->deps.data[e] == x;
-            if (!dup)
-                k->deps.data[nd++] = x;
-        }
-        k->deps.len = nd;
+        if (merged >= 0)
+            absorb(&s, merged, bi);
+        for (int i = 0; i < b->reads.len; i++)
+            if (shape_numel(b->reads.data[i].n->shape) == numel)
+                vec_push(&s.readers[b->reads.data[i].n->id], bi);
     }
-    fusion_producers(f);
+    sib_compact(f, &s);
 }
 
 void fusion_producers(Fusion *f) {
@@ -554,15 +762,19 @@ Fusion *fusion_run(const Entry *e) {
     vstacks_init(&s.vs);
     s.seen_stack = xalloc(sizeof(int) * n);
     s.seen_gen = xalloc(sizeof(int) * n);
-    int *ks = xalloc(sizeof(int) * n);
+    int *ks = xalloc(sizeof(int) * n), *pre = xalloc(sizeof(int) * n);
+    Rc rc = {.f = f, .ks = pre, .verdict = xalloc(n)};
+    /* the kernels first: the operands an opaque op needs in buffers are
+     * known before sharing is decided (a shared node feeding one is not
+     * recomputed but read) */
     for (;;) {
-        bool changed = split_shared(f, ks);
         s.changed = false;
         for (int i = 0; i < g->nodes.len; i++) {
             Node *x = g->nodes.data[i];
             if (f->live[x->id] && f->mat[x->id] && x->op != OP_INPUT)
                 sim_kernel(&s, x);
         }
+        bool changed = split_shared(f, ks, pre, &rc);
         if (!changed && !s.changed)
             break;
     }
@@ -639,6 +851,7 @@ Fusion *fusion_run(const Entry *e) {
         }
     }
     fuse_siblings(f);
+    fuse_reductions(f);
     return f;
 }
 

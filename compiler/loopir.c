@@ -256,6 +256,15 @@ static void dump_stmt(const LProgram *p, const LStmt *s, int depth, FILE *out) {
         dump_expr(p, g->a_off, out);
         fprintf(out, "] lda=%lld @ %s[", (long long)g->lda, p->bufs.data[g->b_buf].name);
         dump_expr(p, g->b_off, out);
+        if (g->b_im2col) {
+            const LIm2col *ic = g->b_im2col;
+            fprintf(out, "] im2col(%lldx%lldx%lld, k%lldx%lld p%lldx%lld -> %lldx%lld, from ", (long long)ic->c,
+                    (long long)ic->h, (long long)ic->w, (long long)ic->kh, (long long)ic->kw, (long long)ic->ph,
+                    (long long)ic->pw, (long long)ic->oh, (long long)ic->w);
+            dump_expr(p, ic->p0, out);
+            fprintf(out, ") ldc=%lld\n", (long long)g->ldc);
+            return;
+        }
         fprintf(out, "] ldb=%lld ldc=%lld\n", (long long)g->ldb, (long long)g->ldc);
         return;
     }
@@ -401,6 +410,15 @@ static void verify_stmts(VerifyCtx *v, LStmt *const *body, int n, bool top) {
             verify_expr(v, g->a_off);
             verify_expr(v, g->b_off);
             verify_expr(v, g->c_off);
+            if (g->b_im2col) {
+                const LIm2col *ic = g->b_im2col;
+                ASSERT(ic->c >= 0 && ic->kh > 0 && ic->kw > 0 && 2 * ic->pw == ic->kw - 1);
+                ASSERT(ic->oh == ic->h + 2 * ic->ph - ic->kh + 1);
+                ASSERT((g->trans_b ? g->n : g->k) == ic->c * ic->kh * ic->kw);
+                ASSERT((g->trans_b ? g->k : g->n) <= ic->oh * ic->w);
+                ASSERT(ic->p0 && ic->p0->dtype == DT_I64);
+                verify_expr(v, ic->p0);
+            }
             break;
         }
         }

@@ -2,8 +2,9 @@
  *
  * lower.c turns each fused group of graph nodes into a kernel: a small tree of
  * loops, scalar lets, loads, stores and library GEMM calls over flat buffers.
- * backend_llvm.c renders it through the LLVM C API; backend_cuda.c will render
- * the same kernels as CUDA C. Nothing here knows about LLVM or CUDA.
+ * backend_llvm.c renders it through the LLVM C API; backend_cuda.c renders
+ * the same kernels as CUDA C (docs/cuda.md). Nothing here knows about LLVM
+ * or CUDA.
  *
  * Semantics, precisely:
  *  - A buffer is a flat array of `nelem` elements of `dtype`. LB_ARG buffers
@@ -48,6 +49,22 @@
  *    one iteration's work and runs on that iteration's thread (it must not
  *    start threads of its own); elsewhere a backend may spread it over
  *    threads. Operands may be LB_PRIVATE buffers of the enclosing loop.
+ *  - LS_GEMM with b_im2col set reads B in place as the column matrix of a
+ *    stride-1 convolution that keeps the width (implicit im2col) instead of
+ *    a strided matrix. With X = b_buf + b_off an image of c channels of
+ *    h x w (contiguous), a kernel kh x kw with padding ph, pw where
+ *    2*pw == kw - 1, and oh = h + 2*ph - kh + 1 output rows, the column
+ *    matrix is, for rows r = (ci*kh + i)*kw + j (r < c*kh*kw) and columns
+ *    q = qh*w + qw (q < oh*w), with hh = qh + i - ph and ww = qw + j - pw:
+ *        COL[r][q] = X[(ci*h + hh)*w + ww] if 0 <= hh < h and 0 <= ww < w,
+ *                    else 0 (memory outside is not touched).
+ *    Without trans_b, B (k x n) is B[r][jj] = COL[r][p0 + jj], and k is
+ *    c*kh*kw; with trans_b, B (n x k, op(B) = B^T) is B[r][kk] =
+ *    COL[r][p0 + kk], and n is c*kh*kw. p0 is an I64 expression; the columns
+ *    used lie in [0, oh*w). ldb is unused. A block of input channels
+ *    [ci0, ci0 + c) of a larger image is b_off advanced by ci0*h*w. (Within
+ *    one input row, consecutive columns read consecutive elements of X:
+ *    backends read vectors of COL with masked loads.)
  *  - Kernels run one after another in LProgram order; a kernel sees every
  *    write of the kernels before it.
  */
@@ -90,6 +107,14 @@ struct LExpr {
 
 typedef enum LStmtKind { LS_FOR, LS_LET, LS_ASSIGN, LS_STORE, LS_GEMM } LStmtKind;
 
+/* B of an LS_GEMM as the column matrix of a convolution (see above). */
+typedef struct LIm2col {
+    int64_t c, h, w;                   /* the image */
+    int64_t kh, kw, ph, pw;            /* the convolution (stride 1, 2*pw == kw - 1) */
+    int64_t oh;                        /* output rows; the output is oh x w */
+    LExpr *p0;                         /* first column (output pixel) */
+} LIm2col;
+
 typedef struct LGemm {
     bool trans_a, trans_b;
     int64_t m, n, k;
@@ -97,6 +122,7 @@ typedef struct LGemm {
     int a_buf, b_buf, c_buf;
     LExpr *a_off, *b_off, *c_off;
     int64_t lda, ldb, ldc;
+    const LIm2col *b_im2col;           /* NULL: B is a strided matrix */
 } LGemm;
 
 typedef struct LStmt LStmt;
@@ -151,6 +177,12 @@ void loopir_verify(const LProgram *p);   /* internal_error on a broken invariant
 /* lower.c + fusion.c + memplan.c: graph -> loop IR. */
 typedef struct LowerOptions {
     int64_t parallel_min_work;  /* below this many scalar ops a loop stays serial */
+    /* GEMMs only at the top level of kernels and over workspace buffers: no
+     * GEMM inside a parallel loop, no LB_PRIVATE buffer, no im2col operand
+     * (convolutions then build columns in the workspace). For backends that
+     * launch GEMMs from the host (CUDA); the LLVM backend runs the others
+     * faster (lower_conv.c). */
+    bool top_gemms;
 } LowerOptions;
 LProgram *lower_entry(const Entry *e, const LowerOptions *opt);
 

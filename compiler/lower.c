@@ -21,6 +21,8 @@
  *  - Reductions whose last dim is reduced ("rows": softmax, layernorm,
  *    logsumexp): the kept dims are the outer loop, the reduced dims nested
  *    serial loops with the last one innermost, a LET accumulator, one store.
+ *    A kernel of sibling reductions (fusion.c) has an accumulator and a
+ *    store per reduction in the same loops.
  *    A full reduction of a large tensor is split: a parallel loop writes
  *    partials of the first reduced dim into a scratch buffer, a serial loop
  *    combines them.
@@ -179,6 +181,45 @@ Block nest_serial(Block b, const int64_t *dims, int n, LExpr **idx, LExpr **lin)
     if (lin)
         *lin = l;
     return b;
+}
+
+LExpr *ilt(LExpr *a, LExpr *b) { return le_op2(OP_LT, DT_BOOL, a, b); }
+LExpr *ile(LExpr *a, LExpr *b) { return le_op2(OP_LE, DT_BOOL, a, b); }
+LExpr *isub(LExpr *a, int64_t b) { return le_op2(OP_SUB, DT_I64, a, iconst(b)); }
+LExpr *idiv(LExpr *a, int64_t b) { return le_op2(OP_DIV, DT_I64, a, iconst(b)); }
+LExpr *imod(LExpr *a, int64_t b) { return le_op2(OP_MOD, DT_I64, a, iconst(b)); }
+LExpr *isel(LExpr *c, LExpr *a, LExpr *b) { return le_op3(OP_WHERE, DT_I64, c, a, b); }
+
+/* 0 <= e < bound, testing only the sides that can fail given e's range */
+LExpr *in_range(LExpr *e, int64_t emin, int64_t emax, int64_t bound) {
+    LExpr *v = NULL;
+    if (emin < 0)
+        v = band(v, ile(iconst(0), e));
+    if (emax >= bound)
+        v = band(v, ilt(e, iconst(bound)));
+    return v;
+}
+
+LExpr *let_i64(Block b, LExpr *e) {
+    if (e->kind == LE_CONST || e->kind == LE_VAR)
+        return e;
+    int v;
+    blk_push(b, ls_let(b.k, DT_I64, e, &v));
+    return le_var(b.k, v);
+}
+
+Block blk_open_loop(LKernel *k, int64_t extent, double work, const LowerOptions *opt, LExpr **var) {
+    LExpr *idx[1], *lin;
+    Block b = nest_outer(blk_top(k), &extent, 1, work, opt, idx, &lin);
+    *var = idx[0];
+    return b;
+}
+
+Block open_loop(Block b, int64_t extent, LExpr **var) {
+    LExpr *idx[1];
+    Block r = nest_serial(b, &extent, 1, idx, NULL);
+    *var = idx[0];
+    return r;
 }
 
 /* ----------------------------------------------------------------------------
@@ -581,35 +622,60 @@ static int64_t largest_divisor_upto(int64_t n, int64_t cap) {
     return 1;
 }
 
+/* The reductions of one kernel: several when fusion.c put sibling
+ * reductions of one input shape together, so that their common inputs are
+ * read once (a batch norm's backward pass sums dy, dy*x_hat, ... per
+ * channel). */
+typedef struct Red {
+    const Node *root, *x;   /* the reduction and its input */
+    Op op;
+    DType dt;
+    int dst;
+} Red;
+
+/* Evaluate reduction i's input at kc->idx (its own root for the buffer
+ * test of lower_eval; shared values are LETs across the reductions). */
+static LExpr *red_value(KCtx *kc, const Red *rd) {
+    kc->root = rd->root;
+    return lower_eval(kc, rd->x, 0);
+}
+
 /* acc = init; serial loops over the reduced dims; acc = acc op value. The
- * LETs of the value go inside the innermost loop. Returns the accumulator. */
-static int row_accumulate(KCtx *kc, Block body, const int *roles, const Node *x, Op op, DType dt) {
+ * LETs of the values go inside the innermost loop. Writes the accumulator
+ * variables to acc[0..nr). */
+static void row_accumulate(KCtx *kc, Block body, const int *roles, const Red *rd, int nr, int *acc) {
     int pos[MAX_RANK + 1];
     int64_t dims[MAX_RANK + 1];
     LExpr *idx[MAX_RANK + 1];
     int n = dims_of(roles, kc->irank, ROLE_RED, pos);
     gather_dims(kc->idim, pos, n, dims);
-    int acc;
-    blk_push(body, ls_let(kc->k, dt, reduce_init(op, dt), &acc));
+    for (int i = 0; i < nr; i++)
+        blk_push(body, ls_let(kc->k, rd[i].dt, reduce_init(rd[i].op, rd[i].dt), &acc[i]));
     Block inner = nest_serial(body, dims, n, idx, NULL);
     scatter_idx(kc, pos, n, idx);
     kc->body = inner;
-    LExpr *v = lower_eval(kc, x, 0);
-    blk_push(inner, ls_assign(acc, reduce_combine(op, dt, le_var(kc->k, acc), v)));
-    return acc;
+    LExpr **v = xalloc(sizeof(LExpr *) * (size_t)nr);
+    for (int i = 0; i < nr; i++)
+        v[i] = red_value(kc, &rd[i]);
+    for (int i = 0; i < nr; i++)
+        blk_push(inner, ls_assign(acc[i], reduce_combine(rd[i].op, rd[i].dt, le_var(kc->k, acc[i]), v[i])));
 }
 
 /* A full reduction, split: dim 0 of the iteration space is cut into
  * [parts, e0 / parts]; a parallel loop reduces each part into a scratch
  * buffer, then one serial loop combines the parts. */
-static void reduce_split(KCtx *kc, int *roles, int64_t parts, int dst, const Node *x, Op op, DType dt) {
+static void reduce_split(KCtx *kc, int *roles, int64_t parts, const Red *rd) {
     Lower *L = kc->L;
     LKernel *k = kc->k;
-    int part = lower_scratch(L, xfmt("t%d_part", kc->root->id), dt, parts);
+    Op op = rd->op;
+    DType dt = rd->dt;
+    int dst = rd->dst;
+    int part = lower_scratch(L, xfmt("t%d_part", rd->root->id), dt, parts);
     LExpr *b;
     Block loop = blk_open(blk_top(k), parts, true, &b);
     kc->idx[0] = b;
-    int acc = row_accumulate(kc, loop, roles, x, op, dt);
+    int acc;
+    row_accumulate(kc, loop, roles, rd, 1, &acc);
     blk_push(loop, ls_store(part, b, le_var(k, acc), false));
     int acc2;
     blk_push(blk_top(k), ls_let(k, dt, reduce_init(op, dt), &acc2));
@@ -622,7 +688,7 @@ static void reduce_split(KCtx *kc, int *roles, int64_t parts, int dst, const Nod
 
 /* Columns: outer kept dims O (ROLE_KEPT), reduced dims R, the trailing kept
  * block T (marked ROLE_PART here) starting at t0. */
-static void reduce_columns(KCtx *kc, int *roles, int t0, double work, int dst, const Node *x, Op op, DType dt) {
+static void reduce_columns(KCtx *kc, int *roles, int t0, double work, const Red *rd, int nr) {
     Lower *L = kc->L;
     LKernel *k = kc->k;
     int r = kc->irank;
@@ -636,7 +702,8 @@ static void reduce_columns(KCtx *kc, int *roles, int t0, double work, int dst, c
     int nT = r - t0;
     int64_t eT = prod(kc->idim + t0, nT);
     Block ib = nest_serial(body, kc->idim + t0, nT, tidx, &linT);
-    blk_push(ib, ls_store(dst, iadd(imul(linO, eT), linT), reduce_init(op, dt), false));
+    for (int i = 0; i < nr; i++)
+        blk_push(ib, ls_store(rd[i].dst, iadd(imul(linO, eT), linT), reduce_init(rd[i].op, rd[i].dt), false));
     int nR = dims_of(roles, r, ROLE_RED, pos);
     gather_dims(kc->idim, pos, nR, dims);
     Block rb = nest_serial(body, dims, nR, idx, NULL);
@@ -645,12 +712,17 @@ static void reduce_columns(KCtx *kc, int *roles, int t0, double work, int dst, c
     for (int d = 0; d < nT; d++)
         kc->idx[t0 + d] = tidx[d];
     kc->body = tb;
-    LExpr *v = lower_eval(kc, x, 0);
     LExpr *di = iadd(imul(linO, eT), linT);
-    if (op == OP_SUM && dt != DT_BOOL)
-        blk_push(tb, ls_store(dst, di, v, true));
-    else
-        blk_push(tb, ls_store(dst, di, reduce_combine(op, dt, le_load(L->p, dst, di, NULL), v), false));
+    LExpr **v = xalloc(sizeof(LExpr *) * (size_t)nr);
+    for (int i = 0; i < nr; i++)
+        v[i] = red_value(kc, &rd[i]);
+    for (int i = 0; i < nr; i++) {
+        if (rd[i].op == OP_SUM && rd[i].dt != DT_BOOL)
+            blk_push(tb, ls_store(rd[i].dst, di, v[i], true));
+        else
+            blk_push(tb, ls_store(rd[i].dst, di,
+                                  reduce_combine(rd[i].op, rd[i].dt, le_load(L->p, rd[i].dst, di, NULL), v[i]), false));
+    }
 }
 
 static void insert_dim(int64_t *idim, int *roles, int *r, int at, int64_t outer, int outer_role, int64_t inner) {
@@ -684,17 +756,22 @@ static bool row_form(const KCtx *kc, const int64_t *idim, const int *roles, int 
 }
 
 static void lower_reduce(Lower *L, FKernel *fk, LKernel *k) {
-    const Node *root = KROOT(fk), *x = root->in[0];
-    Op op = root->op;
-    DType dt = root->dtype;
-    Shape s = x->shape;
-    int dst = fbuf_lbuf(L, KDST(fk));
+    int nr = fk->roots.len;
+    const Node *root = KROOT(fk);
+    Shape s = root->in[0]->shape;
+    Red *rd = xalloc(sizeof(Red) * (size_t)nr);
+    for (int i = 0; i < nr; i++) {
+        const Node *n = fk->roots.data[i];
+        ASSERT(shape_eq(n->in[0]->shape, s) && n->attr.axes == root->attr.axes);
+        rd[i] = (Red){n, n->in[0], n->op, n->dtype, fbuf_lbuf(L, fk->dsts.data[i])};
+    }
     if (shape_numel(root->shape) == 0)
         return;
     KCtx kc;
     kctx_init(&kc, L, fk, k, root);
     kc.counting = true;
-    lower_eval(&kc, x, 0);
+    for (int i = 0; i < nr; i++)
+        red_value(&kc, &rd[i]);
     /* the store, seen from the input's index space: reduced dims stride 0 */
     IdxMap st = map_contig(root->shape);
     int roles[MAX_RANK];
@@ -716,26 +793,32 @@ static void lower_reduce(Lower *L, FKernel *fk, LKernel *k) {
         set_space(&kc, idim, r);
         Block body = nest_outer(blk_top(k), idim, r, work, &L->opt, kc.idx, &lin);
         kc.body = body;
-        blk_push(body, ls_store(dst, lin, lower_eval(&kc, x, 0), false));
+        LExpr **v = xalloc(sizeof(LExpr *) * (size_t)nr);
+        for (int i = 0; i < nr; i++)
+            v[i] = red_value(&kc, &rd[i]);
+        for (int i = 0; i < nr; i++)
+            blk_push(body, ls_store(rd[i].dst, lin, v[i], false));
         return;
     }
     if (row_form(&kc, idim, iroles, r)) {
         int nkept = dims_of(iroles, r, ROLE_KEPT, pos);
         int64_t parts = nkept ? 1 : largest_divisor_upto(idim[0], 64);
-        if (nkept == 0 && big && parts >= 2 && r < MAX_RANK) {
+        if (nkept == 0 && nr == 1 && big && parts >= 2 && r < MAX_RANK) {
             int64_t e0 = idim[0];
             iroles[0] = ROLE_RED;
             insert_dim(idim, iroles, &r, 0, parts, ROLE_PART, e0 / parts);
             set_space(&kc, idim, r);
-            reduce_split(&kc, iroles, parts, dst, x, op, dt);
+            reduce_split(&kc, iroles, parts, rd);
             return;
         }
         set_space(&kc, idim, r);
         gather_dims(idim, pos, nkept, dims);
         Block body = nest_outer(blk_top(k), dims, nkept, work, &L->opt, idx, &lin);
         scatter_idx(&kc, pos, nkept, idx);
-        int acc = row_accumulate(&kc, body, iroles, x, op, dt);
-        blk_push(body, ls_store(dst, lin, le_var(k, acc), false));
+        int *acc = xalloc(sizeof(int) * (size_t)nr);
+        row_accumulate(&kc, body, iroles, rd, nr, acc);
+        for (int i = 0; i < nr; i++)
+            blk_push(body, ls_store(rd[i].dst, lin, le_var(k, acc[i]), false));
         return;
     }
     int t0 = r;
@@ -756,7 +839,7 @@ static void lower_reduce(Lower *L, FKernel *fk, LKernel *k) {
         }
     }
     set_space(&kc, idim, r);
-    reduce_columns(&kc, iroles, t0, work, dst, x, op, dt);
+    reduce_columns(&kc, iroles, t0, work, rd, nr);
 }
 
 /* ----------------------------------------------------------------------------
@@ -778,9 +861,10 @@ static const char *kernel_what(const FKernel *fk) {
 LProgram *lower_entry(const Entry *e, const LowerOptions *opt) {
     Lower L;
     memset(&L, 0, sizeof L);
-    L.opt.parallel_min_work = 32768;
-    if (opt && opt->parallel_min_work > 0)
+    if (opt)
         L.opt = *opt;
+    if (L.opt.parallel_min_work <= 0)
+        L.opt.parallel_min_work = 32768;
     vstacks_init(&L.vs);
     L.f = fusion_run(e);
     memplan_homes(L.f);
@@ -791,7 +875,10 @@ LProgram *lower_entry(const Entry *e, const LowerOptions *opt) {
     L.p->entry = e;
     for (int i = 0; i < L.f->kernels.len; i++) {
         FKernel *fk = L.f->kernels.data[i];
-        const char *what = fk->kind == KK_COPY ? "copy" : fk->roots.len > 1 ? "update" : op_info[KROOT(fk)->op].name;
+        const char *what = fk->kind == KK_COPY                          ? "copy"
+                           : fk->kind == KK_REDUCE && fk->roots.len > 1 ? "reductions"
+                           : fk->roots.len > 1 && KDST(fk)->arg >= 0    ? "update"
+                                                                        : op_info[KROOT(fk)->op].name;
         LKernel *k = lk_new(L.p, xfmt("k%d_%s", i, what));
         k->what = kernel_what(fk);
         switch (fk->kind) {

@@ -222,11 +222,41 @@ Block nest_serial(Block b, const int64_t *dims, int n, LExpr **idx, LExpr **lin)
 LExpr *iconst(int64_t v);
 LExpr *iadd(LExpr *a, LExpr *b);
 LExpr *imul(LExpr *a, int64_t b);
-LExpr *band(LExpr *a, LExpr *b);       /* NULL-tolerant AND */
+LExpr *isub(LExpr *a, int64_t b);
+LExpr *idiv(LExpr *a, int64_t b);
+LExpr *imod(LExpr *a, int64_t b);
+LExpr *ilt(LExpr *a, LExpr *b);
+LExpr *ile(LExpr *a, LExpr *b);
+LExpr *isel(LExpr *c, LExpr *a, LExpr *b);   /* I64 where */
+LExpr *band(LExpr *a, LExpr *b);             /* NULL-tolerant AND */
+/* 0 <= e < bound, testing only the sides that can fail given e's range
+ * [emin, emax]; NULL when none can */
+LExpr *in_range(LExpr *e, int64_t emin, int64_t emax, int64_t bound);
+LExpr *let_i64(Block b, LExpr *e);           /* e, or a LET of it */
+/* A top-level loop over independent items, parallel when `work` reaches
+ * parallel_min_work; a serial loop in b. No loop for extent 1: *var is 0. */
+Block blk_open_loop(LKernel *k, int64_t extent, double work, const LowerOptions *opt, LExpr **var);
+Block open_loop(Block b, int64_t extent, LExpr **var);
 
-void lower_opaque(Lower *L, FKernel *fk, LKernel *k);   /* lower_opaque.c */
-/* Bytes of im2col columns one tile of a convolution holds (256 KiB, an L2
- * share); the tests lower it to exercise row tiles and K blocks. */
-extern int64_t lower_conv_tile_bytes;
+/* lower_opaque.c: the OPAQUE ops, and operand helpers for lower_conv.c */
+void lower_opaque(Lower *L, FKernel *fk, LKernel *k);
+/* A materialized operand seen through its views: its buffer and the map of
+ * the operand's index space into it; false if it rests on a CONST, IOTA or
+ * RAND. need_buffer: the same, an internal error if not a buffer. */
+bool operand_buffer(Lower *L, const Node *n, IdxMap *m, int *buf);
+void need_buffer(Lower *L, const Node *n, IdxMap *m, int *buf);
+/* operand n (views of a buffer or a cheap leaf) at idx, in block b, with an
+ * extra validity (NULL: none) */
+LExpr *read_at(KCtx *kc, Block b, const Node *n, LExpr **idx, int rank, LExpr *valid);
+void zero_fill(Lower *L, LKernel *k, int buf, int64_t from, int64_t n);
+
+/* lower_conv.c */
+void lower_conv2d(Lower *L, KCtx *kc, const Node *n);
+void lower_conv2d_bwd_input(Lower *L, KCtx *kc, const Node *n);
+void lower_conv2d_bwd_weight(Lower *L, KCtx *kc, const Node *n);
+/* Bytes of im2col columns one private tile holds (256 KiB, an L2 share),
+ * and one workspace chunk (top_gemms: 64 MiB); the tests lower them to
+ * exercise row tiles, K blocks and chunks. */
+extern int64_t lower_conv_tile_bytes, lower_conv_chunk_bytes;
 
 #endif

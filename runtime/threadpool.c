@@ -1,10 +1,14 @@
 /* threadpool.c: see threadpool.h.
  *
- * Each worker owns a slot: the caller writes a chunk into the slots of the
- * workers it needs and bumps their sequence numbers; a worker only ever reads
- * its own slot, so workers without a chunk in a loop are never involved and
- * a late-waking worker cannot see a half-written job. Completion is a count
- * of outstanding chunks.
+ * A loop is split into chunks, and every thread taking part (the caller and
+ * the workers it woke) takes the next chunk from a shared counter until none
+ * are left: dynamic scheduling, so that a thread another process has
+ * preempted on a shared machine does not hold the loop up while the others
+ * idle (static halves made a 2-thread ResNet step slower than 1 thread on a
+ * busy 2-core machine, bench/RESULTS.md). Each worker owns a slot whose
+ * sequence number the caller bumps to wake it; the loop's description is
+ * written before the bump, so a worker that reads its new sequence number
+ * sees it. Completion is a count of woken workers still running.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -25,9 +29,6 @@ static const int64_t SPIN_NS = 30000;   /* ~ the gap between two kernels of a st
 
 typedef struct slot {
     _Atomic uint64_t seq;
-    lethe_task_fn fn;
-    void *closure;
-    int64_t begin, end;
     pthread_cond_t cv;
 } slot;
 
@@ -38,8 +39,13 @@ struct lethe_pool {
     pthread_mutex_t mu;      /* guards sleeping, stop and the condition variables */
     pthread_cond_t done;
     pthread_mutex_t busy;    /* held by the thread running a loop on the pool */
-    _Atomic int pending;     /* chunks handed out and not yet finished */
+    _Atomic int pending;     /* woken workers not yet finished */
     bool stop;
+    /* the loop being run: chunks [0, nchunks) of [0, n), next to take */
+    lethe_task_fn fn;
+    void *closure;
+    int64_t n, nchunks;
+    _Atomic int64_t next;
 };
 
 typedef struct worker_arg { lethe_pool *pool; int index; } worker_arg;
@@ -73,6 +79,23 @@ static uint64_t spin_while_equal(_Atomic uint64_t *v, uint64_t old) {
     }
 }
 
+/* chunk c of n split k ways: [c q + min(c, r), ...) with q = n / k, r = n % k,
+ * so sizes differ by at most one */
+static int64_t chunk_begin(int64_t n, int64_t k, int64_t c) {
+    int64_t q = n / k, r = n % k;
+    return c * q + (c < r ? c : r);
+}
+
+/* Take chunks until none are left. */
+static void run_chunks(lethe_pool *p) {
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+        if (c >= p->nchunks)
+            return;
+        p->fn(p->closure, chunk_begin(p->n, p->nchunks, c), chunk_begin(p->n, p->nchunks, c + 1));
+    }
+}
+
 static void *worker_main(void *arg) {
     worker_arg wa = *(worker_arg *)arg;
     free(arg);
@@ -91,7 +114,7 @@ static void *worker_main(void *arg) {
                 return NULL;   /* stop */
         }
         seen = seq;
-        s->fn(s->closure, s->begin, s->end);
+        run_chunks(p);
         if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done);
@@ -165,39 +188,36 @@ void lethe_pool_free(lethe_pool *p) {
 
 int lethe_pool_nthreads(const lethe_pool *p) { return p ? p->nthreads : 1; }
 
-/* chunk c of n split k ways: [c q + min(c, r), ...) with q = n / k, r = n % k,
- * so sizes differ by at most one */
-static int64_t chunk_begin(int64_t n, int64_t k, int64_t c) {
-    int64_t q = n / k, r = n % k;
-    return c * q + (c < r ? c : r);
-}
-
 void lethe_parallel_for(lethe_ctx *ctx, lethe_task_fn fn, void *closure, int64_t n, int64_t grain) {
     if (n <= 0)
         return;
     lethe_pool *p = ctx ? ctx->pool : NULL;
     if (grain < 1)
         grain = 1;
+    /* up to 4 chunks per thread: with 2 threads a preempted one leaves at
+     * most an eighth of the loop to wait for; each chunk has >= grain
+     * iterations */
     int64_t nchunks = (n + grain - 1) / grain;
-    if (p && nchunks > p->nthreads)
-        nchunks = p->nthreads;
+    if (p && nchunks > 4 * (int64_t)p->nthreads)
+        nchunks = 4 * (int64_t)p->nthreads;
     if (!p || nchunks <= 1 || in_worker || pthread_mutex_trylock(&p->busy) != 0) {
         fn(closure, 0, n);
         return;
     }
-    atomic_store_explicit(&p->pending, (int)nchunks - 1, memory_order_relaxed);
+    int nw = nchunks - 1 < p->nthreads - 1 ? (int)nchunks - 1 : p->nthreads - 1;
+    p->fn = fn;
+    p->closure = closure;
+    p->n = n;
+    p->nchunks = nchunks;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->pending, nw, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
-    for (int64_t c = 1; c < nchunks; c++) {
-        slot *s = &p->slots[c - 1];
-        s->fn = fn;
-        s->closure = closure;
-        s->begin = chunk_begin(n, nchunks, c);
-        s->end = chunk_begin(n, nchunks, c + 1);
-        atomic_fetch_add_explicit(&s->seq, 1, memory_order_release);
-        pthread_cond_signal(&s->cv);
+    for (int w = 0; w < nw; w++) {
+        atomic_fetch_add_explicit(&p->slots[w].seq, 1, memory_order_release);
+        pthread_cond_signal(&p->slots[w].cv);
     }
     pthread_mutex_unlock(&p->mu);
-    fn(closure, 0, chunk_begin(n, nchunks, 1));
+    run_chunks(p);
     int64_t t0 = now_ns();
     for (unsigned i = 1; atomic_load_explicit(&p->pending, memory_order_acquire) != 0; i++) {
         cpu_relax();

@@ -6,11 +6,12 @@
  *     entry->fn(args, workspace, &ctx);              // parallel loops use the pool
  *     lethe_pool_free(pool);
  *
- * lethe_parallel_for splits [0, n) statically into at most nthreads
- * contiguous chunks of at least `grain` iterations; the calling thread runs
- * the first chunk, so a pool of n threads starts n - 1 workers. Generated
- * loops write disjoint elements per iteration, so results do not depend on
- * the number of threads. Idle workers spin for a few tens of microseconds
+ * lethe_parallel_for splits [0, n) into at most 4 x nthreads contiguous
+ * chunks of at least `grain` iterations, which the calling thread and the
+ * workers take in turn (dynamic scheduling: a thread preempted by another
+ * process delays the loop by one chunk at most); a pool of n threads starts
+ * n - 1 workers. Generated loops write disjoint elements per iteration, so
+ * results do not depend on the number of threads or on who ran a chunk. Idle workers spin for a few tens of microseconds
  * (back-to-back kernels restart them without a wake-up) and then sleep on a
  * condition variable, leaving the core to OpenBLAS's own threads.
  *

@@ -267,15 +267,35 @@ static Val eval(Interp *in, const LExpr *e) {
     fail(in, "bad expression kind %d", (int)e->kind);
 }
 
+/* op(B)[l][j] of a GEMM whose B is the column matrix of a convolution */
+static double im2col_at(Interp *in, const LGemm *g, int64_t bo, int64_t p0, int64_t l, int64_t j) {
+    const LIm2col *ic = g->b_im2col;
+    int64_t r = g->trans_b ? j : l, q = p0 + (g->trans_b ? l : j);
+    if (q < 0 || q >= ic->oh * ic->w)
+        fail(in, "im2col column %lld outside the %lldx%lld output", (long long)q, (long long)ic->oh, (long long)ic->w);
+    int64_t ci = r / (ic->kh * ic->kw), i = r / ic->kw % ic->kh, jj = r % ic->kw;
+    int64_t hh = q / ic->w + i - ic->ph, ww = q % ic->w + jj - ic->pw;
+    if (hh < 0 || hh >= ic->h || ww < 0 || ww >= ic->w)
+        return 0;
+    return mem_read(in, g->b_buf, bo + (ci * ic->h + hh) * ic->w + ww).f;
+}
+
 static void gemm(Interp *in, const LGemm *g) {
     int64_t ao = eval(in, g->a_off).i, bo = eval(in, g->b_off).i, co = eval(in, g->c_off).i;
+    int64_t p0 = g->b_im2col ? eval(in, g->b_im2col->p0).i : 0;
     for (int64_t i = 0; i < g->m; i++)
         for (int64_t j = 0; j < g->n; j++) {
             double acc = 0;
             for (int64_t l = 0; l < g->k; l++) {
                 int64_t ai = ao + (g->trans_a ? l * g->lda + i : i * g->lda + l);
-                int64_t bi = bo + (g->trans_b ? j * g->ldb + l : l * g->ldb + j);
-                acc += mem_read(in, g->a_buf, ai).f * mem_read(in, g->b_buf, bi).f;
+                double b;
+                if (g->b_im2col) {
+                    b = im2col_at(in, g, bo, p0, l, j);
+                } else {
+                    int64_t bi = bo + (g->trans_b ? j * g->ldb + l : l * g->ldb + j);
+                    b = mem_read(in, g->b_buf, bi).f;
+                }
+                acc += mem_read(in, g->a_buf, ai).f * b;
             }
             int64_t ci = co + i * g->ldc + j;
             double c = g->beta != 0 ? g->beta * mem_read(in, g->c_buf, ci).f : 0;

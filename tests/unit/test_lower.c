@@ -231,6 +231,24 @@ static int count_stmts(const LProgram *p, LStmtKind kind, bool parallel_only) {
     return c;
 }
 
+static int im2col_in(LStmt *const *s, int n) {
+    int c = 0;
+    for (int i = 0; i < n; i++) {
+        c += s[i]->kind == LS_GEMM && s[i]->gemm.b_im2col;
+        if (s[i]->kind == LS_FOR)
+            c += im2col_in(s[i]->body.data, s[i]->body.len);
+    }
+    return c;
+}
+
+/* GEMM statements that read B as an implicit im2col operand */
+static int count_im2col(const LProgram *p) {
+    int c = 0;
+    for (int i = 0; i < p->kernels.len; i++)
+        c += im2col_in(p->kernels.data[i]->body.data, p->kernels.data[i]->body.len);
+    return c;
+}
+
 static int depth_of(LStmt *const *s, int n) {
     int d = 0;
     for (int i = 0; i < n; i++)
@@ -285,8 +303,10 @@ static double tol_for(DType dt) { return dt == DT_F32 ? 2e-5 : dt == DT_F64 ? 1e
 /* Lower e with the given parallel threshold, interpret, compare every
  * written argument with refeval, check the plan. Returns the program, or
  * NULL on a failure (already reported). */
+static bool top_gemms;   /* lower with LowerOptions.top_gemms (the CUDA form) */
+
 static LProgram *run_case(TG *t, const char *name, int64_t min_work) {
-    LowerOptions o = {min_work};
+    LowerOptions o = {min_work, top_gemms};
     LProgram *p = lower_entry(&t->e, &o);
     if (getenv("LETHE_TEST_DUMP")) {
         printf("== %s\n", name);
@@ -591,18 +611,45 @@ static void conv_case(DType dt, bool chunk, const char *name) {
     tg_out(&t, "y1", g_conv2d(g, x1, w1, 1, 1, 0, 0, L0));
     tg_out(&t, "dx1", g_conv2d_bwd_input(g, dy1, w1, x1->shape, 1, 1, 0, 0, L0));
     tg_out(&t, "dw1", g_conv2d_bwd_weight(g, x1, dy1, 1, 1, 1, 1, 0, 0, L0));
-    int64_t saved = lower_conv_tile_bytes;
+    /* stride 1 keeping the width: GEMMs read the images in place (im2col
+     * operands), 24x24 so that the weight gradient does too; a 3x5 kernel
+     * without row padding */
+    Node *xs = tg_in(&t, "xs", dt, S(4, 2, 3, 24, 24), -1, 1);
+    Node *ws = tg_in(&t, "ws", dt, S(4, 4, 3, 3, 3), -1, 1);
+    Node *dys = tg_in(&t, "dys", dt, S(4, 2, 4, 24, 24), -1, 1);
+    tg_out(&t, "ys", g_conv2d(g, xs, ws, 1, 1, 1, 1, L0));
+    tg_out(&t, "dxs", g_conv2d_bwd_input(g, dys, ws, xs->shape, 1, 1, 1, 1, L0));
+    tg_out(&t, "dws", g_conv2d_bwd_weight(g, xs, dys, 3, 3, 1, 1, 1, 1, L0));
+    Node *xr = tg_in(&t, "xr", dt, S(4, 2, 2, 9, 10), -1, 1);
+    Node *wr = tg_in(&t, "wr", dt, S(4, 3, 2, 3, 5), -1, 1);
+    Node *dyr = tg_in(&t, "dyr", dt, S(4, 2, 3, 7, 10), -1, 1);
+    tg_out(&t, "yr", g_conv2d(g, xr, wr, 1, 1, 0, 2, L0));
+    tg_out(&t, "dxr", g_conv2d_bwd_input(g, dyr, wr, xr->shape, 1, 1, 0, 2, L0));
+    tg_out(&t, "dwr", g_conv2d_bwd_weight(g, xr, dyr, 3, 5, 1, 1, 0, 2, L0));
+    int64_t saved = lower_conv_tile_bytes, saved_chunk = lower_conv_chunk_bytes;
     if (chunk)
-        lower_conv_tile_bytes = 1;
+        lower_conv_tile_bytes = lower_conv_chunk_bytes = 1;
+    top_gemms = true;
+    LProgram *tp = run_both(&t, xfmt("%s, top-level GEMMs", name));
+    top_gemms = false;
+    if (tp)
+        th_check(count_bufs(tp, LB_PRIVATE, "") == 0 && count_im2col(tp) == 0 && count_workspace(tp, "_col") == 12 &&
+                     (!chunk || count_stmts(tp, LS_GEMM, false) >= 6 * 3 + 6 * 2),
+                 xfmt("%s: top-level GEMMs over workspace columns%s", name, chunk ? ", one chunk per image" : ""),
+                 "%d private buffers, %d im2col GEMMs, %d column buffers, %d GEMMs", count_bufs(tp, LB_PRIVATE, ""),
+                 count_im2col(tp), count_workspace(tp, "_col"), count_stmts(tp, LS_GEMM, false));
     LProgram *p = run_both(&t, name);
-    if (p && !chunk)
-        th_check(count_bufs(p, LB_PRIVATE, "_col") == 6 && count_bufs(p, LB_WORKSPACE, "_col") == 0,
-                 xfmt("%s: column tiles are private, 1x1 convolutions need none", name), "%d private column buffers",
-                 count_bufs(p, LB_PRIVATE, "_col"));
+    if (p && !chunk) {
+        int tiles = count_bufs(p, LB_PRIVATE, "_col"), direct = count_im2col(p);
+        th_check(tiles == 7 && direct == 5 && count_bufs(p, LB_WORKSPACE, "_col") == 0,
+                 xfmt("%s: stride-1 columns are read in place, strided ones built in private tiles, none for 1x1", name),
+                 "%d im2col GEMMs, %d private column buffers", direct, tiles);
+    }
     if (p && chunk)
         th_check(count_stmts(p, LS_GEMM, false) >= 3 * 4, xfmt("%s: one-channel K blocks of one-row tiles", name),
                  "%d GEMMs", count_stmts(p, LS_GEMM, false));
     lower_conv_tile_bytes = saved;
+    lower_conv_chunk_bytes = saved_chunk;
     tg_free(&t);
 }
 

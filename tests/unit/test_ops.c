@@ -946,8 +946,9 @@ static void test_conv(void) {
     static const struct {
         const char *name;
         int s, p;
-    } fw[] = {{"conv_s1p0", 1, 0}, {"conv_s1p1", 1, 1}, {"conv_s2p0", 2, 0}, {"conv_s2p1", 2, 1}, {"conv_rect", 2, 1}, {"conv_1x1", 1, 0}};
-    for (int c = 0; c < 6; c++) {
+    } fw[] = {{"conv_s1p0", 1, 0}, {"conv_s1p1", 1, 1}, {"conv_s2p0", 2, 0}, {"conv_s2p1", 2, 1},
+              {"conv_rect", 2, 1}, {"conv_1x1", 1, 0},  {"conv_big", 1, 1},  {"conv_k5", 1, 2}};
+    for (int c = 0; c < (int)(sizeof fw / sizeof *fw); c++) {
         if (!begin(fw[c].name) || !call())
             continue;
         Conv k = conv_dims(arg_shape("x"), arg_shape("w"), fw[c].s, fw[c].p);
@@ -961,8 +962,9 @@ static void test_conv(void) {
     } bw[] = {
         {"convgx_s1p0", 1, 0, 1}, {"convgw_s1p0", 1, 0, 0}, {"convgx_s2p1", 2, 1, 1}, {"convgw_s2p1", 2, 1, 0},
         {"convgx_s1p1", 1, 1, 1}, {"convgw_s1p1", 1, 1, 0}, {"convgx_rect", 2, 1, 1}, {"convgw_rect", 2, 1, 0},
+        {"convgx_big", 1, 1, 1},  {"convgw_big", 1, 1, 0},  {"convgx_k5", 1, 2, 1},   {"convgw_k5", 1, 2, 0},
     };
-    for (int c = 0; c < 8; c++) {
+    for (int c = 0; c < (int)(sizeof bw / sizeof *bw); c++) {
         if (!begin(bw[c].name))
             continue;
         /* the gradient of sum(conv(x, w) * dy) w.r.t. x does not read x (nor

@@ -1,0 +1,127 @@
+#!/usr/bin/python3
+"""report.py: the Markdown report of bench/run.sh from its raw lines.
+
+    report.py RAW SET_VALUE
+
+RAW holds key=value lines of bench_resnet.c, bench_torch.py and peak.c,
+tagged by run.sh ("run <env> <side> ...", "prof <config> ...", ...).
+"""
+import collections
+import re
+import sys
+
+BATCH = 128
+
+
+def kv(text):
+    return dict(re.findall(r"(\w+)=(\S+)", text))
+
+
+def main():
+    raw, set_value = sys.argv[1], sys.argv[2]
+    info, peaks, macs = {}, {}, {}
+    runs = collections.defaultdict(list)   # (env, side, entry) -> [dict]
+    prof = collections.defaultdict(list)   # cfg -> lines
+    for line in open(raw):
+        line = line.rstrip("\n")
+        tag, _, rest = line.partition(" ")
+        if tag == "peak":
+            d = kv(rest)
+            peaks[int(d["threads"])] = float(d["peak_gflops"])
+        elif tag == "macs":
+            cfg, _, r = rest.partition(" ")
+            d = kv(r)
+            macs[cfg] = (int(d["macs_per_image"]), int(d["stem_macs_per_image"]))
+        elif tag == "run":
+            env, side, r = rest.split(" ", 2)
+            d = kv(r)
+            if "entry" in d:
+                runs[(env, side, d["entry"])].append(d)   # env: "<set|unset>/<threads>"
+        elif tag == "prof":
+            cfg, _, r = rest.partition(" ")
+            prof[cfg].append(r)
+        else:
+            info[tag] = rest
+    peak = peaks.get(2, 0.0)
+
+    def flops(mode, cfg):
+        m, stem = macs[cfg]
+        fwd = 2.0 * m * BATCH
+        return {"train": 3 * fwd - 2.0 * stem * BATCH, "eval": fwd, "gus": 2 * fwd}[mode]
+
+    out = []
+    p = out.append
+    steps = info.get("steps", "? warmup ?").split()
+    p("Measured %s on %s; each figure from %s timed steps after %s warm-up." % (
+        info.get("date", "?"), info.get("host", "?"), steps[0], steps[-1]))
+    p("Load average before/after: %s / %s. Environment: %s." % (info.get("load_before", "?"),
+                                                                info.get("load_after", "?"),
+                                                                info.get("inherited", "?")))
+    p("FP32 peak measured by bench/peak.c (FMA chains, per-thread CPU time): %.0f GFLOP/s on 1 thread, "
+      "%.0f on 2; %% of peak below is of the figure for the threads used." % (peaks.get(1, 0), peak))
+    p("img/s and GFLOP/s are of the median step; the ratio is Lethe's img/s over PyTorch's faster layout, "
+      "the ratio of best steps the same for each side's fastest step (less sensitive to other processes).")
+    p("")
+    tables = [("set/0", "OPENBLAS_CORETYPE=%s, one thread per CPU" % set_value, ("train", "eval", "gus")),
+              ("unset/0", "OPENBLAS_CORETYPE unset, one thread per CPU", ("train", "eval", "gus")),
+              ("set/1", "OPENBLAS_CORETYPE=%s, one thread each" % set_value, ("train",))]
+    for env, title, modes in tables:
+        p("### %s" % title)
+        p("")
+        p("| config | pass | Lethe img/s | PyTorch img/s (NCHW / channels_last) | ratio | ratio of best steps "
+          "| Lethe GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | Lethe peak RSS MiB | PyTorch peak RSS MiB |")
+        p("|---|---|---|---|---|---|---|---|---|---|")
+        for cfg, label in (("w64", "w64 3x32x32"), ("w16", "w16 1x28x28")):
+            for mode in modes:
+                entry = "%s_%s" % (mode, cfg)
+                le = runs.get((env, "lethe", entry))
+                to = {d["layout"]: d for d in runs.get((env, "torch", entry), [])}
+                if not le or not to:
+                    p("| %s | %s | (missing) | | | | | | | |" % (label, mode))
+                    continue
+                ls = float(le[0]["median_s"])
+                ts = {k: float(v["median_s"]) for k, v in to.items()}
+                best = min(ts, key=ts.get)
+                f = flops(mode, cfg)
+                lg, tg = f / ls / 1e9, f / ts[best] / 1e9
+                pk = peak if env.endswith("/0") else peaks.get(1, peak)
+                tmin = min(float(v["min_s"]) for v in to.values())
+                p("| %s | %s | %.0f | %.0f / %.0f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f |" % (
+                    label, mode, BATCH / ls, BATCH / ts.get("nchw", float("nan")),
+                    BATCH / ts.get("cl", float("nan")), ts[best] / ls, tmin / float(le[0]["min_s"]), lg,
+                    100 * lg / pk, tg, 100 * tg / pk, float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
+        p("")
+    for cfg in ("w16", "w64"):
+        lines = prof.get(cfg, [])
+        head = [kv(x) for x in lines if x.startswith("P ")]
+        ks = []
+        for x in lines:
+            if not x.startswith("K "):
+                continue
+            f = x.split()
+            ks.append((float(f[1]), f[5], x.split("| ", 1)[1] if "| " in x else ""))
+        if not ks:
+            continue
+        total = sum(k[0] for k in ks)
+        p("### Where the time goes: train_%s, 1 thread, CPU time per step" % cfg)
+        p("")
+        p("Sum of the kernels' minima over the timed steps: %.1f ms (%d kernels)." % (
+            total, int(head[0]["kernels"]) if head else len(ks)))
+        p("")
+        p("| kernel kind | ms | share |")
+        p("|---|---|---|")
+        by = collections.defaultdict(float)
+        for ms, name, _ in ks:
+            by[name.split("_", 1)[1] if "_" in name else name] += ms
+        for kind, ms in sorted(by.items(), key=lambda x: -x[1]):
+            if ms >= 0.005 * total:
+                p("| %s | %.1f | %.1f%% |" % (kind, ms, 100 * ms / total))
+        p("")
+        p("Slowest kernels: " + "; ".join("%s %.2f ms (%s)" % (name, ms, what[:60])
+                                          for ms, name, what in sorted(ks, key=lambda k: -k[0])[:8]) + ".")
+        p("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,807 @@
+/* lower_conv.c: CONV2D, CONV2D_BWD_INPUT and CONV2D_BWD_WEIGHT as GEMMs.
+ *
+ * Notation: x [N, Ci, H, W], w [Co, Ci, kh, kw], y [N, Co, OH, OW], P = OH*OW,
+ * CK = Ci*kh*kw; the column matrix of image n is COL[n] (CK x P) with
+ * COL[n][(ci*kh+i)*kw+j][p*OW+q] = x[n, ci, p*sh+i-ph, q*sw+j-pw] (0 outside),
+ * so that y[n] = w @ COL[n], dx[n] = col2im(w^T @ dy[n]) and
+ * dw = sum_n dy[n] @ COL[n]^T.
+ *
+ * For the LLVM backend (the default) a convolution is a parallel loop over
+ * items (images, pixel tiles or blocks of dw) whose GEMMs run inside the
+ * iteration, so nothing is materialized beyond what fits in L2:
+ *  - stride 1 keeping the width (3x3 pad 1, ResNet's convolutions): the
+ *    GEMMs read COL in place as an im2col operand (loopir.h); the input
+ *    gradient is the forward convolution of dy with the flipped weights;
+ *  - otherwise each item builds tiles of COL (256 KiB) in an LB_PRIVATE
+ *    buffer, and the strided input gradient adds w^T @ dy tiles back into
+ *    its image (col2im);
+ *  - dw is summed by items that own blocks of it, or for a small dw in a
+ *    few partial copies added up in a fixed order afterwards: the same at
+ *    every thread count;
+ *  - small images (deep layers) multiply tiles of several images at once
+ *    into a channel-major copy of y, copied into y at the end.
+ * Measured on the ResNet-18 of bench/ (RESULTS.md): from 5-20 GFLOP/s with
+ * per-image OpenBLAS calls to 60-130 GFLOP/s per core (peak 170).
+ *
+ * LowerOptions.top_gemms (backends that launch GEMMs from the host, CUDA)
+ * keeps every GEMM at the top level of its kernel over workspace buffers:
+ * COL of a chunk of images (lower_conv_chunk_bytes) built by a parallel
+ * loop, then one GEMM per image.
+ */
+#include <string.h>
+
+#include "lower_int.h"
+
+int64_t lower_conv_tile_bytes = (int64_t)256 << 10;
+int64_t lower_conv_chunk_bytes = (int64_t)64 << 20;
+
+/* ----------------------------------------------------------------------------
+ * geometry */
+
+typedef struct Conv {
+    int64_t N, Ci, H, W, Co, OH, OW, kh, kw, sh, sw, ph, pw, CK, P;
+} Conv;
+
+static Conv conv_geom(const Node *n) {
+    Conv c;
+    const Attr *a = &n->attr;
+    c.kh = a->kh, c.kw = a->kw, c.sh = a->sh, c.sw = a->sw, c.ph = a->ph, c.pw = a->pw;
+    const Shape *x, *y;
+    switch (n->op) {
+    case OP_CONV2D: x = &n->in[0]->shape, y = &n->shape; break;
+    case OP_CONV2D_BWD_INPUT: x = &n->shape, y = &n->in[0]->shape; break;
+    default: x = &n->in[0]->shape, y = &n->in[1]->shape; break;
+    }
+    c.N = x->dim[0], c.Ci = x->dim[1], c.H = x->dim[2], c.W = x->dim[3];
+    c.Co = y->dim[1], c.OH = y->dim[2], c.OW = y->dim[3];
+    c.CK = c.Ci * c.kh * c.kw;
+    c.P = c.OH * c.OW;
+    return c;
+}
+
+static bool conv_is_pointwise(const Conv *c) {
+    return c->kh == 1 && c->kw == 1 && c->sh == 1 && c->sw == 1 && c->ph == 0 && c->pw == 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * columns in the workspace, GEMMs at the top level (LowerOptions.top_gemms)
+ *
+ * COL of a chunk of G images (at most lower_conv_chunk_bytes) is built by a
+ * parallel loop over (g, ci, i, j) rows, then G GEMMs run, as top-level
+ * statements. A 1x1 stride-1 unpadded convolution reads x directly. The
+ * input gradient's columns are added back per (image, channel) plane, which
+ * windows cannot cross. */
+
+static int64_t conv_chunk(const Conv *c, DType dt) {
+    int64_t per = c->CK * c->P * dtype_size(dt);
+    int64_t g = per ? lower_conv_chunk_bytes / per : c->N;
+    if (g < 1)
+        g = 1;
+    return g < c->N ? g : c->N;
+}
+
+/* col[g, (ci*kh+i)*kw+j, p*OW+q] = x[n0+g, ci, p*sh+i-ph, q*sw+j-pw] for the
+ * G images from n0: a parallel loop over (g, ci, i, j) rows. */
+static void im2col_ws(KCtx *kc, const Conv *c, const Node *x, int col, int64_t n0, int64_t G) {
+    LKernel *k = kc->k;
+    int64_t rows[4] = {G, c->Ci, c->kh, c->kw};
+    LExpr *ri[4], *rl;
+    double work = (double)(G * c->CK * c->P);
+    Block b = nest_outer(blk_top(k), rows, 4, work, &kc->L->opt, ri, &rl);
+    LExpr *p, *q;
+    Block bp = open_loop(b, c->OH, &p);
+    LExpr *h = let_i64(bp, isub(iadd(imul(p, c->sh), ri[2]), c->ph));
+    LExpr *vh = in_range(h, -c->ph, (c->OH - 1) * c->sh + c->kh - 1 - c->ph, c->H);
+    Block bq = open_loop(bp, c->OW, &q);
+    LExpr *w = isub(iadd(imul(q, c->sw), ri[3]), c->pw);
+    LExpr *vw = in_range(w, -c->pw, (c->OW - 1) * c->sw + c->kw - 1 - c->pw, c->W);
+    LExpr *xi[4] = {iadd(ri[0], iconst(n0)), ri[1], h, w};
+    LExpr *v = read_at(kc, bq, x, xi, 4, band(vh, vw));
+    LExpr *dst = iadd(imul(rl, c->P), iadd(imul(p, c->OW), q));
+    blk_push(bq, ls_store(col, dst, v, false));
+}
+
+static void conv2d_ws(Lower *L, KCtx *kc, const Node *n) {
+    Conv c = conv_geom(n);
+    LKernel *k = kc->k;
+    int y = lower_buf_of(L, n);
+    IdxMap mw, mx;
+    int wbuf, xbuf;
+    need_buffer(L, n->in[1], &mw, &wbuf);
+    LGemm g = {0};
+    g.alpha = 1, g.beta = 0, g.c_buf = y;
+    g.m = c.Co, g.n = c.P, g.k = c.CK, g.ldc = c.P;
+    g.a_buf = wbuf, g.lda = c.CK, g.a_off = iconst(mw.offset);
+    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    if (c.CK == 0) {
+        zero_fill(L, k, y, 0, shape_numel(n->shape));
+        return;
+    }
+    if (conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1)) {
+        LExpr *img;
+        Block b = open_loop(blk_top(k), c.N, &img);
+        g.b_buf = xbuf, g.ldb = c.P;
+        g.b_off = iadd(iconst(mx.offset), imul(img, mx.stride[0]));
+        g.c_off = imul(img, c.Co * c.P);
+        blk_push(b, ls_gemm(&g));
+        return;
+    }
+    int64_t G = conv_chunk(&c, n->dtype);
+    int col = lower_scratch(L, xfmt("t%d_col", n->id), n->dtype, G * c.CK * c.P);
+    g.b_buf = col, g.ldb = c.P;
+    for (int64_t n0 = 0; n0 < c.N; n0 += G) {
+        int64_t cnt = c.N - n0 < G ? c.N - n0 : G;
+        im2col_ws(kc, &c, n->in[0], col, n0, cnt);
+        LExpr *gi;
+        Block b = open_loop(blk_top(k), cnt, &gi);
+        g.b_off = imul(gi, c.CK * c.P);
+        g.c_off = imul(iadd(gi, iconst(n0)), c.Co * c.P);
+        blk_push(b, ls_gemm(&g));
+    }
+}
+
+static void conv2d_bwd_weight_ws(Lower *L, KCtx *kc, const Node *n) {
+    Conv c = conv_geom(n);
+    LKernel *k = kc->k;
+    int dw = lower_buf_of(L, n);
+    IdxMap mdy, mx;
+    int dybuf, xbuf;
+    need_buffer(L, n->in[1], &mdy, &dybuf);
+    zero_fill(L, k, dw, 0, shape_numel(n->shape));
+    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    if (c.P == 0 || c.CK == 0 || c.Co == 0)
+        return;
+    LGemm g = {0};
+    g.alpha = 1, g.beta = 1, g.c_buf = dw, g.c_off = iconst(0);
+    g.m = c.Co, g.n = c.CK, g.k = c.P, g.ldc = c.CK;
+    g.a_buf = dybuf, g.lda = c.P;
+    g.trans_b = true;
+    if (conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1)) {
+        LExpr *img;
+        Block b = open_loop(blk_top(k), c.N, &img);
+        g.a_off = iadd(iconst(mdy.offset), imul(img, mdy.stride[0]));
+        g.b_buf = xbuf, g.ldb = c.P;
+        g.b_off = iadd(iconst(mx.offset), imul(img, mx.stride[0]));
+        blk_push(b, ls_gemm(&g));
+        return;
+    }
+    int64_t G = conv_chunk(&c, n->dtype);
+    int col = lower_scratch(L, xfmt("t%d_col", n->id), n->dtype, G * c.CK * c.P);
+    g.b_buf = col, g.ldb = c.P;
+    for (int64_t n0 = 0; n0 < c.N; n0 += G) {
+        int64_t cnt = c.N - n0 < G ? c.N - n0 : G;
+        im2col_ws(kc, &c, n->in[0], col, n0, cnt);
+        LExpr *gi;
+        Block b = open_loop(blk_top(k), cnt, &gi);
+        g.a_off = iadd(iconst(mdy.offset), imul(iadd(gi, iconst(n0)), mdy.stride[0]));
+        g.b_off = imul(gi, c.CK * c.P);
+        blk_push(b, ls_gemm(&g));
+    }
+}
+
+static void conv2d_bwd_input_ws(Lower *L, KCtx *kc, const Node *n) {
+    Conv c = conv_geom(n);
+    LKernel *k = kc->k;
+    int dx = lower_buf_of(L, n);
+    IdxMap mdy, mw;
+    int dybuf, wbuf;
+    need_buffer(L, n->in[0], &mdy, &dybuf);
+    need_buffer(L, n->in[1], &mw, &wbuf);
+    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    LGemm g = {0};
+    g.alpha = 1, g.beta = 0;
+    g.trans_a = true, g.a_buf = wbuf, g.a_off = iconst(mw.offset), g.lda = c.CK;
+    g.b_buf = dybuf, g.ldb = c.P;
+    g.m = c.CK, g.n = c.P, g.k = c.Co;
+    if (c.Co == 0 || c.P == 0 || c.CK == 0) {
+        zero_fill(L, k, dx, 0, shape_numel(n->shape));
+        return;
+    }
+    if (conv_is_pointwise(&c)) {
+        LExpr *img;
+        Block b = open_loop(blk_top(k), c.N, &img);
+        g.c_buf = dx, g.ldc = c.P;
+        g.b_off = iadd(iconst(mdy.offset), imul(img, mdy.stride[0]));
+        g.c_off = imul(img, c.Ci * c.P);
+        blk_push(b, ls_gemm(&g));
+        return;
+    }
+    int64_t G = conv_chunk(&c, n->dtype);
+    int col = lower_scratch(L, xfmt("t%d_col", n->id), n->dtype, G * c.CK * c.P);
+    g.c_buf = col, g.ldc = c.P;
+    int64_t HW = c.H * c.W;
+    for (int64_t n0 = 0; n0 < c.N; n0 += G) {
+        int64_t cnt = c.N - n0 < G ? c.N - n0 : G;
+        LExpr *gi;
+        Block b = open_loop(blk_top(k), cnt, &gi);
+        g.b_off = iadd(iconst(mdy.offset), imul(iadd(gi, iconst(n0)), mdy.stride[0]));
+        g.c_off = imul(gi, c.CK * c.P);
+        blk_push(b, ls_gemm(&g));
+        /* col2im over (g, ci) planes */
+        int64_t planes[2] = {cnt, c.Ci};
+        LExpr *pi[2], *pl;
+        double work = (double)(cnt * c.CK * c.P);
+        Block bp = nest_outer(blk_top(k), planes, 2, work, &L->opt, pi, &pl);
+        LExpr *base = let_i64(bp, imul(iadd(pl, iconst(n0 * c.Ci)), HW));
+        LExpr *z;
+        Block bz = open_loop(bp, HW, &z);
+        blk_push(bz, ls_store(dx, iadd(base, z), le_const_f(n->dtype, 0), false));
+        int64_t kk[2] = {c.kh, c.kw};
+        LExpr *ij[2];
+        Block bij = nest_serial(bp, kk, 2, ij, NULL);
+        LExpr *p, *q;
+        Block bpp = open_loop(bij, c.OH, &p);
+        LExpr *h = let_i64(bpp, isub(iadd(imul(p, c.sh), ij[0]), c.ph));
+        LExpr *vh = in_range(h, -c.ph, (c.OH - 1) * c.sh + c.kh - 1 - c.ph, c.H);
+        Block bq = open_loop(bpp, c.OW, &q);
+        LExpr *w = isub(iadd(imul(q, c.sw), ij[1]), c.pw);
+        LExpr *vw = in_range(w, -c.pw, (c.OW - 1) * c.sw + c.kw - 1 - c.pw, c.W);
+        LExpr *valid = band(vh, vw);
+        /* column row (ci*kh + i)*kw + j of image g */
+        LExpr *crow = iadd(imul(iadd(imul(pi[1], c.kh), ij[0]), c.kw), ij[1]);
+        LExpr *cidx = iadd(imul(iadd(imul(pi[0], c.CK), crow), c.P), iadd(imul(p, c.OW), q));
+        LExpr *v = le_load(L->p, col, cidx, NULL);
+        LExpr *pix = iadd(imul(h, c.W), w);
+        /* an entry in the padding adds 0 to the plane's first pixel: the
+         * address stays inside the plane this iteration owns */
+        if (valid) {
+            pix = isel(valid, pix, iconst(0));
+            v = le_op3(OP_WHERE, n->dtype, valid, v, le_const_f(n->dtype, 0));
+        }
+        blk_push(bq, ls_store(dx, iadd(base, pix), v, true));
+    }
+}
+
+
+/* ----------------------------------------------------------------------------
+ * GEMMs inside parallel loops (the default) */
+
+static int64_t divisor_upto(int64_t n, int64_t cap) {
+    for (int64_t d = cap < n ? cap : n; d > 1; d--)
+        if (n % d == 0)
+            return d;
+    return 1;
+}
+
+/* A tile of the column matrix: RT consecutive output rows of the batch
+ * (global row gr = n * OH + oh; either R | OH rows of one image or G | N whole
+ * images), PT = RT * OW columns, and Cb input channels, i.e. KC = Cb kh kw
+ * rows. A tile lives in an LB_PRIVATE buffer of lower_conv_tile_bytes at
+ * most, so the GEMMs that read it find it in L2 (the whole column matrix of a
+ * ResNet layer is 58-300 MB at batch 128, measured 2-3x slower through
+ * memory, bench/RESULTS.md). */
+typedef struct Tile {
+    int64_t RT, PT, Cb, KC, nK, ntiles;
+} Tile;
+
+static Tile conv_tile(const Conv *c, DType dt, int64_t cols) {
+    Tile t;
+    int64_t esz = dtype_size(dt), budget = lower_conv_tile_bytes / esz;
+    if (c->P >= cols || c->P == 0)
+        t.RT = divisor_upto(c->OH, c->OW ? cols / c->OW : 1);
+    else
+        t.RT = divisor_upto(c->N, cols / c->P) * c->OH;
+    /* the columns of one input channel must fit: fewer rows if not */
+    while (t.RT > 1 && t.RT * c->OW * c->kh * c->kw > budget) {
+        int64_t r = t.RT > c->OH ? divisor_upto(t.RT / c->OH, t.RT / c->OH - 1) * c->OH : divisor_upto(t.RT, t.RT - 1);
+        t.RT = r < t.RT ? r : 1;
+    }
+    t.PT = t.RT * c->OW;
+    int64_t per = t.PT * c->kh * c->kw;
+    t.Cb = divisor_upto(c->Ci, per ? budget / per : c->Ci);
+    if (t.Cb * per * esz > LOOPIR_PRIVATE_MAX_BYTES)
+        error_noloc("a convolution with %lld-pixel output rows (kernel %lldx%lld) needs %lld bytes of columns per "
+                    "channel, more than the %lld a tile may hold\n---> HINT: split the image into narrower strips",
+                    (long long)c->OW, (long long)c->kh, (long long)c->kw, (long long)(per * esz),
+                    (long long)LOOPIR_PRIVATE_MAX_BYTES);
+    t.KC = t.Cb * c->kh * c->kw;
+    t.nK = c->Ci / t.Cb;
+    t.ntiles = c->OH ? c->N * c->OH / t.RT : 0;
+    return t;
+}
+
+/* 0 <= q*sw + j - pw < W exactly for q in [*lo, *hi) */
+static void valid_cols(const Conv *c, int64_t j, int64_t *lo, int64_t *hi) {
+    int64_t a = c->pw - j, b = c->W - 1 + c->pw - j;   /* a <= q*sw <= b */
+    *lo = a <= 0 ? 0 : (a + c->sw - 1) / c->sw;
+    *hi = b < 0 ? 0 : b / c->sw + 1;
+    if (*hi > c->OW)
+        *hi = c->OW;
+    if (*lo > *hi)
+        *lo = *hi;
+}
+
+/* The image and row of global output row gr. */
+static void row_of(Block b, const Conv *c, LExpr *gr, LExpr **n, LExpr **oh) {
+    *n = c->OH == 1 ? gr : let_i64(b, idiv(gr, c->OH));
+    *oh = c->OH == 1 ? iconst(0) : let_i64(b, imod(gr, c->OH));
+}
+
+/* The input row h = oh*sh + i - ph of tap row i, clamped into [0, H), and
+ * whether it really is inside (NULL: always). Reading the clamped row and
+ * masking the value keeps the inner loop's addresses consecutive, which a
+ * predicated load would not (LLVM then gathers). */
+static LExpr *tap_row(Block b, const Conv *c, LExpr *oh, int64_t i, LExpr **valid) {
+    LExpr *h = let_i64(b, isub(iadd(imul(oh, c->sh), iconst(i)), c->ph));
+    *valid = in_range(h, -c->ph + i, (c->OH - 1) * c->sh + i - c->ph, c->H);
+    if (!*valid)
+        return h;
+    LExpr *lo = ilt(h, iconst(0)), *hi = ilt(h, iconst(c->H));
+    return let_i64(b, isel(lo, iconst(0), isel(hi, h, iconst(c->H - 1))));
+}
+
+/* col[r * PT + lr * OW + q] = x[n, ci0 + cl, oh*sh + i - ph, q*sw + j - pw]
+ * (0 outside x) for the rows r = (cl*kh + i)*kw + j of one K block and the
+ * tile's rows lr from global row gr0: one loop nest per tap (i, j), with the
+ * columns that fall into the padding stored as zeros by loops of their own,
+ * so that the copy loop is branch-free and contiguous for stride 1. */
+static void im2col_tile(KCtx *kc, Block b, const Conv *c, const Tile *t, const Node *x, int col, LExpr *gr0, LExpr *ci0) {
+    DType dt = x->dtype;
+    LExpr *cl;
+    Block bc = open_loop(b, t->Cb, &cl);
+    LExpr *ci = let_i64(bc, iadd(ci0, cl));
+    for (int64_t i = 0; i < c->kh; i++)
+        for (int64_t j = 0; j < c->kw; j++) {
+            LExpr *lr, *n, *oh, *hv, *q;
+            Block br = open_loop(bc, t->RT, &lr);
+            row_of(br, c, iadd(gr0, lr), &n, &oh);
+            LExpr *h = tap_row(br, c, oh, i, &hv);
+            LExpr *base = let_i64(br, iadd(imul(iadd(imul(cl, c->kh * c->kw), iconst(i * c->kw + j)), t->PT), imul(lr, c->OW)));
+            int64_t lo, hi;
+            valid_cols(c, j, &lo, &hi);
+            int64_t zr[2][2] = {{0, lo}, {hi, c->OW}};
+            for (int z = 0; z < 2; z++)
+                if (zr[z][1] > zr[z][0]) {
+                    int64_t ext = zr[z][1] - zr[z][0];
+                    Block bz = open_loop(br, ext, &q);
+                    blk_push(bz, ls_store(col, iadd(base, iadd(q, iconst(zr[z][0]))), le_const_f(dt, 0), false));
+                }
+            if (hi <= lo)
+                continue;
+            Block bq = open_loop(br, hi - lo, &q);
+            LExpr *qq = iadd(q, iconst(lo));
+            LExpr *xi[4] = {n, ci, h, iadd(imul(qq, c->sw), iconst(j - c->pw))};
+            LExpr *v = read_at(kc, bq, x, xi, 4, NULL);
+            if (hv)
+                v = le_op3(OP_WHERE, dt, hv, v, le_const_f(dt, 0));
+            blk_push(bq, ls_store(col, iadd(base, qq), v, false));
+        }
+}
+
+/* y = conv(x, w) with w [Co, CK] contiguous at buffer wbuf + woff and y
+ * [N, Co, P] in ybuf, x any view (the general form): a parallel loop over
+ * tiles; each builds its columns K block by K block into a private buffer
+ * and multiplies them into y, beta 0 for the first block and 1 after.
+ * Tiles of whole images (small images, deep layers) multiply into a
+ * channel-major copy yc [Co, N*P], one GEMM per tile as wide as its
+ * images, which a last loop copies into y: a GEMM per 4x4 image is 16
+ * columns wide and ran at half the speed (bench/RESULTS.md). */
+static void conv_forward_tiles(Lower *L, KCtx *kc, const Conv *c, const Node *x, int wbuf, int64_t woff, int ybuf,
+                               const char *name) {
+    LKernel *k = kc->k;
+    DType dt = x->dtype;
+    Tile t = conv_tile(c, dt, 256);
+    int col = lower_private(L, xfmt("%s_col", name), dt, t.KC * t.PT);
+    bool images = t.RT > c->OH;
+    int64_t NP = c->N * c->P;
+    int yc = images ? lower_scratch(L, xfmt("%s_cn", name), dt, c->Co * NP) : ybuf;
+    LExpr *it;
+    Block bi = blk_open_loop(k, t.ntiles, (double)(c->N * c->Co * c->P * c->CK), &L->opt, &it);
+    LExpr *gr0 = let_i64(bi, imul(it, t.RT));
+    LExpr *coff = NULL;
+    if (!images) {
+        LExpr *n, *oh0;
+        row_of(bi, c, gr0, &n, &oh0);
+        coff = let_i64(bi, iadd(imul(n, c->Co * c->P), imul(oh0, c->OW)));
+    }
+    for (int blk = 0; blk < 2 && blk < t.nK; blk++) {
+        /* block 0, then a loop over blocks 1..nK-1 */
+        LExpr *cb = iconst(0);
+        Block bb = bi;
+        if (blk == 1 && t.nK > 2)
+            bb = open_loop(bi, t.nK - 1, &cb);
+        if (blk == 1)
+            cb = let_i64(bb, iadd(cb, iconst(1)));
+        im2col_tile(kc, bb, c, &t, x, col, gr0, imul(cb, t.Cb));
+        LGemm g = {0};
+        g.alpha = 1, g.beta = blk;
+        g.m = c->Co, g.k = t.KC, g.ldc = c->P;
+        g.a_buf = wbuf, g.lda = c->CK, g.a_off = iadd(iconst(woff), imul(cb, t.KC));
+        g.b_buf = col, g.ldb = t.PT, g.b_off = iconst(0);
+        g.c_buf = yc, g.n = t.PT;
+        if (!images)
+            g.c_off = coff;
+        else
+            g.ldc = NP, g.c_off = imul(it, t.PT);
+        blk_push(bb, ls_gemm(&g));
+    }
+    if (images) {
+        /* y[n, co, p] = yc[co, n*P + p] */
+        int64_t rows[2] = {c->N, c->Co};
+        LExpr *ri[2], *rl, *p;
+        Block b = nest_outer(blk_top(k), rows, 2, (double)(c->Co * NP), &L->opt, ri, &rl);
+        Block bp = open_loop(b, c->P, &p);
+        LExpr *src = iadd(iadd(imul(ri[1], NP), imul(ri[0], c->P)), p);
+        blk_push(bp, ls_store(ybuf, iadd(imul(rl, c->P), p), le_load(L->p, yc, src, NULL), false));
+    }
+}
+
+/* The columns of convolution c can be an im2col GEMM operand read in place
+ * (loopir.h: stride 1, the width kept). Strided ones use private tiles: a
+ * gathering operand measured 3x slower (bench/RESULTS.md). */
+static bool im2col_ok(const Conv *c) { return c->sh == 1 && c->sw == 1 && c->OW == c->W && 2 * c->pw == c->kw - 1; }
+
+static LIm2col *im2col_of(const Conv *c, int64_t channels, LExpr *p0) {
+    LIm2col *ic = xalloc(sizeof *ic);
+    ic->c = channels, ic->h = c->H, ic->w = c->W;
+    ic->kh = c->kh, ic->kw = c->kw, ic->ph = c->ph, ic->pw = c->pw;
+    ic->oh = c->OH;
+    ic->p0 = p0;
+    return ic;
+}
+
+/* The images of x (a view of a buffer): direct when each image is
+ * contiguous, as an im2col GEMM operand reads them. */
+static bool images_direct(Lower *L, const Node *x, IdxMap *m, int *buf) {
+    return operand_buffer(L, x, m, buf) && map_contig_from(m, 1);
+}
+
+/* y = conv(x, w) as above, also the input gradient of a stride-1
+ * convolution (a convolution of dy with the flipped weights). When x's
+ * images are contiguous and not tiny (64 pixels; smaller ones take the
+ * tiles above, im2col costs 1/Co of those GEMMs), the GEMMs read them as
+ * im2col operands in place (no
+ * columns are built: for 16 channels the copy cost 3-5x the GEMM,
+ * bench/RESULTS.md): a parallel loop over items of G images, or of one
+ * image's pixel tile, each running its K blocks (channel blocks whose
+ * weights, Co x KC, stay in L2 across the item's images) over its images. */
+static void conv_forward(Lower *L, KCtx *kc, const Conv *c, const Node *x, int wbuf, int64_t woff, int ybuf,
+                         const char *name) {
+    IdxMap mx;
+    int xbuf;
+    if (!im2col_ok(c) || c->P < 64 || !images_direct(L, x, &mx, &xbuf)) {
+        conv_forward_tiles(L, kc, c, x, wbuf, woff, ybuf, name);
+        return;
+    }
+    LKernel *k = kc->k;
+    int64_t esz = dtype_size(x->dtype), taps = c->kh * c->kw;
+    int64_t G = c->P >= 256 ? 1 : divisor_upto(c->N, 256 / (c->P ? c->P : 1));
+    int64_t PT = c->P;
+    if (G == 1 && c->P > 1024)
+        PT = divisor_upto(c->OH, 1024 / c->OW) * c->OW;
+    int64_t tiles = c->P / PT;
+    int64_t Cb = divisor_upto(c->Ci, 2 * lower_conv_tile_bytes / (c->Co * taps * esz));
+    int64_t nK = c->Ci / Cb;
+    LExpr *it;
+    Block bi = blk_open_loop(k, c->N / G * tiles, (double)(c->N * c->Co * c->P * c->CK), &L->opt, &it);
+    LExpr *n0 = tiles == 1 ? imul(it, G) : let_i64(bi, idiv(it, tiles));
+    LExpr *p0 = tiles == 1 ? iconst(0) : let_i64(bi, imul(imod(it, tiles), PT));
+    for (int blk = 0; blk < 2 && blk < nK; blk++) {
+        LExpr *cb = iconst(0);
+        Block bb = bi;
+        if (blk == 1 && nK > 2)
+            bb = open_loop(bi, nK - 1, &cb);
+        if (blk == 1)
+            cb = let_i64(bb, iadd(cb, iconst(1)));
+        LExpr *gi;
+        Block bg = open_loop(bb, G, &gi);
+        LExpr *img = iadd(n0, gi);
+        LGemm g = {0};
+        g.alpha = 1, g.beta = blk;
+        g.m = c->Co, g.n = PT, g.k = Cb * taps;
+        g.a_buf = wbuf, g.lda = c->CK, g.a_off = iadd(iconst(woff), imul(cb, Cb * taps));
+        g.b_buf = xbuf, g.b_off = iadd(iadd(iconst(mx.offset), imul(img, mx.stride[0])), imul(cb, Cb * c->H * c->W));
+        g.b_im2col = im2col_of(c, Cb, p0);
+        g.c_buf = ybuf, g.ldc = c->P, g.c_off = iadd(imul(img, c->Co * c->P), p0);
+        blk_push(bg, ls_gemm(&g));
+    }
+}
+
+static void conv2d_loops(Lower *L, KCtx *kc, const Node *n) {
+    Conv c = conv_geom(n);
+    LKernel *k = kc->k;
+    int y = lower_buf_of(L, n);
+    IdxMap mw, mx;
+    int wbuf, xbuf;
+    need_buffer(L, n->in[1], &mw, &wbuf);
+    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    if (shape_numel(n->shape) == 0)
+        return;
+    if (c.CK == 0) {
+        zero_fill(L, k, y, 0, shape_numel(n->shape));
+        return;
+    }
+    if (conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1)) {
+        /* the input images are the column matrices: one GEMM per image */
+        LExpr *img;
+        Block b = blk_open_loop(k, c.N, (double)k->flops, &L->opt, &img);
+        LGemm g = {0};
+        g.alpha = 1, g.beta = 0;
+        g.m = c.Co, g.n = c.P, g.k = c.CK, g.ldc = c.P;
+        g.a_buf = wbuf, g.lda = c.CK, g.a_off = iconst(mw.offset);
+        g.b_buf = xbuf, g.ldb = c.P, g.b_off = iadd(iconst(mx.offset), imul(img, mx.stride[0]));
+        g.c_buf = y, g.c_off = imul(img, c.Co * c.P);
+        blk_push(b, ls_gemm(&g));
+        return;
+    }
+    conv_forward(L, kc, &c, n->in[0], wbuf, mw.offset, y, xfmt("t%d", n->id));
+}
+
+/* The blocks of dw of a parallel loop over items: rows of dw are split
+ * only when channel blocks alone give fewer than 8 items (for the pool's
+ * dynamic chunks to balance). */
+static void dw_blocks(const Conv *c, int64_t nK, int64_t *MB, int64_t *nMB) {
+    *MB = c->Co;
+    if (nK < 8)
+        *MB = c->Co / divisor_upto(c->Co, (8 + nK - 1) / nK);
+    *nMB = c->Co / *MB;
+}
+
+/* dw when x's images are contiguous and large (P >= 512 pixels, the K of
+ * one GEMM: below, the sums of its short dot products cost more than the
+ * private tiles of several images, 89 against 105 GFLOP/s at 16x16,
+ * bench/RESULTS.md), the NT GEMMs dy[n] (Co x P) @ COL[n]^T reading the
+ * columns in place. A small dw (the early layers, where the images are large) is
+ * summed in G partial copies: a parallel loop over G groups of images, each
+ * adding its images into its copy with GEMMs over all of dw (the widest
+ * tiles: 16 channels cannot feed 24 accumulators in blocks of dw), then a
+ * parallel sum of the copies in a fixed order, the same at every thread
+ * count. A large dw is split into blocks (channels x rows), each summed
+ * over all images. */
+static void conv_bwd_weight_inplace(Lower *L, KCtx *kc, const Node *n, const Conv *c, const IdxMap *mdy, int dybuf,
+                                    const IdxMap *mx, int xbuf, int dw) {
+    LKernel *k = kc->k;
+    DType dt = n->dtype;
+    int64_t taps = c->kh * c->kw, nw = c->Co * c->CK;
+    int64_t G = divisor_upto(c->N, 8);
+    LGemm g = {0};
+    g.alpha = 1, g.beta = 1, g.trans_b = true;
+    g.a_buf = dybuf, g.lda = c->P, g.b_buf = xbuf, g.ldc = c->CK, g.k = c->P;
+    if (G > 1 && nw * G * dtype_size(dt) <= 4 * lower_conv_tile_bytes * 8) {
+        int part = lower_scratch(L, xfmt("t%d_dwpart", n->id), dt, G * nw);
+        LExpr *gi, *z, *img;
+        Block bi = blk_open_loop(k, G, k->flops, &L->opt, &gi);
+        LExpr *base = let_i64(bi, imul(gi, nw));
+        Block bz = open_loop(bi, nw, &z);
+        blk_push(bz, ls_store(part, iadd(base, z), le_const_f(dt, 0), false));
+        Block bn = open_loop(bi, c->N / G, &img);
+        LExpr *im = iadd(imul(gi, c->N / G), img);
+        g.m = c->Co, g.n = c->CK;
+        g.a_off = iadd(iconst(mdy->offset), imul(im, mdy->stride[0]));
+        g.b_off = iadd(iconst(mx->offset), imul(im, mx->stride[0]));
+        g.b_im2col = im2col_of(c, c->Ci, iconst(0));
+        g.c_buf = part, g.c_off = base;
+        blk_push(bn, ls_gemm(&g));
+        LExpr *e, *lin;
+        Block be = nest_outer(blk_top(k), &nw, 1, (double)(nw * G), &L->opt, &e, &lin);
+        LExpr *sum = le_load(L->p, part, e, NULL);
+        for (int64_t i = 1; i < G; i++)
+            sum = le_op2(OP_ADD, dt, sum, le_load(L->p, part, iadd(e, iconst(i * nw)), NULL));
+        blk_push(be, ls_store(dw, e, sum, false));
+        return;
+    }
+    int64_t Cb = divisor_upto(c->Ci, c->Ci >= 8 ? c->Ci / 8 : 1), nK = c->Ci / Cb, MB, nMB;
+    dw_blocks(c, nK, &MB, &nMB);
+    LExpr *it;
+    Block bi = blk_open_loop(k, nK * nMB, k->flops, &L->opt, &it);
+    LExpr *cb = nMB == 1 ? it : let_i64(bi, idiv(it, nMB));
+    LExpr *mb = nMB == 1 ? iconst(0) : let_i64(bi, imod(it, nMB));
+    LExpr *dwoff = let_i64(bi, iadd(imul(mb, MB * c->CK), imul(cb, Cb * taps)));
+    LExpr *zr, *zc;
+    Block bz = open_loop(open_loop(bi, MB, &zr), Cb * taps, &zc);
+    blk_push(bz, ls_store(dw, iadd(dwoff, iadd(imul(zr, c->CK), zc)), le_const_f(dt, 0), false));
+    LExpr *img;
+    Block bn = open_loop(bi, c->N, &img);
+    g.m = MB, g.n = Cb * taps;
+    g.a_off = iadd(iadd(iconst(mdy->offset), imul(img, mdy->stride[0])), imul(mb, MB * c->P));
+    g.b_off = iadd(iadd(iconst(mx->offset), imul(img, mx->stride[0])), imul(cb, Cb * c->H * c->W));
+    g.b_im2col = im2col_of(c, Cb, iconst(0));
+    g.c_buf = dw, g.c_off = dwoff;
+    blk_push(bn, ls_gemm(&g));
+}
+
+static void conv2d_bwd_weight_loops(Lower *L, KCtx *kc, const Node *n) {
+    Conv c = conv_geom(n);
+    LKernel *k = kc->k;
+    DType dt = n->dtype;
+    int dw = lower_buf_of(L, n);
+    IdxMap mdy, mx;
+    int dybuf, xbuf;
+    need_buffer(L, n->in[1], &mdy, &dybuf);
+    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    if (shape_numel(n->shape) == 0)
+        return;
+    if (c.P == 0 || c.N == 0) {
+        zero_fill(L, k, dw, 0, shape_numel(n->shape));
+        return;
+    }
+    bool direct = conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1);
+    if (!direct && c.P >= 512 && im2col_ok(&c) && images_direct(L, n->in[0], &mx, &xbuf)) {
+        conv_bwd_weight_inplace(L, kc, n, &c, &mdy, dybuf, &mx, xbuf, dw);
+        return;
+    }
+    Tile t = conv_tile(&c, dt, 1024);
+    if (direct) {
+        t.RT = c.OH, t.PT = c.P, t.ntiles = c.N;
+        t.Cb = divisor_upto(c.Ci, c.Ci >= 8 ? c.Ci / 8 : 1);
+        t.KC = t.Cb, t.nK = c.Ci / t.Cb;
+    }
+    bool images = t.RT > c.OH;
+    int dyt = dybuf;
+    int64_t dyt_off = mdy.offset, dyt_ld = c.P, NP = c.N * c.P;
+    if (images) {
+        /* dyt[co, n*P + p] = dy[n, co, p] */
+        dyt = lower_scratch(L, xfmt("t%d_dyt", n->id), dt, c.Co * NP);
+        int64_t rows[2] = {c.N, c.Co};
+        LExpr *ri[2], *rl, *p;
+        Block b = nest_outer(blk_top(k), rows, 2, (double)(c.Co * NP), &L->opt, ri, &rl);
+        Block bp = open_loop(b, c.P, &p);
+        LExpr *src = iadd(iadd(iconst(mdy.offset), imul(ri[0], mdy.stride[0])), iadd(imul(ri[1], c.P), p));
+        blk_push(bp, ls_store(dyt, iadd(iadd(imul(ri[1], NP), imul(ri[0], c.P)), p), le_load(L->p, dybuf, src, NULL), false));
+        dyt_off = 0, dyt_ld = NP;
+    }
+    int64_t MB, nMB;
+    dw_blocks(&c, t.nK, &MB, &nMB);
+    int col = direct ? -1 : lower_private(L, xfmt("t%d_col", n->id), dt, t.KC * t.PT);
+    LExpr *it;
+    Block bi = blk_open_loop(k, t.nK * nMB, (double)k->flops, &L->opt, &it);
+    LExpr *cb = nMB == 1 ? it : let_i64(bi, idiv(it, nMB));
+    LExpr *mb = nMB == 1 ? iconst(0) : let_i64(bi, imod(it, nMB));
+    LExpr *dwoff = let_i64(bi, iadd(imul(mb, MB * c.CK), imul(cb, t.KC)));
+    LExpr *zr, *zc;
+    Block bz = open_loop(open_loop(bi, MB, &zr), t.KC, &zc);
+    blk_push(bz, ls_store(dw, iadd(dwoff, iadd(imul(zr, c.CK), zc)), le_const_f(dt, 0), false));
+    LExpr *ti;
+    Block bt = open_loop(bi, t.ntiles, &ti);
+    LExpr *gr0 = let_i64(bt, imul(ti, t.RT));
+    LGemm g = {0};
+    g.alpha = 1, g.beta = 1;
+    g.m = MB, g.n = t.KC, g.k = t.PT;
+    g.trans_b = true;
+    g.c_buf = dw, g.ldc = c.CK, g.c_off = dwoff;
+    g.a_buf = dyt, g.lda = dyt_ld;
+    if (images) {
+        g.a_off = iadd(imul(mb, MB * NP), imul(ti, t.PT));
+    } else {
+        LExpr *img, *oh0;
+        row_of(bt, &c, gr0, &img, &oh0);
+        g.a_off = iadd(iadd(iconst(dyt_off), imul(img, mdy.stride[0])), iadd(imul(mb, MB * c.P), imul(oh0, c.OW)));
+    }
+    if (direct) {
+        /* x[n] is the column matrix: rows ci, columns p */
+        g.b_buf = xbuf, g.ldb = c.P;
+        g.b_off = iadd(iadd(iconst(mx.offset), imul(ti, mx.stride[0])), imul(cb, t.KC * c.P));
+    } else {
+        im2col_tile(kc, bt, &c, &t, n->in[0], col, gr0, imul(cb, t.Cb));
+        g.b_buf = col, g.ldb = t.PT, g.b_off = iconst(0);
+    }
+    blk_push(bt, ls_gemm(&g));
+}
+
+/* dx for stride 1 with 0 <= pad < kernel: a convolution of dy with the
+ * weights flipped and transposed, wf[ci, co, i, j] = w[co, ci, kh-1-i,
+ * kw-1-j], padded by kernel - 1 - pad; no scatter. */
+static void conv_bwd_input_flipped(Lower *L, KCtx *kc, const Node *n, const Conv *c, int wbuf, int64_t woff, int dx) {
+    LKernel *k = kc->k;
+    DType dt = n->dtype;
+    int64_t kk = c->kh * c->kw;
+    int wf = lower_scratch(L, xfmt("t%d_wflip", n->id), dt, c->Ci * c->Co * kk);
+    int64_t dims[4] = {c->Ci, c->Co, c->kh, c->kw};
+    LExpr *wi[4], *wl;
+    Block b = nest_outer(blk_top(k), dims, 4, (double)(c->Ci * c->Co * kk), &L->opt, wi, &wl);
+    LExpr *fi = le_op2(OP_SUB, DT_I64, iconst(c->kh - 1), wi[2]), *fj = le_op2(OP_SUB, DT_I64, iconst(c->kw - 1), wi[3]);
+    LExpr *src = iadd(iconst(woff), iadd(imul(iadd(imul(wi[1], c->Ci), wi[0]), kk), iadd(imul(fi, c->kw), fj)));
+    blk_push(b, ls_store(wf, wl, le_load(L->p, wbuf, src, NULL), false));
+    Conv f = *c;
+    f.Ci = c->Co, f.H = c->OH, f.W = c->OW;
+    f.Co = c->Ci, f.OH = c->H, f.OW = c->W;
+    f.ph = c->kh - 1 - c->ph, f.pw = c->kw - 1 - c->pw;
+    f.CK = f.Ci * kk;
+    f.P = f.OH * f.OW;
+    conv_forward(L, kc, &f, n->in[0], wf, 0, dx, xfmt("t%d", n->id));
+}
+
+/* dx in general: per image (a parallel loop; an image's dx belongs to its
+ * iteration alone), zero dx[n], then per tile of rows and K block the
+ * columns colg (KC x PT) = w^T (KC x Co) @ dy[n] (Co x PT) are added to
+ * their pixels (col2im; entries in the padding add 0 to a clamped pixel). */
+static void conv2d_bwd_input_loops(Lower *L, KCtx *kc, const Node *n) {
+    Conv c = conv_geom(n);
+    LKernel *k = kc->k;
+    DType dt = n->dtype;
+    int dx = lower_buf_of(L, n);
+    IdxMap mdy, mw;
+    int dybuf, wbuf;
+    need_buffer(L, n->in[0], &mdy, &dybuf);
+    need_buffer(L, n->in[1], &mw, &wbuf);
+    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    if (shape_numel(n->shape) == 0)
+        return;
+    if (c.Co == 0 || c.P == 0) {
+        zero_fill(L, k, dx, 0, shape_numel(n->shape));
+        return;
+    }
+    LGemm g = {0};
+    g.alpha = 1;
+    g.trans_a = true, g.a_buf = wbuf, g.lda = c.CK;
+    g.b_buf = dybuf, g.ldb = c.P;
+    g.k = c.Co;
+    if (conv_is_pointwise(&c)) {
+        LExpr *img;
+        Block b = blk_open_loop(k, c.N, (double)k->flops, &L->opt, &img);
+        g.m = c.CK, g.n = c.P, g.a_off = iconst(mw.offset);
+        g.b_off = iadd(iconst(mdy.offset), imul(img, mdy.stride[0]));
+        g.c_buf = dx, g.ldc = c.P, g.c_off = imul(img, c.Ci * c.P);
+        blk_push(b, ls_gemm(&g));
+        return;
+    }
+    if (c.sh == 1 && c.sw == 1 && c.ph >= 0 && c.ph < c.kh && c.pw >= 0 && c.pw < c.kw) {
+        conv_bwd_input_flipped(L, kc, n, &c, wbuf, mw.offset, dx);
+        return;
+    }
+    Tile t = conv_tile(&c, dt, 256);
+    if (t.RT > c.OH)
+        t.RT = c.OH, t.PT = c.P;
+    int64_t HW = c.H * c.W, tiles = c.OH / t.RT;
+    int col = lower_private(L, xfmt("t%d_col", n->id), dt, t.KC * t.PT);
+    LExpr *img;
+    Block bi = blk_open_loop(k, c.N, (double)k->flops, &L->opt, &img);
+    LExpr *base = let_i64(bi, imul(img, c.Ci * HW));
+    LExpr *z;
+    Block bz = open_loop(bi, c.Ci * HW, &z);
+    blk_push(bz, ls_store(dx, iadd(base, z), le_const_f(dt, 0), false));
+    LExpr *ti, *cb;
+    Block bt = open_loop(open_loop(bi, tiles, &ti), t.nK, &cb);
+    LExpr *oh0 = let_i64(bt, imul(ti, t.RT));
+    g.m = t.KC, g.n = t.PT, g.beta = 0;
+    g.a_off = iadd(iconst(mw.offset), imul(cb, t.KC));
+    g.b_off = iadd(iadd(iconst(mdy.offset), imul(img, mdy.stride[0])), imul(oh0, c.OW));
+    g.c_buf = col, g.ldc = t.PT, g.c_off = iconst(0);
+    blk_push(bt, ls_gemm(&g));
+    /* col2im of the tile: row r = (cl*kh + i)*kw + j, columns lr*OW + q */
+    LExpr *cl;
+    Block bc = open_loop(bt, t.Cb, &cl);
+    LExpr *plane = let_i64(bc, iadd(base, imul(iadd(imul(cb, t.Cb), cl), HW)));
+    for (int64_t i = 0; i < c.kh; i++)
+        for (int64_t j = 0; j < c.kw; j++) {
+            int64_t lo, hi;
+            valid_cols(&c, j, &lo, &hi);
+            if (hi <= lo)
+                continue;
+            LExpr *lr, *hv, *q;
+            Block br = open_loop(bc, t.RT, &lr);
+            LExpr *h = tap_row(br, &c, iadd(oh0, lr), i, &hv);
+            LExpr *crow = let_i64(br, iadd(imul(iadd(imul(cl, c.kh * c.kw), iconst(i * c.kw + j)), t.PT), imul(lr, c.OW)));
+            LExpr *drow = let_i64(br, iadd(plane, imul(h, c.W)));
+            Block bq = open_loop(br, hi - lo, &q);
+            LExpr *qq = iadd(q, iconst(lo));
+            LExpr *v = le_load(L->p, col, iadd(crow, qq), NULL);
+            if (hv)
+                v = le_op3(OP_WHERE, dt, hv, v, le_const_f(dt, 0));
+            blk_push(bq, ls_store(dx, iadd(drow, iadd(imul(qq, c.sw), iconst(j - c.pw))), v, true));
+        }
+}
+
+/* ----------------------------------------------------------------------------
+ * dispatch */
+
+void lower_conv2d(Lower *L, KCtx *kc, const Node *n) {
+    if (L->opt.top_gemms)
+        conv2d_ws(L, kc, n);
+    else
+        conv2d_loops(L, kc, n);
+}
+
+void lower_conv2d_bwd_input(Lower *L, KCtx *kc, const Node *n) {
+    if (L->opt.top_gemms)
+        conv2d_bwd_input_ws(L, kc, n);
+    else
+        conv2d_bwd_input_loops(L, kc, n);
+}
+
+void lower_conv2d_bwd_weight(Lower *L, KCtx *kc, const Node *n) {
+    if (L->opt.top_gemms)
+        conv2d_bwd_weight_ws(L, kc, n);
+    else
+        conv2d_bwd_weight_loops(L, kc, n);
+}
