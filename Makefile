@@ -6,6 +6,7 @@
 #   make test-san        the same tests built with ASan + UBSan (into build-san/)
 #   make test-long       longer runs (full fuzzing session, bigger end-to-end runs)
 #   make bench           benchmarks against PyTorch (bench/)
+#   make gpu-bundle      the CUDA backend's checks for a GPU host (tests/gpu/README.md)
 #   make demo            the README's main job
 #   make clean
 #
@@ -94,9 +95,23 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_SUPPORT) $(B)/libletheccore.a $(B)/
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -rdynamic -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
 
-# libFuzzer harness over parser + checker (clang only; `make fuzz`)
+# The mock CUDA driver, NVRTC and cuBLAS of the CUDA tests (tests/cuda_mock.c): the
+# test loads it with dlopen, so it is built beside the test, not linked in.
+$(B)/tests/libcudamock.so: tests/cuda_mock.c runtime/cuda_min.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O1 -g -fPIC -shared $(WARN) -Iruntime -o $@ $< -ldl -lpthread
+$(B)/tests/test_cuda_device: | $(B)/tests/libcudamock.so
+
+# The GPU bundle: programs compiled here for the CPU and CUDA, linked into
+# one binary with the scripts tests/gpu/run.sh runs on a GPU host (see
+# tests/gpu/README.md); never part of `make test`.
+.PHONY: gpu-bundle
+gpu-bundle: all
+	B=$(B) tests/gpu/build.sh
+
+# libFuzzer harness over the compiler up to the loop IR (clang only; `make fuzz`)
 FUZZ_CC ?= clang-19
-$(B)/fuzz/fuzz_frontend: tests/fuzz/fuzz_frontend.c $(COMPILER_LIB_SRC) $(B)/gen/parser.c $(B)/gen/lexer.c
+$(B)/fuzz/fuzz_frontend: tests/fuzz/fuzz_frontend.c $(COMPILER_LIB_SRC) $(RUNTIME_SRC) $(B)/gen/parser.c $(B)/gen/lexer.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(LLVM_CFLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar \
 	    -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)

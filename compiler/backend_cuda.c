@@ -114,6 +114,13 @@ int cu_add_kernel(CuProgram *cp, const char *name, const char *comment, const ch
     return *slot;
 }
 
+void cu_conv_geometry(const LIm2col *ic, int64_t g[11]) {
+    /* the loop IR's implicit im2col is a stride-1 convolution that keeps the
+     * width (loopir.h); the kernels take the general geometry */
+    int64_t v[11] = {ic->c, ic->h, ic->w, ic->kh, ic->kw, 1, 1, ic->ph, ic->pw, ic->oh, ic->w};
+    memcpy(g, v, sizeof v);
+}
+
 /* ---------------------------------------------------------------------------
  * modules and NVRTC */
 
@@ -250,7 +257,7 @@ void cuda_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, 
         emit_header(cu, progs, nprogs, out_path, opt->program_symbol ? opt->program_symbol : LETHE_PROGRAM_SYMBOL);
         return;
     }
-    CuProgram cp = {.opt = opt, .arch = opt->cuda_arch ? opt->cuda_arch : "sm_90", .gemm_kernel = {-1, -1}};
+    CuProgram cp = {.opt = opt, .arch = opt->cuda_arch ? opt->cuda_arch : "sm_90", .gemm_kernel = {-1, -1, -1, -1}};
     if (!valid_arch(cp.arch))
         error_noloc("--arch=%s is not a real GPU architecture\n---> HINT: write sm_ and the compute capability, e.g. "
                     "--arch=sm_90 for an H100 (NVRTC makes a CUBIN only for real architectures)", cp.arch);

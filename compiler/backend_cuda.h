@@ -7,7 +7,8 @@
  * A CUDA program is a list of deduplicated kernels (CUDA C++ that is also
  * C, so that the host shim of the tests compiles it) spread over modules,
  * and one launch list per entry: kernel launches with their parameters and
- * GEMMs for cuBLAS (or the generated tiled GEMM kernel).
+ * GEMMs for cuBLAS or the generated tiled GEMM kernel (which also reads a
+ * convolution's input as an implicit im2col matrix).
  */
 #ifndef LETHE_BACKEND_CUDA_H
 #define LETHE_BACKEND_CUDA_H
@@ -46,6 +47,8 @@ typedef struct CuGemm {
     int64_t batch, stride_a, stride_b, stride_c;   /* elements */
     int a_buf, b_buf, c_buf;
     int64_t a_off, b_off, c_off;                   /* elements */
+    const LIm2col *im2col;                         /* NULL: B is strided */
+    int64_t p0;                                    /* im2col: the first column */
 } CuGemm;
 
 typedef struct CuLaunch {
@@ -83,7 +86,7 @@ typedef struct CuProgram {
     VEC(CuEntry) entries;
     VEC(CuModule) modules;
     VEC(const char *) options;   /* NVRTC options */
-    int gemm_kernel[2];          /* generated GEMM kernel for f32, f64; -1: none yet */
+    int gemm_kernel[4];          /* GEMM kernel for f32, f64, and with im2col; -1: none yet */
     /* dedup: kernel bodies (without name) -> kernel index */
     const char **dedup_key;
     int *dedup_val;
@@ -109,10 +112,15 @@ int cu_push_kernel(CuProgram *cp, const char *name, const char *text, bool barri
 void cu_emit_host(const CompUnit *cu, LProgram **progs, int nprogs, const CuProgram *cp, EmitKind kind,
                   const char *out_path);
 
+/* The geometry of an implicit-im2col operand as the prelude's lk_conv and
+ * lethe_cuda_im2col order it: c h w kh kw sh sw ph pw oh ow (backend_cuda.c;
+ * the one place that reads LIm2col's fields). */
+void cu_conv_geometry(const LIm2col *ic, int64_t g[11]);
+
 /* backend_cuda_prelude.c */
-extern const char cu_prelude[];                /* helpers every module starts with */
-const char *cu_prelude_text(void);             /* cu_prelude and the GEMM tile functions */
-int cu_gemm_kernel(CuProgram *cp, DType dt);   /* the tiled GEMM kernel, added once */
+const char *cu_prelude_text(void);             /* the helpers every module starts with */
+/* the tiled GEMM kernel (B strided, or implicit im2col), added once */
+int cu_gemm_kernel(CuProgram *cp, DType dt, bool im2col);
 
 /* A pointer-keyed map in the arena (expressions are DAGs: walks visit each
  * node once through one of these). */
@@ -172,8 +180,9 @@ double cu_work(const LStmt *s);
 
 /* Statically evaluable I64 expression over the variables in env (values,
  * known[] flags): true and *out on success. */
-bool cu_eval_static(const LExpr *e, const int64_t *env, const bool *known, const LKernel *k, int64_t *out);
+bool cu_eval_static(const LExpr *e, const int64_t *env, const bool *known, int64_t *out);
 
+/* Structural equality of two expressions. */
 bool cu_expr_equal(const LExpr *a, const LExpr *b);
 
 #endif

@@ -187,6 +187,8 @@ static void info_stmts(RangeCtx *rc, LStmt *const *body, int n) {
             range_expr(rc, gm->a_off);
             range_expr(rc, gm->b_off);
             range_expr(rc, gm->c_off);
+            if (gm->b_im2col)
+                range_expr(rc, gm->b_im2col->p0);
             /* the in-kernel GEMM of the fallback path indexes up to these */
             int64_t span[3] = {gm->m * (gm->lda > gm->k ? gm->lda : gm->k), gm->k * (gm->ldb > gm->n ? gm->ldb : gm->n),
                                gm->m * gm->ldc};
@@ -262,7 +264,7 @@ bool cu_expr_equal(const LExpr *a, const LExpr *b) {
     return false;
 }
 
-bool cu_eval_static(const LExpr *e, const int64_t *env, const bool *known, const LKernel *k, int64_t *out) {
+bool cu_eval_static(const LExpr *e, const int64_t *env, const bool *known, int64_t *out) {
     int64_t a = 0, b = 0, c = 0;
     switch (e->kind) {
     case LE_CONST:
@@ -282,8 +284,8 @@ bool cu_eval_static(const LExpr *e, const int64_t *env, const bool *known, const
         break;
     }
     int ar = op_info[e->op].arity;
-    if (!cu_eval_static(e->a[0], env, known, k, &a) || (ar > 1 && !cu_eval_static(e->a[1], env, known, k, &b)) ||
-        (ar > 2 && !cu_eval_static(e->a[2], env, known, k, &c)))
+    if (!cu_eval_static(e->a[0], env, known, &a) || (ar > 1 && !cu_eval_static(e->a[1], env, known, &b)) ||
+        (ar > 2 && !cu_eval_static(e->a[2], env, known, &c)))
         return false;
     switch (e->op) {
     case OP_ADD: *out = a + b; return true;
@@ -410,7 +412,8 @@ static int stmt_var_refs(const LStmt *s, int v, Memo *seen) {
     case LS_ASSIGN: return var_refs(s->value, v, seen);
     case LS_STORE: return var_refs(s->index, v, seen) + var_refs(s->value, v, seen);
     case LS_GEMM:
-        return var_refs(s->gemm.a_off, v, seen) + var_refs(s->gemm.b_off, v, seen) + var_refs(s->gemm.c_off, v, seen);
+        return var_refs(s->gemm.a_off, v, seen) + var_refs(s->gemm.b_off, v, seen) + var_refs(s->gemm.c_off, v, seen) +
+               (s->gemm.b_im2col ? var_refs(s->gemm.b_im2col->p0, v, seen) : 0);
     }
     return 0;
 }

@@ -36,7 +36,7 @@ typedef struct Host {
     LL ll;
     const char *sym;
     int nglobals;
-    LLVMTypeRef module_t, program_t, ref_t, param_t, gemm_t, launch_t, arg_t, entry_t;
+    LLVMTypeRef module_t, program_t, ref_t, param_t, im2col_t, gemm_t, launch_t, arg_t, entry_t;
 } Host;
 
 static void check_layout(Host *h, LLVMTypeRef ty, const size_t *off, int n, size_t size, const char *what) {
@@ -84,15 +84,24 @@ static void make_types(Host *h) {
         h->param_t = struct_t(h, "lethe_cuda_param", f, 3, o, sizeof(lethe_cuda_param));
     }
     {
+        LLVMTypeRef f[12];
+        size_t o[12];
+        for (int i = 0; i < 12; i++)
+            f[i] = I64, o[i] = (size_t)i * sizeof(int64_t);
+        h->im2col_t = struct_t(h, "lethe_cuda_im2col", f, 12, o, sizeof(lethe_cuda_im2col));
+        ASSERT(OFF(lethe_cuda_im2col, p0) == 11 * sizeof(int64_t));
+    }
+    {
         LLVMTypeRef f[] = {I32, I32, I32, I32, I64, I64, I64, I64, I64, I64, F64, F64, I64, I64, I64, I64,
-                           h->ref_t, h->ref_t, h->ref_t};
+                           h->ref_t, h->ref_t, h->ref_t, P};
         size_t o[] = {OFF(lethe_cuda_gemm, dtype), OFF(lethe_cuda_gemm, trans_a), OFF(lethe_cuda_gemm, trans_b),
                       OFF(lethe_cuda_gemm, _pad), OFF(lethe_cuda_gemm, m), OFF(lethe_cuda_gemm, n), OFF(lethe_cuda_gemm, k),
                       OFF(lethe_cuda_gemm, lda), OFF(lethe_cuda_gemm, ldb), OFF(lethe_cuda_gemm, ldc),
                       OFF(lethe_cuda_gemm, alpha), OFF(lethe_cuda_gemm, beta), OFF(lethe_cuda_gemm, batch),
                       OFF(lethe_cuda_gemm, stride_a), OFF(lethe_cuda_gemm, stride_b), OFF(lethe_cuda_gemm, stride_c),
-                      OFF(lethe_cuda_gemm, a), OFF(lethe_cuda_gemm, b), OFF(lethe_cuda_gemm, c)};
-        h->gemm_t = struct_t(h, "lethe_cuda_gemm", f, 19, o, sizeof(lethe_cuda_gemm));
+                      OFF(lethe_cuda_gemm, a), OFF(lethe_cuda_gemm, b), OFF(lethe_cuda_gemm, c),
+                      OFF(lethe_cuda_gemm, im2col)};
+        h->gemm_t = struct_t(h, "lethe_cuda_gemm", f, 20, o, sizeof(lethe_cuda_gemm));
     }
     {
         LLVMTypeRef f[] = {I32, I32, I32, I32, I32, I32, P, P};
@@ -197,14 +206,24 @@ static LLVMValueRef launch_desc(Host *h, const LProgram *p, const CuLaunch *l) {
     LLVMValueRef gemm = nullp(h);
     if (l->kind == LETHE_CUDA_GEMM) {
         const CuGemm *g = &l->gemm;
-        LLVMValueRef f[19] = {
+        LLVMValueRef im2col = nullp(h);
+        if (g->im2col) {
+            int64_t v[12];
+            cu_conv_geometry(g->im2col, v);
+            v[11] = g->p0;
+            LLVMValueRef f[12];
+            for (int i = 0; i < 12; i++)
+                f[i] = i64v(h, v[i]);
+            im2col = private_global(h, LLVMConstNamedStruct(h->im2col_t, f, 12), 8);
+        }
+        LLVMValueRef f[20] = {
             i32v(h, abi_dtype(g->dtype)), i32v(h, g->trans_a), i32v(h, g->trans_b), i32v(h, 0),
             i64v(h, g->m), i64v(h, g->n), i64v(h, g->k), i64v(h, g->lda), i64v(h, g->ldb), i64v(h, g->ldc),
             LLVMConstReal(h->ll.t_f64, g->alpha), LLVMConstReal(h->ll.t_f64, g->beta),
             i64v(h, g->batch), i64v(h, g->stride_a), i64v(h, g->stride_b), i64v(h, g->stride_c),
-            ref(h, p, g->a_buf, g->a_off), ref(h, p, g->b_buf, g->b_off), ref(h, p, g->c_buf, g->c_off),
+            ref(h, p, g->a_buf, g->a_off), ref(h, p, g->b_buf, g->b_off), ref(h, p, g->c_buf, g->c_off), im2col,
         };
-        gemm = private_global(h, LLVMConstNamedStruct(h->gemm_t, f, 19), 8);
+        gemm = private_global(h, LLVMConstNamedStruct(h->gemm_t, f, 20), 8);
     }
     LLVMValueRef f[8] = {i32v(h, l->kind), i32v(h, l->kernel), i32v(h, l->grid), i32v(h, l->block), i32v(h, np), i32v(h, 0),
                          array(h, h->param_t, params, np), gemm};

@@ -16,7 +16,7 @@
 #include "backend_cuda.h"
 #include "lethe_abi.h"
 
-const char cu_prelude[] =
+static const char cu_prelude[] =
     "/* Lethe CUDA prelude (compiler/backend_cuda_prelude.c) */\n"
     "#ifndef LETHE_HOST_SHIM\n"
     "#define LK_KERNEL extern \"C\" __global__\n"
@@ -46,8 +46,12 @@ const char cu_prelude[] =
     "LK_DEV double lk_minnan_f64(double a, double b) { return a != a ? a : b != b ? b : a < b ? a : b; }\n"
     "\n"
     "/* Philox-4x32-10, runtime/philox.h: element i of the tensor drawn at call\n"
-    " * site `stream` during call `step` takes lane i % 4 of block i / 4 */\n"
-    "LK_DEV void lk_philox(lk_u64 seed, lk_u64 stream, lk_u64 step, lk_u64 i, lk_u32 v[4]) {\n"
+    " * site `stream` during call `step` takes lane i % 4 of block i / 4 (lanes are\n"
+    " * picked with selects: an indexed array would live in local memory) */\n"
+    "typedef struct lk_philox4 {\n"
+    "    lk_u32 v0, v1, v2, v3;\n"
+    "} lk_philox4;\n"
+    "LK_DEV lk_philox4 lk_philox(lk_u64 seed, lk_u64 stream, lk_u64 step, lk_u64 i) {\n"
     "    lk_u64 g = i >> 2;\n"
     "    lk_u32 c0 = (lk_u32)g, c1 = (lk_u32)(g >> 32), c2 = (lk_u32)stream, c3 = (lk_u32)step;\n"
     "    lk_u32 k0 = (lk_u32)seed, k1 = (lk_u32)(seed >> 32);\n"
@@ -61,25 +65,25 @@ const char cu_prelude[] =
     "        k0 += 0x9E3779B9u;\n"
     "        k1 += 0xBB67AE85u;\n"
     "    }\n"
-    "    v[0] = c0, v[1] = c1, v[2] = c2, v[3] = c3;\n"
+    "    lk_philox4 b = {c0, c1, c2, c3};\n"
+    "    return b;\n"
+    "}\n"
+    "LK_DEV lk_u32 lk_philox_lane(lk_philox4 b, lk_u64 i) {\n"
+    "    int lane = (int)(i & 3);\n"
+    "    return lane == 0 ? b.v0 : lane == 1 ? b.v1 : lane == 2 ? b.v2 : b.v3;\n"
     "}\n"
     "LK_DEV float lk_uniform_f32(lk_u64 seed, lk_u64 stream, lk_u64 step, lk_u64 i) {\n"
-    "    lk_u32 v[4];\n"
-    "    lk_philox(seed, stream, step, i, v);\n"
-    "    return ((float)(v[i & 3] >> 8) + 0.5f) * 0x1p-24f;\n"
+    "    return ((float)(lk_philox_lane(lk_philox(seed, stream, step, i), i) >> 8) + 0.5f) * 0x1p-24f;\n"
     "}\n"
     "LK_DEV double lk_uniform_f64(lk_u64 seed, lk_u64 stream, lk_u64 step, lk_u64 i) {\n"
-    "    lk_u32 v[4];\n"
-    "    lk_philox(seed, stream, step, i, v);\n"
-    "    return ((double)v[i & 3] + 0.5) * 0x1p-32;\n"
+    "    return ((double)lk_philox_lane(lk_philox(seed, stream, step, i), i) + 0.5) * 0x1p-32;\n"
     "}\n"
     "/* Box-Muller in double; lanes 0, 2 take the cos branch, 1, 3 the sin branch */\n"
     "LK_DEV double lk_normal(lk_u64 seed, lk_u64 stream, lk_u64 step, lk_u64 i) {\n"
-    "    lk_u32 v[4];\n"
-    "    lk_philox(seed, stream, step, i, v);\n"
+    "    lk_philox4 b = lk_philox(seed, stream, step, i);\n"
     "    int lane = (int)(i & 3);\n"
-    "    double u1 = ((double)(lane < 2 ? v[0] : v[2]) + 0.5) * 0x1p-32;\n"
-    "    double u2 = ((double)(lane < 2 ? v[1] : v[3]) + 0.5) * 0x1p-32;\n"
+    "    double u1 = ((double)(lane < 2 ? b.v0 : b.v2) + 0.5) * 0x1p-32;\n"
+    "    double u2 = ((double)(lane < 2 ? b.v1 : b.v3) + 0.5) * 0x1p-32;\n"
     "    double r = sqrt(-2.0 * log(u1));\n"
     "    double t = 6.283185307179586476925286766559 * u2;\n"
     "    return (lane & 1) ? r * sin(t) : r * cos(t);\n"
@@ -125,10 +129,13 @@ const char cu_prelude[] =
  * over `nbatch` products (A_b = A + b sa, B_b = B + b sb), 4 x 4 outputs per
  * thread, staging 16-deep slices of op(A) and op(B) in shared memory As and
  * Bs (16 x 65 each; read along each operand's contiguous direction, so
- * loads coalesce). All threads of the block must call it. */
+ * loads coalesce). All threads of the block must call it. Two variants: B a
+ * strided matrix (lk_gemm_tile_$T, with ldb), or B the implicit column
+ * matrix of a convolution of image B (lk_gemm_tile_col_$T, with the
+ * geometry cv and the first column p0; loopir.h, LS_GEMM with b_im2col). */
 static const char gemm_tile_template[] =
-    "LK_DEV void lk_gemm_tile_$T(const $T *A, const $T *B, $T *C, long long m, long long n, long long k,\n"
-    "        long long lda, long long ldb, long long ldc, int ta, int tb, $T alpha, $T beta, long long i0,\n"
+    "LK_DEV void lk_gemm_tile$V_$T(const $T *A, const $T *B, $T *C, long long m, long long n, long long k,\n"
+    "        long long lda, $BPARAMS, long long ldc, int ta, int tb, $T alpha, $T beta, long long i0,\n"
     "        long long j0, long long nbatch, long long sa, long long sb, $T *As, $T *Bs) {\n"
     "    int t = threadIdx.x, tx = t % 16, ty = t / 16;\n"
     "    $T acc[4][4];\n"
@@ -144,7 +151,7 @@ static const char gemm_tile_template[] =
     "                As[kk * 65 + ii] = gi < m && gk < k ? Ab[ta ? gk * lda + gi : gi * lda + gk] : ($T)0;\n"
     "                int kb = tb ? e % 16 : e / 64, jj = tb ? e / 16 : e % 64;\n"
     "                long long gj = j0 + jj, gl = k0 + kb;\n"
-    "                Bs[kb * 65 + jj] = gj < n && gl < k ? Bb[tb ? gj * ldb + gl : gl * ldb + gj] : ($T)0;\n"
+    "                Bs[kb * 65 + jj] = gj < n && gl < k ? $BLOAD : ($T)0;\n"
     "            }\n"
     "            __syncthreads();\n"
     "            for (int kk = 0; kk < 16; kk++) {\n"
@@ -168,6 +175,16 @@ static const char gemm_tile_template[] =
     "                *p = beta == 0 ? alpha * acc[r][c] : alpha * acc[r][c] + beta * *p;\n"
     "            }\n"
     "        }\n"
+    "}\n";
+
+/* COL[r][q] of a convolution's input x (loopir.h): 0 outside the image, whose
+ * memory is not touched */
+static const char col_template[] =
+    "LK_DEV $T lk_col_$T(const $T *x, lk_conv cv, long long r, long long q) {\n"
+    "    int ri = (int)r, qi = (int)q, kk = (int)(cv.kh * cv.kw);\n"
+    "    int ci = ri / kk, i = ri / (int)cv.kw % (int)cv.kh, j = ri % (int)cv.kw;\n"
+    "    int hh = qi / (int)cv.ow * (int)cv.sh + i - (int)cv.ph, ww = qi % (int)cv.ow * (int)cv.sw + j - (int)cv.pw;\n"
+    "    return hh >= 0 && hh < cv.h && ww >= 0 && ww < cv.w ? x[((long long)ci * cv.h + hh) * cv.w + ww] : ($T)0;\n"
     "}\n";
 
 /* The GEMM of lethe_cuda_gemm (lethe_abi.h): one block per 64 x 64 tile and
@@ -197,24 +214,57 @@ static const char gemm_template[] =
     "LK_SHIM_ENTRY($NAME, 1)\n"
     "#endif\n";
 
-/* s with every $T replaced by t and $NAME by name */
-static const char *instantiate(const char *s, const char *t, const char *name) {
+/* The same with B the column matrix of image B + b sb (convolution as an
+ * implicit GEMM): the geometry follows the GEMM's parameters. */
+static const char gemm_col_template[] =
+    "LK_KERNEL void $NAME(const $T *__restrict__ A, const $T *__restrict__ B, $T *__restrict__ C,\n"
+    "        long long m, long long n, long long k, long long lda, long long ldc, int ta, int tb,\n"
+    "        $T alpha, $T beta, long long batch, long long sa, long long sb, long long sc,\n"
+    "        long long c, long long h, long long w, long long kh, long long kw, long long sh, long long sw,\n"
+    "        long long ph, long long pw, long long oh, long long ow, long long p0) {\n"
+    "    __shared__ $T As[16 * 65];\n"
+    "    __shared__ $T Bs[16 * 65];\n"
+    "    lk_conv cv = {c, h, w, kh, kw, sh, sw, ph, pw, oh, ow};\n"
+    "    long long tn = (n + 63) / 64, tiles = (m + 63) / 64 * tn;\n"
+    "    long long tile = blockIdx.x % tiles, bz = blockIdx.x / tiles;\n"
+    "    int sum_batch = sc == 0 && batch > 1;\n"
+    "    long long first = sum_batch ? 0 : bz;\n"
+    "    lk_gemm_tile_col_$T(A + first * sa, B + first * sb, C + (sum_batch ? 0 : bz * sc), m, n, k, lda, cv, p0, ldc,\n"
+    "                        ta, tb, alpha, beta, tile / tn * 64, tile % tn * 64, sum_batch ? batch : 1, sa, sb, As, Bs);\n"
+    "}\n"
+    "#ifdef LETHE_HOST_SHIM\n"
+    "static void $NAME__thunk(void *const *a) {\n"
+    "    const long long *q[28];\n"
+    "    for (int i = 0; i < 28; i++)\n"
+    "        q[i] = (const long long *)a[i];\n"
+    "    $NAME(*(const $T *const *)a[0], *(const $T *const *)a[1], *($T *const *)a[2], *q[3], *q[4], *q[5], *q[6],\n"
+    "        *q[7], *(const int *)a[8], *(const int *)a[9], *(const $T *)a[10], *(const $T *)a[11], *q[12], *q[13],\n"
+    "        *q[14], *q[15], *q[16], *q[17], *q[18], *q[19], *q[20], *q[21], *q[22], *q[23], *q[24], *q[25], *q[26],\n"
+    "        *q[27]);\n"
+    "}\n"
+    "LK_SHIM_ENTRY($NAME, 1)\n"
+    "#endif\n";
+
+/* s with $T the C type t (and _$T its suffix), $NAME name, and the other
+ * placeholders as given (NULL: not used) */
+static const char *instantiate(const char *s, const char *t, const char *name, const char *variant,
+                               const char *bparams, const char *bload) {
     const char *suffix = !strcmp(t, "float") ? "f32" : "f64";
+    static const char *keys[] = {"_$T", "$T", "$NAME", "$V", "$BPARAMS", "$BLOAD"};
     Sb b = {0};
     while (*s) {
-        if (!strncmp(s, "_$T", 3)) {   /* a name suffix: lk_gemm_tile_f32 */
-            sb_printf(&b, "_%s", suffix);
-            s += 3;
-        } else if (!strncmp(s, "$T", 2)) {
-            sb_puts(&b, t);
-            s += 2;
-        } else if (!strncmp(s, "$NAME", 5)) {
-            sb_puts(&b, name);
-            s += 5;
-        } else {
+        int k = -1;
+        for (int i = 0; i < 6 && k < 0; i++)
+            if (!strncmp(s, keys[i], strlen(keys[i])))
+                k = i;
+        const char *val = k == 0 ? xfmt("_%s", suffix) : k == 1 ? t : k == 2 ? name : k == 3 ? variant : k == 4 ? bparams : bload;
+        if (k < 0 || !val) {
             char c[2] = {*s++, 0};
             sb_puts(&b, c);
+            continue;
         }
+        sb_puts(&b, val);
+        s += strlen(keys[k]);
     }
     return sb_str(&b);
 }
@@ -222,18 +272,26 @@ static const char *instantiate(const char *s, const char *t, const char *name) {
 const char *cu_prelude_text(void) {
     Sb b = {0};
     sb_puts(&b, cu_prelude);
-    sb_puts(&b, instantiate(gemm_tile_template, "float", ""));
-    sb_puts(&b, instantiate(gemm_tile_template, "double", ""));
+    sb_puts(&b, "typedef struct lk_conv {\n    long long c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;\n} lk_conv;\n");
+    static const char *const types[] = {"float", "double"};
+    for (int i = 0; i < 2; i++) {
+        const char *t = types[i];
+        sb_puts(&b, instantiate(col_template, t, "", NULL, NULL, NULL));
+        sb_puts(&b, instantiate(gemm_tile_template, t, "", "", "long long ldb", "Bb[tb ? gj * ldb + gl : gl * ldb + gj]"));
+        sb_puts(&b, instantiate(gemm_tile_template, t, "", "_col", "lk_conv cv, long long p0",
+                                xfmt("lk_col_%s(Bb, cv, tb ? gj : gl, p0 + (tb ? gl : gj))", i ? "f64" : "f32")));
+    }
     sb_puts(&b, "\n");
     return sb_str(&b);
 }
 
-int cu_gemm_kernel(CuProgram *cp, DType dt) {
-    int w = dt == DT_F64;
+int cu_gemm_kernel(CuProgram *cp, DType dt, bool im2col) {
+    int w = (dt == DT_F64) + 2 * im2col;
     ASSERT(dt == DT_F32 || dt == DT_F64);
     if (cp->gemm_kernel[w] < 0) {
-        const char *name = w ? "lethe_gemm_f64" : "lethe_gemm_f32";
-        const char *text = instantiate(gemm_template, w ? "double" : "float", name);
+        const char *name = xfmt("lethe_gemm%s_%s", im2col ? "_col" : "", dt == DT_F64 ? "f64" : "f32");
+        const char *text = instantiate(im2col ? gemm_col_template : gemm_template, dt == DT_F64 ? "double" : "float", name,
+                                       NULL, NULL, NULL);
         cp->gemm_kernel[w] = cu_push_kernel(cp, name, text, true);
     }
     return cp->gemm_kernel[w];

@@ -2,10 +2,11 @@
  *
  * The top-level statements of a kernel are cut into units, each one launch:
  *
- *   GEMM nests   a GEMM, or serial loops holding only GEMMs with offsets
- *                known at compile time: cuBLAS calls (batched along the
- *                innermost loop when the offsets advance evenly), or the
- *                generated tiled GEMM kernel;
+ *   GEMM nests   a GEMM, or loops (parallel or not) holding only GEMMs with
+ *                offsets known at compile time: cuBLAS calls batched along
+ *                the innermost loop when the offsets advance evenly, or the
+ *                generated tiled GEMM kernel (products into one C, and B
+ *                read as a convolution's implicit im2col matrix);
  *   parallel     a top-level parallel loop P (iterations independent by the
  *                loop IR's contract), mapped one of three ways:
  *       collapse   P's body is LETs and a nest that spreads (cu_classify):
@@ -55,6 +56,7 @@ typedef struct KG {
     bool rand;
     /* C names: per variable an alias (block partials) or NULL for vN */
     const char **alias;
+    char *used;                /* per variable: read anywhere in the kernel */
     int ntemp, nflat;
     /* LB_PRIVATE buffers: one copy per block, at priv + blockIdx.x * pstride */
     int64_t *poff;             /* per buffer: offset in a copy, -1 if not private */
@@ -460,8 +462,14 @@ static void gemm_element(KG *g, const LGemm *gm, const char *a0, const char *b0,
     line(g, "%s acc = 0;", ctype(g, dt));
     line(g, "for (%s l = 0; l < %lld; l++)", g->it, (long long)gm->k);
     const char *ai = gm->trans_a ? xfmt("l * %lld + %s", (long long)gm->lda, i) : xfmt("%s * %lld + l", i, (long long)gm->lda);
-    const char *bi = gm->trans_b ? xfmt("%s * %lld + l", j, (long long)gm->ldb) : xfmt("l * %lld + %s", (long long)gm->ldb, j);
-    line(g, "    acc += %s[%s + %s] * %s[%s + %s];", A, a0, ai, B, b0, bi);
+    const char *bv;
+    if (gm->b_im2col)   /* op(B)[l][j] of the column matrix, lk_cv and lk_p0 declared by gen_gemm */
+        bv = gm->trans_b ? xfmt("lk_col_%s(%s + %s, lk_cv, %s, lk_p0 + l)", tsuffix(dt), B, b0, j)
+                         : xfmt("lk_col_%s(%s + %s, lk_cv, l, lk_p0 + %s)", tsuffix(dt), B, b0, j);
+    else
+        bv = xfmt("%s[%s + %s]", B, b0, gm->trans_b ? xfmt("%s * %lld + l", j, (long long)gm->ldb)
+                                                    : xfmt("l * %lld + %s", (long long)gm->ldb, j));
+    line(g, "    acc += %s[%s + %s] * %s;", A, a0, ai, bv);
     const char *c = xfmt("%s[%s + %s * %lld + %s]", C, c0, i, (long long)gm->ldc, j);
     if (gm->beta == 0)
         line(g, "%s = %s * acc;", c, fconst(dt, gm->alpha));
@@ -475,11 +483,20 @@ static void gemm_element(KG *g, const LGemm *gm, const char *a0, const char *b0,
 static void gen_gemm(KG *g, const LGemm *gm) {
     if (gm->m == 0 || gm->n == 0)
         return;
-    const LExpr *roots[3] = {gm->a_off, gm->b_off, gm->c_off};
-    begin_stmt(g, roots, 3);
+    const LIm2col *ic = gm->b_im2col;
+    const LExpr *roots[4] = {gm->a_off, gm->b_off, gm->c_off, ic ? ic->p0 : NULL};
+    begin_stmt(g, roots, ic ? 4 : 3);
     line(g, "{");
     g->ind++;
     line(g, "const %s a0 = %s, b0 = %s, c0 = %s;", g->it, render(g, gm->a_off), render(g, gm->b_off), render(g, gm->c_off));
+    if (ic) {
+        int64_t cv[11];
+        cu_conv_geometry(ic, cv);
+        line(g, "const lk_conv lk_cv = {%lld, %lld, %lld, %lld, %lld, %lld, %lld, %lld, %lld, %lld, %lld};", (long long)cv[0],
+             (long long)cv[1], (long long)cv[2], (long long)cv[3], (long long)cv[4], (long long)cv[5], (long long)cv[6],
+             (long long)cv[7], (long long)cv[8], (long long)cv[9], (long long)cv[10]);
+        line(g, "const long long lk_p0 = %s;", render(g, ic->p0));
+    }
     DType dt = g->p->bufs.data[gm->c_buf].dtype;
     if (g->nt == CU_MAX_BLOCK) {
         int64_t tn = (gm->n + 63) / 64, tiles = (gm->m + 63) / 64 * tn;
@@ -487,13 +504,17 @@ static void gen_gemm(KG *g, const LGemm *gm) {
         g->gemm_smem[dt] = true;
         g->barriers = true;
         line(g, "for (long long tile = 0; tile < %lldLL; tile++)", (long long)tiles);
-        line(g, "    lk_gemm_tile_%s(%s + a0, %s + b0, %s + c0, %lldLL, %lldLL, %lldLL, %lldLL, %lldLL, %lldLL, %d, %d, %s, %s,",
-             tsuffix(dt), A, B, C, (long long)gm->m, (long long)gm->n, (long long)gm->k, (long long)(gm->lda > 0 ? gm->lda : 1),
-             (long long)(gm->ldb > 0 ? gm->ldb : 1), (long long)gm->ldc, gm->trans_a, gm->trans_b, fconst(dt, gm->alpha),
-             fconst(dt, gm->beta));
+        line(g, "    lk_gemm_tile%s_%s(%s + a0, %s + b0, %s + c0, %lldLL, %lldLL, %lldLL, %lldLL, %s, %lldLL, %d, %d, %s, %s,",
+             ic ? "_col" : "", tsuffix(dt), A, B, C, (long long)gm->m, (long long)gm->n, (long long)gm->k,
+             (long long)(gm->lda > 0 ? gm->lda : 1), ic ? "lk_cv, lk_p0" : xfmt("%lldLL", (long long)(gm->ldb > 0 ? gm->ldb : 1)),
+             (long long)gm->ldc, gm->trans_a, gm->trans_b, fconst(dt, gm->alpha), fconst(dt, gm->beta));
         line(g, "                    tile / %lldLL * 64, tile %% %lldLL * 64, 1, 0, 0, lk_ga_%s, lk_gb_%s);", (long long)tn,
              (long long)tn, tsuffix(dt), tsuffix(dt));
-    } else if (g->nt) {
+        g->ind--;
+        line(g, "}");
+        return;
+    }
+    if (g->nt) {
         line(g, "for (%s f = threadIdx.x; f < %lld; f += %d) {", g->it, (long long)(gm->m * gm->n), g->nt);
         line(g, "    const %s i = f / %lld, j = f %% %lld;", g->it, (long long)gm->n, (long long)gm->n);
     } else {
@@ -518,6 +539,8 @@ static void gen_serial(KG *g, const LStmt *s) {
         line(g, "}");
         return;
     case LS_LET:
+        if (!g->used[s->var])
+            return;   /* lowering may define index variables it does not need */
         begin_stmt(g, (const LExpr *const *)&s->value, 1);
         line(g, "%s %s = %s;", ctype(g, g->k->vars.data[s->var]), var_name(g, s->var), render(g, s->value));
         return;
@@ -547,6 +570,8 @@ static int64_t nest_total(const LStmt *const *levels, int n) {
 
 static void decode_levels(KG *g, const char *f, const LStmt *const *levels, int n) {
     for (int i = 0; i < n; i++) {
+        if (!g->used[levels[i]->var])
+            continue;
         int64_t below = nest_total(levels + i + 1, n - i - 1);
         const char *e = below == 1 ? f : xfmt("%s / %s", f, iconst_str(g, DT_I64, below));
         if (i > 0)
@@ -906,6 +931,33 @@ static int block_threads(int64_t widest) {
 /* ---------------------------------------------------------------------------
  * kernels and launches */
 
+static void stmt_uses(const LStmt *s, char *used, CuMap *seen);
+
+/* the variables something needs: LETs nobody reads are dropped, and with
+ * them what only they read */
+static void live_stmts(LStmt *const *body, int n, const char *used, char *now, CuMap *seen) {
+    for (int i = 0; i < n; i++) {
+        const LStmt *s = body[i];
+        if (s->kind == LS_FOR)
+            live_stmts(s->body.data, s->body.len, used, now, seen);
+        else if (s->kind != LS_LET || used[s->var])
+            stmt_uses(s, now, seen);
+    }
+}
+
+static void live_vars(const LKernel *k, char *used) {
+    /* start from everything but LETs, then add what live LETs read */
+    for (bool changed = true; changed;) {
+        changed = false;
+        char *now = xalloc((size_t)k->vars.len + 1);
+        CuMap seen = {0};
+        live_stmts(k->body.data, k->body.len, used, now, &seen);
+        for (int v = 0; v < k->vars.len; v++)
+            if (now[v] && !used[v])
+                used[v] = 1, changed = true;
+    }
+}
+
 static KG kg_new(CuProgram *cp, const LProgram *p, const LKernel *k) {
     KG g = {.cp = cp, .p = p, .k = k};
     cu_kernel_info(&g.ki, p, k);
@@ -917,6 +969,8 @@ static KG kg_new(CuProgram *cp, const LProgram *p, const LKernel *k) {
     g.written = xalloc((size_t)p->bufs.len + 1);
     g.alias = xalloc(sizeof(char *) * ((size_t)k->vars.len + 1));
     g.poff = xalloc(sizeof(int64_t) * ((size_t)p->bufs.len + 1));
+    g.used = xalloc((size_t)k->vars.len + 1);
+    live_vars(k, g.used);
     for (int i = 0; i < p->bufs.len; i++)
         g.poff[i] = -1;
     g.ind = 1;
@@ -975,11 +1029,12 @@ static uint32_t grid_for(int64_t n, int block) {
 }
 
 /* the global thread index as `name`, returning from threads past `total` */
-static void thread_index(KG *g, const char *name, int64_t total) {
+static void thread_index(KG *g, const char *name, int64_t total, bool used) {
     line(g, "const long long g_%s = (long long)blockIdx.x * blockDim.x + threadIdx.x;", name);
     line(g, "if (g_%s >= %lldLL)", name, (long long)total);
     line(g, "    return;");
-    line(g, "const %s %s = (%s)g_%s;", g->it, name, g->it, name);
+    if (used)
+        line(g, "const %s %s = (%s)g_%s;", g->it, name, g->it, name);
 }
 
 enum { CU_PRIVATE_COPIES_BYTES = 256 << 20 };   /* device memory for private scratch copies */
@@ -1002,7 +1057,7 @@ static void emit_parallel(CuProgram *cp, CuEntry *ce, const LProgram *p, const L
             g.it = "long long";
         }
         int block = block_threads(total);
-        thread_index(&g, "f", total);
+        thread_index(&g, "f", total, true);
         decode_levels(&g, "f", levels, n);
         const LStmt *last = levels[n - 1];
         gen_serial_body(&g, last->body.data, last->body.len);
@@ -1034,7 +1089,7 @@ static void emit_parallel(CuProgram *cp, CuEntry *ce, const LProgram *p, const L
         return;
     }
     int block = block_threads(P->extent);
-    thread_index(&g, xfmt("v%d", P->var), P->extent);
+    thread_index(&g, xfmt("v%d", P->var), P->extent, g.used[P->var]);
     gen_serial_body(&g, P->body.data, P->body.len);
     finish(&g, ce, name, "one thread per iteration", grid_for(P->extent, block), (uint32_t)block);
 }
@@ -1064,6 +1119,7 @@ static void emit_serial(CuProgram *cp, CuEntry *ce, const LProgram *p, const LKe
 typedef struct GemmInst {
     const LGemm *gm;
     int64_t off[3];
+    int64_t p0;            /* im2col: the first column */
 } GemmInst;
 
 typedef VEC(GemmInst) GemmVec;
@@ -1077,7 +1133,9 @@ static bool only_gemms(const LProgram *p, const LStmt *s) {
         return p->bufs.data[gm->a_buf].kind != LB_PRIVATE && p->bufs.data[gm->b_buf].kind != LB_PRIVATE &&
                p->bufs.data[gm->c_buf].kind != LB_PRIVATE;
     }
-    if (s->kind != LS_FOR || s->parallel)
+    /* a parallel loop's GEMMs are independent, a serial loop's run in order:
+     * launched one after another, both are right */
+    if (s->kind != LS_FOR)
         return false;
     for (int i = 0; i < s->body.len; i++)
         if (!only_gemms(p, s->body.data[i]))
@@ -1085,14 +1143,16 @@ static bool only_gemms(const LProgram *p, const LStmt *s) {
     return true;
 }
 
-static bool enumerate(const LKernel *k, const LStmt *s, int64_t *env, bool *known, GemmVec *out) {
+static bool enumerate(const LStmt *s, int64_t *env, bool *known, GemmVec *out) {
     if (s->kind == LS_GEMM) {
         const LGemm *gm = &s->gemm;
         GemmInst gi = {gm, {0}};
         const LExpr *offs[3] = {gm->a_off, gm->b_off, gm->c_off};
         for (int i = 0; i < 3; i++)
-            if (!cu_eval_static(offs[i], env, known, k, &gi.off[i]))
+            if (!cu_eval_static(offs[i], env, known, &gi.off[i]))
                 return false;
+        if (gm->b_im2col && !cu_eval_static(gm->b_im2col->p0, env, known, &gi.p0))
+            return false;
         if (out->len >= MAX_GEMM_INSTANCES)
             return false;
         vec_push(out, gi);
@@ -1102,7 +1162,7 @@ static bool enumerate(const LKernel *k, const LStmt *s, int64_t *env, bool *know
     for (int64_t v = 0; v < s->extent; v++) {
         env[s->var] = v;
         for (int i = 0; i < s->body.len; i++)
-            if (!enumerate(k, s->body.data[i], env, known, out))
+            if (!enumerate(s->body.data[i], env, known, out))
                 return false;
     }
     known[s->var] = false;
@@ -1115,7 +1175,7 @@ static bool gemm_instances(const LProgram *p, const LKernel *k, const LStmt *s, 
     int64_t *env = xalloc(sizeof(int64_t) * ((size_t)k->vars.len + 1));
     bool *known = xalloc((size_t)k->vars.len + 1);
     out->len = 0;
-    return enumerate(k, s, env, known, out);
+    return enumerate(s, env, known, out);
 }
 
 /* may products a and a + 1 of a run of equal GEMMs be one batched call? */
@@ -1138,7 +1198,7 @@ static void emit_gemms(CuProgram *cp, CuEntry *ce, const LProgram *p, GemmInst *
                 stride[d] = in[j].off[d] - in[i].off[d];
             if (batchable(gm, stride)) {
                 while (j < n && in[j].gm == gm && j - i < INT32_MAX) {
-                    bool even = true;
+                    bool even = in[j].p0 == in[i].p0;
                     for (int d = 0; d < 3; d++)
                         even &= in[j].off[d] - in[j - 1].off[d] == stride[d];
                     if (!even)
@@ -1152,7 +1212,7 @@ static void emit_gemms(CuProgram *cp, CuEntry *ce, const LProgram *p, GemmInst *
         }
         if (gm->m > 0 && gm->n > 0) {
             DType dt = p->bufs.data[gm->c_buf].dtype;
-            CuLaunch l = {.kind = LETHE_CUDA_GEMM, .kernel = cu_gemm_kernel(cp, dt)};
+            CuLaunch l = {.kind = LETHE_CUDA_GEMM, .kernel = cu_gemm_kernel(cp, dt, gm->b_im2col != NULL)};
             CuGemm *cg = &l.gemm;
             cg->dtype = dt;
             cg->trans_a = gm->trans_a, cg->trans_b = gm->trans_b;
@@ -1167,6 +1227,10 @@ static void emit_gemms(CuProgram *cp, CuEntry *ce, const LProgram *p, GemmInst *
             cg->stride_a = stride[0], cg->stride_b = stride[1], cg->stride_c = stride[2];
             cg->a_buf = gm->a_buf, cg->b_buf = gm->b_buf, cg->c_buf = gm->c_buf;
             cg->a_off = in[i].off[0], cg->b_off = in[i].off[1], cg->c_off = in[i].off[2];
+            cg->im2col = gm->b_im2col;
+            cg->p0 = in[i].p0;
+            if (cg->im2col)
+                cg->ldb = 1;   /* unused */
             vec_push(&ce->launches, l);
         }
         i = j;
@@ -1217,6 +1281,8 @@ static void stmt_uses(const LStmt *s, char *used, CuMap *seen) {
         mark_uses(s->gemm.a_off, used, seen);
         mark_uses(s->gemm.b_off, used, seen);
         mark_uses(s->gemm.c_off, used, seen);
+        if (s->gemm.b_im2col)
+            mark_uses(s->gemm.b_im2col->p0, used, seen);
         return;
     }
 }
@@ -1248,7 +1314,7 @@ void cu_render_kernel(CuProgram *cp, CuEntry *ce, const LProgram *p, const LKern
     GemmVec insts = {0};
     for (int i = 0; i < k->body.len; i++) {
         const LStmt *s = k->body.data[i];
-        int kind = s->kind == LS_FOR && s->parallel ? 1 : gemm_instances(p, k, s, &insts) ? 2 : 0;
+        int kind = gemm_instances(p, k, s, &insts) ? 2 : s->kind == LS_FOR && s->parallel ? 1 : 0;
         if (kind == 1 && s->extent == 0)
             continue;
         if (kind == 0 && units.len && units.data[units.len - 1].kind == 0) {

@@ -81,13 +81,10 @@ lethe_nvrtc *lethe_nvrtc_open(char *err) {
     return nv;
 }
 
-void lethe_nvrtc_close(lethe_nvrtc *nv) {
-    if (!nv)
-        return;
-    if (nv->lib)
-        dlclose(nv->lib);
-    free(nv);
-}
+/* The library stays loaded: NVRTC is not made to be unloaded (its C++
+ * runtime keeps allocations from its static constructors, which dlclose
+ * would orphan), and the next open finds it in place. */
+void lethe_nvrtc_close(lethe_nvrtc *nv) { free(nv); }
 
 void lethe_nvrtc_version(const lethe_nvrtc *nv, int *major, int *minor) {
     *major = nv->major;

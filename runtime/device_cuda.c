@@ -18,10 +18,11 @@
  *            on every call, through the staging space.
  *
  * Kernels. A program's modules are loaded on its first call: the embedded
- * CUBIN when it was built for this GPU's architecture, else a CUBIN from
- * the kernel cache ($LETHE_CACHE/cuda, keyed by module source, NVRTC
- * options, NVRTC version and architecture; written atomically, checked by
- * a SHA-256 header on reading), else one compiled now by NVRTC. GEMMs go to
+ * CUBIN when it was built for this GPU's architecture and the driver takes
+ * it, else a CUBIN from the kernel cache ($LETHE_CACHE/cuda, keyed by module
+ * source, NVRTC options, NVRTC version and architecture; written
+ * atomically, checked by a SHA-256 header on reading), else one compiled
+ * now by NVRTC (the modules on all cores). GEMMs go to
  * cuBLAS when it loads (row-major products as the transposed column-major
  * ones), else to the generated tiled kernel, which also runs products that
  * accumulate into one C.
@@ -33,9 +34,11 @@
  * names the kernel.
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cuda_min.h"
 #include "device_cuda.h"
@@ -260,31 +263,26 @@ static lethe_nvrtc *nvrtc(Dev *d) {
     return d->nv;
 }
 
-/* the program's NVRTC options, for this GPU's architecture */
-static int options_for(Dev *d, const lethe_cuda_program *p, char *buf, size_t n, const char **opts, int max) {
+/* the program's NVRTC options, for this GPU's architecture (buf and arch_opt
+ * hold the strings; thread-safe) */
+static int options_for(Dev *d, const lethe_cuda_program *p, char *buf, size_t n, char *arch_opt, size_t an,
+                       const char **opts, int max) {
     snprintf(buf, n, "%s", p->options ? p->options : "");
+    snprintf(arch_opt, an, "--gpu-architecture=%s", d->arch);
     int k = 0;
-    for (char *t = strtok(buf, "\n"); t && k < max - 1; t = strtok(NULL, "\n"))
-        opts[k++] = strncmp(t, "--gpu-architecture=", 19) ? t : NULL;
-    static char arch_opt[64];
-    snprintf(arch_opt, sizeof arch_opt, "--gpu-architecture=%s", d->arch);
-    for (int i = 0; i < k; i++)
-        if (!opts[i])
-            opts[i] = arch_opt;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, "\n", &save); t && k < max; t = strtok_r(NULL, "\n", &save))
+        opts[k++] = strncmp(t, "--gpu-architecture=", 19) ? t : arch_opt;
     return k;
 }
 
-/* A CUBIN for module m from the cache, or compiled by NVRTC into the cache;
- * *out is malloc'd. */
+/* A CUBIN for module m from the cache, or compiled by NVRTC (d->nv, loaded)
+ * into the cache; *out is malloc'd. */
 static int cubin_for(Dev *d, const lethe_cuda_program *p, int m, uint8_t **out, size_t *n) {
-    lethe_nvrtc *nv = nvrtc(d);
-    if (!nv)
-        return FAIL("install NVRTC (libnvrtc) on this machine, or compile the program with lethec --arch=sm_XX for this GPU",
-                    "module %d of the program was built for %s, this GPU is %s, and there is no NVRTC to compile it", m,
-                    p->arch, d->arch);
-    char buf[4096], err[LETHE_ERR_LEN];
+    lethe_nvrtc *nv = d->nv;
+    char buf[4096], arch_opt[64], err[LETHE_ERR_LEN];
     const char *opts[64];
-    int nopts = options_for(d, p, buf, sizeof buf, opts, 64);
+    int nopts = options_for(d, p, buf, sizeof buf, arch_opt, sizeof arch_opt, opts, 64);
     int major, minor;
     lethe_nvrtc_version(nv, &major, &minor);
     fs_sha256 h;
@@ -347,6 +345,64 @@ static int cubin_for(Dev *d, const lethe_cuda_program *p, int m, uint8_t **out, 
     return 0;
 }
 
+/* Modules without a usable CUBIN, compiled (or taken from the cache) on
+ * all cores: a large program has hundreds of kernels. */
+typedef struct Compile {
+    Dev *d;
+    const lethe_cuda_program *p;
+    const char *need;      /* per module: 1 to compile */
+    uint8_t **cubin;
+    size_t *size;
+    int next, failed;
+    pthread_mutex_t mu;
+} Compile;
+
+static void *compile_worker(void *arg) {
+    Compile *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        while (c->next < (int)c->p->nmodules && !c->need[c->next])
+            c->next++;
+        int m = c->failed || c->next >= (int)c->p->nmodules ? -1 : c->next++;
+        pthread_mutex_unlock(&c->mu);
+        if (m < 0)
+            return NULL;
+        if (cubin_for(c->d, c->p, m, &c->cubin[m], &c->size[m])) {
+            pthread_mutex_lock(&c->mu);
+            c->failed = 1;
+            pthread_mutex_unlock(&c->mu);
+        }
+    }
+}
+
+static int compile_modules(Dev *d, const lethe_cuda_program *p, const char *need, uint8_t **cubin, size_t *size) {
+    Compile c = {.d = d, .p = p, .need = need, .cubin = cubin, .size = size};
+    int n = 0;
+    for (uint32_t m = 0; m < p->nmodules; m++)
+        n += need[m];
+    if (!n)
+        return 0;
+    if (!nvrtc(d))
+        return FAIL("install NVRTC (libnvrtc) on this machine, or compile the program with lethec --arch=sm_XX for this GPU",
+                    "%d modules of the program have no CUBIN this GPU (%s) and driver take, and there is no NVRTC to "
+                    "compile them", n, d->arch);
+    lethe_cache_dir();   /* shared state the workers read, set up before they start */
+    pthread_mutex_init(&c.mu, NULL);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = cores < 1 ? 1 : cores > 32 ? 32 : (int)cores;
+    nt = nt < n ? nt : n;
+    pthread_t th[32];
+    int started = 0;
+    for (int i = 0; i < nt; i++)
+        started += pthread_create(&th[started], NULL, compile_worker, &c) == 0;
+    if (!started)
+        compile_worker(&c);
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&c.mu);
+    return c.failed ? -1 : 0;
+}
+
 static Loaded *load_program(Dev *d, const lethe_cuda_program *p) {
     for (int i = 0; i < d->nloaded; i++)
         if (d->loaded[i].prog == p)
@@ -360,36 +416,44 @@ static Loaded *load_program(Dev *d, const lethe_cuda_program *p) {
     L->prog = p;
     L->mods = calloc(p->nmodules + 1, sizeof(CUmodule));
     L->fns = calloc(p->nkernels + 1, sizeof(CUfunction));
-    if (!L->mods || !L->fns) {
-        free(L->mods);
-        free(L->fns);
-        FAIL(NULL, "out of memory");
-        return NULL;
-    }
-    int rc = 0;
+    char *need = calloc(p->nmodules + 1, 1);
+    uint8_t **cubin = calloc(p->nmodules + 1, sizeof(uint8_t *));
+    size_t *size = calloc(p->nmodules + 1, sizeof(size_t));
+    int rc = !L->mods || !L->fns || !need || !cubin || !size ? FAIL(NULL, "out of memory") : 0;
+    /* the program's own CUBINs where they fit this GPU and this driver */
+    int refused = 0;
+    const char *why = NULL;
     for (uint32_t m = 0; !rc && m < p->nmodules; m++) {
         const lethe_cuda_module *md = &p->modules[m];
-        if (md->cubin && !strcmp(p->arch, d->arch)) {
-            CUresult r = d->cu.cuModuleLoadData(&L->mods[m], md->cubin);
-            if (r == CUDA_SUCCESS)
-                continue;
-            const char *name = NULL;
-            d->cu.cuGetErrorName(r, &name);
-            fprintf(stderr, "lethe: note: the program's CUBIN for %s does not load (%s); compiling its source here\n",
-                    p->arch, name ? name : "?");
+        need[m] = 1;
+        if (!md->cubin || strcmp(p->arch, d->arch))
+            continue;
+        CUresult r = d->cu.cuModuleLoadData(&L->mods[m], md->cubin);
+        if (r == CUDA_SUCCESS) {
+            need[m] = 0;
+            continue;
         }
-        uint8_t *cubin = NULL;
-        size_t n = 0;
-        rc = cubin_for(d, p, (int)m, &cubin, &n);
-        if (!rc)
-            rc = CU(d, d->cu.cuModuleLoadData(&L->mods[m], cubin), NULL);
-        free(cubin);
+        refused++;
+        d->cu.cuGetErrorName(r, &why);
     }
+    if (refused)
+        fprintf(stderr, "lethe: note: the driver refuses %d of the program's CUBINs for %s (%s); compiling their source "
+                "here\n", refused, p->arch, why ? why : "?");
+    if (!rc)
+        rc = compile_modules(d, p, need, cubin, size);
+    for (uint32_t m = 0; !rc && m < p->nmodules; m++)
+        if (need[m])
+            rc = CU(d, d->cu.cuModuleLoadData(&L->mods[m], cubin[m]), NULL);
+    for (uint32_t m = 0; cubin && m < p->nmodules; m++)
+        free(cubin[m]);
+    free(cubin);
+    free(size);
+    free(need);
     for (uint32_t k = 0; !rc && k < p->nkernels; k++)
         rc = CU(d, d->cu.cuModuleGetFunction(&L->fns[k], L->mods[p->kernel_module[k]], p->kernel_names[k]),
                 "the program's kernel table and its modules disagree: recompile it");
     if (rc) {
-        for (uint32_t m = 0; m < p->nmodules; m++)
+        for (uint32_t m = 0; L->mods && m < p->nmodules; m++)
             if (L->mods[m])
                 d->cu.cuModuleUnload(L->mods[m]);
         free(L->mods);
@@ -441,7 +505,7 @@ static int run_gemm(Dev *d, Loaded *L, const lethe_cuda_launch *l, CUdeviceptr a
     const lethe_cuda_gemm *g = l->gemm;
     int f64 = g->dtype == LETHE_F64;
     int sum_batch = g->batch > 1 && g->stride_c == 0;
-    if (!sum_batch && fits_int(g) && blas(d)) {
+    if (!sum_batch && !g->im2col && fits_int(g) && blas(d)) {
         /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T */
         int ta = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
         int m = (int)g->n, n = (int)g->m, k = (int)g->k;
@@ -476,8 +540,18 @@ static int run_gemm(Dev *d, Loaded *L, const lethe_cuda_launch *l, CUdeviceptr a
     long long sa = g->stride_a, sb = g->stride_b, sc = g->stride_c;
     int ta = g->trans_a, tb = g->trans_b;
     float af = (float)g->alpha, bf = (float)g->beta;
-    void *params[17] = {&a, &b, &c, &mm, &nn, &kk, &lda, &ldb, &ldc, &ta, &tb,
-                        f64 ? (void *)&g->alpha : (void *)&af, f64 ? (void *)&g->beta : (void *)&bf, &bt, &sa, &sb, &sc};
+    void *alpha = f64 ? (void *)&g->alpha : (void *)&af, *beta = f64 ? (void *)&g->beta : (void *)&bf;
+    if (g->im2col) {
+        /* lethe_gemm_col_*: no ldb, then the geometry (backend_cuda_prelude.c) */
+        const lethe_cuda_im2col *ic = g->im2col;
+        void *params[28] = {&a, &b, &c, &mm, &nn, &kk, &lda, &ldc, &ta, &tb, alpha, beta, &bt, &sa, &sb, &sc,
+                            (void *)&ic->c, (void *)&ic->h, (void *)&ic->w, (void *)&ic->kh, (void *)&ic->kw,
+                            (void *)&ic->sh, (void *)&ic->sw, (void *)&ic->ph, (void *)&ic->pw, (void *)&ic->oh,
+                            (void *)&ic->ow, (void *)&ic->p0};
+        return CU(d, d->cu.cuLaunchKernel(L->fns[l->kernel], (unsigned)grid, 1, 1, 256, 1, 1, 0, d->stream, params, NULL),
+                  NULL);
+    }
+    void *params[17] = {&a, &b, &c, &mm, &nn, &kk, &lda, &ldb, &ldc, &ta, &tb, alpha, beta, &bt, &sa, &sb, &sc};
     return CU(d, d->cu.cuLaunchKernel(L->fns[l->kernel], (unsigned)grid, 1, 1, 256, 1, 1, 0, d->stream, params, NULL), NULL);
 }
 
@@ -610,11 +684,9 @@ void lethe_cuda_close(lethe_device *pub) {
             d->cu.cuStreamDestroy(d->stream);
         d->cu.cuDevicePrimaryCtxRelease(d->dev);
     }
-    if (d->blas_lib)
-        dlclose(d->blas_lib);
+    /* the driver and cuBLAS stay loaded, like NVRTC (cuda_nvrtc.c): they
+     * are not made to be unloaded, and a later open finds them in place */
     lethe_nvrtc_close(d->nv);
-    if (d->lib)
-        dlclose(d->lib);
     free(d->mirror);
     free(d->loaded);
     free(d->argp);

@@ -31,7 +31,8 @@
 /* Opens GPU `ordinal`: the primary context, one stream, the kernel cache.
  * Returns LETHE_OK, or an error with the reason in err (no driver, no GPU). */
 int lethe_cuda_open(int ordinal, lethe_device **out, char *err);
-/* Frees everything the device holds; call dev->sync first to keep state. */
+/* Frees everything the device holds (the libraries stay loaded); call
+ * dev->sync first to keep state. */
 void lethe_cuda_close(lethe_device *dev);
 
 /* ---- NVRTC (cuda_nvrtc.c) ------------------------------------------------ */

@@ -94,5 +94,10 @@ void frame_free(lethe_frame *f);
 void *frame_arg(const lethe_frame *f, const char *name);        /* NULL if absent */
 int frame_set_scalar(lethe_frame *f, const char *name, double v); /* LETHE_OK, or an error if not a scalar */
 int frame_call(lethe_frame *f, lethe_ctx *ctx, char *err);
+/* With a device in ctx (a CUDA program), copies the state tensors the device
+ * holds back into their stores and forgets them: call it when a loop of
+ * calls ends, before the host reads, changes or frees any state. Without a
+ * device it does nothing. */
+int lethe_ctx_sync(lethe_ctx *ctx, char *err);
 
 #endif

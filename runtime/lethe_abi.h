@@ -169,9 +169,17 @@ typedef struct lethe_cuda_param {
     lethe_cuda_ref ref;        /* LETHE_CUDA_PTR */
 } lethe_cuda_param;
 
+/* B of a GEMM as the column matrix of a convolution of the image at B (c
+ * channels of h x w), read in place: the implicit GEMM of the loop IR
+ * (compiler/loopir.h, LS_GEMM with b_im2col); columns start at p0. */
+typedef struct lethe_cuda_im2col {
+    int64_t c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, p0;
+} lethe_cuda_im2col;
+
 /* Row-major C = alpha op(A) op(B) + beta C, `batch` times with A, B, C moved
  * by stride_* elements each time. stride_c = 0 with beta = 1 and batch > 1
- * accumulates every product into one C. */
+ * accumulates every product into one C. With im2col, B is the column
+ * matrix of a convolution (ldb unused), which only the generated kernel reads. */
 typedef struct lethe_cuda_gemm {
     int32_t dtype;             /* LETHE_F32 or LETHE_F64 */
     int32_t trans_a, trans_b;
@@ -180,6 +188,7 @@ typedef struct lethe_cuda_gemm {
     double alpha, beta;
     int64_t batch, stride_a, stride_b, stride_c;
     lethe_cuda_ref a, b, c;
+    const lethe_cuda_im2col *im2col;   /* NULL: B is a strided matrix */
 } lethe_cuda_gemm;
 
 enum { LETHE_CUDA_KERNEL = 0, LETHE_CUDA_GEMM = 1 };

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device_cuda.h"
 #include "json.h"
 #include "run.h"
 
@@ -42,6 +43,7 @@ static const char usage[] =
     "  --data-dir DIR        where the data set files are\n"
     "  --synthetic-fallback  use a synthetic set of the same shape when the data set is missing\n"
     "  --threads N           worker threads (default: all cores)\n"
+    "  --device cpu|cuda     where the program runs (cuda: compiled with --target=cuda, on GPU 0)\n"
     "  --lethec-flags \"...\"  extra flags when compiling the experiment (e.g. \"-O2\")\n"
     "  --quiet               no progress output\n"
     "  --no-plots            (report) tables only\n";
@@ -110,7 +112,7 @@ int main(int argc, char **argv) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    const char *cmd = argv[1], *target = NULL, *method = NULL, *model = NULL, *flags = "", *out = NULL;
+    const char *cmd = argv[1], *target = NULL, *method = NULL, *model = NULL, *flags = "", *out = NULL, *device = "cpu";
     run_opts o = {0};
     double budget = 0.1;
     int seed = 0, plots = 1;
@@ -131,6 +133,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--data-dir")) o.data_dir = VALUE();
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_count(VALUE(), a);
         else if (!strcmp(a, "--lethec-flags")) flags = VALUE();
+        else if (!strcmp(a, "--device")) device = VALUE();
+        else if (!strncmp(a, "--device=", 9)) device = a + 9;
         else if (!strcmp(a, "--synthetic-fallback")) o.synthetic_fallback = 1;
         else if (!strcmp(a, "--quiet")) o.quiet = 1;
         else if (!strcmp(a, "--no-plots")) plots = 0;
@@ -151,6 +155,17 @@ int main(int argc, char **argv) {
                 !strcmp(cmd, "eval") || !strcmp(cmd, "info");
     if (!known)
         die("unknown command '%s'", cmd, "the commands are run, poison, train, unlearn, eval, report and info");
+    if (strcmp(device, "cpu") && strcmp(device, "cuda"))
+        die("unknown device '%s'", device, "the devices are cpu and cuda");
+    char cuda_flags[1024];
+    if (!strcmp(device, "cuda")) {
+        if (lethe_cuda_open(0, &o.device, err))
+            die("%s", err, "--device=cuda needs an NVIDIA GPU and its driver (libcuda.so.1); see docs/cuda.md");
+        snprintf(cuda_flags, sizeof cuda_flags, "%s --target=cuda", flags);
+        flags = cuda_flags;
+        if (!o.quiet)
+            fprintf(stderr, "lethe: running on %s\n", o.device->name);
+    }
     lethe_prog prog;
     if (!target || !strcmp(target, "builtin"))
         lethe_prog_linked(&lethe_program_main, "builtin", &prog);
@@ -161,6 +176,10 @@ int main(int argc, char **argv) {
         lethe_prog_close(&prog);
         return 0;
     }
+    int cuda_program = prog.p->target && !strncmp(prog.p->target, "cuda:", 5);
+    if (cuda_program != (o.device != NULL))
+        die(cuda_program ? "%s was compiled for CUDA" : "%s was compiled for the CPU", target ? target : "builtin",
+            cuda_program ? "run it with --device=cuda" : "compile it with lethec --target=cuda, or run it without --device=cuda");
     if (!prog.p->experiment)
         die("%s defines no experiment", target, "an experiment block names the data, model, training and methods");
     exp_plan plan;
@@ -183,5 +202,6 @@ int main(int argc, char **argv) {
         die("%s", err, NULL);
     plan_free(&plan);
     lethe_prog_close(&prog);
+    lethe_cuda_close(o.device);
     return 0;
 }

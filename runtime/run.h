@@ -83,6 +83,7 @@ typedef struct run_opts {
     int quiet;
     int synthetic_fallback;     /* a missing data set becomes a synthetic one (with a note) */
     int stop_after;             /* tests: exit(3) after this many new records (0: never) */
+    lethe_device *device;       /* NULL: the CPU; else the device the program runs on */
 } run_opts;
 
 /* lethe run: every seed, the original model, every method and budget. */

@@ -296,6 +296,13 @@ int frame_set_scalar(lethe_frame *f, const char *name, double v) {
     return LETHE_ENOTFOUND;
 }
 
+int lethe_ctx_sync(lethe_ctx *ctx, char *err) {
+    if (ctx->device && ctx->device->sync(ctx->device))
+        return lethe_errf(err, LETHE_EIO, "%s: copying state back from the device failed (its message is above)",
+                          ctx->device->name);
+    return LETHE_OK;
+}
+
 int frame_call(lethe_frame *f, lethe_ctx *ctx, char *err) {
     int rc = f->e->fn(f->args, f->workspace, ctx);
     if (rc)
