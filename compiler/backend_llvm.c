@@ -3,12 +3,16 @@
  * Layout of the generated code, per program (one entry point):
  *
  *   i32 @<sym>.<entry>(ptr args, ptr workspace, ptr ctx)      internal
- *       closure = alloca [nbufs + 1 x ptr]: [0] = ctx, [1 + i] = base of
- *       buffer i (args[arg] or workspace + offset); calls every kernel in
- *       order (timing each when the kernel profile is on, backend_llvm_abi.c);
- *       returns 0.
+ *       per kernel a closure = alloca [n + 1 x ptr]: [0] = ctx, [1 + j] =
+ *       base of the kernel's j-th buffer in the order of its key (args[arg]
+ *       or workspace + offset); calls every kernel in order (timing each
+ *       when the kernel profile is on, backend_llvm_abi.c); returns 0.
  *   void @<entry>.<kernel>(ptr closure)                          internal
- *       runs the kernel's top-level statements in order. Scalar statements
+ *       one function per distinct kernel key (loopir.h's lk_key) in the
+ *       whole module: equal layers, and the forward and backward passes
+ *       that several entries share, are compiled once (a ResNet-18
+ *       experiment's entries have mostly equal kernels, and LLVM's time
+ *       grows with the code). It runs the kernel's top-level statements in order. Scalar statements
  *       and GEMMs run here; each top-level loop becomes an inner function:
  *   void @<kernel>.loopJ(ptr noalias b..., ptr ctx, i64 begin, i64 end,
  *                        ptr noalias slot...)          internal, alwaysinline
@@ -779,14 +783,15 @@ static LLVMValueRef gen_loop_fn(LL *ll, const LProgram *p, const LKernel *k, con
     return fn;
 }
 
-/* pointer i of the closure: 0 = ctx, 1 + b = buffer b */
+/* pointer i of a kernel's closure: 0 = ctx, then its buffers (gen_program) */
 static LLVMValueRef closure_ptr(LL *ll, LLVMBuilderRef b, LLVMValueRef closure, int i) {
     LLVMValueRef idx = i64c(ll, i);
     LLVMValueRef p = LLVMBuildInBoundsGEP2(b, ll->t_ptr, closure, &idx, 1, "");
     return LLVMBuildLoad2(b, ll->t_ptr, p, "");
 }
 
-static LLVMValueRef gen_task(LL *ll, const LProgram *p, LLVMValueRef inner, const Uses *u, const char *name) {
+static LLVMValueRef gen_task(LL *ll, const LProgram *p, LLVMValueRef inner, const Uses *u, const int *slot,
+                             const char *name) {
     LLVMTypeRef pt[3] = {ll->t_ptr, ll->t_i64, ll->t_i64};
     LLVMValueRef fn = ll_new_function(ll, name, LLVMFunctionType(ll->t_void, pt, 3, 0), true);
     ll_fn_attr(ll, fn, "noinline");
@@ -797,7 +802,7 @@ static LLVMValueRef gen_task(LL *ll, const LProgram *p, LLVMValueRef inner, cons
     int n = 0;
     for (int i = 0; i < p->bufs.len; i++)
         if (passed(p, u, i))
-            args[n++] = closure_ptr(ll, b, clo, 1 + i);
+            args[n++] = closure_ptr(ll, b, clo, slot[i]);
     args[n++] = closure_ptr(ll, b, clo, 0);
     args[n++] = LLVMGetParam(fn, 1);
     args[n++] = LLVMGetParam(fn, 2);
@@ -837,7 +842,9 @@ LLVMValueRef ll_parallel_helper(LL *ll) {
     return fn;
 }
 
-static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, const char *prefix) {
+/* The function of kernel k; its closure holds ctx and, at slot[i], the base
+ * of each buffer i it passes on. */
+static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, const int *slot, const char *prefix) {
     const char *kname = xfmt("%s.%s", prefix, sanitize(k->name));
     LLVMTypeRef pt = ll->t_ptr;
     LLVMValueRef fn = ll_new_function(ll, kname, LLVMFunctionType(ll->t_void, &pt, 1, 0), true);
@@ -849,7 +856,7 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
     g.ctx = closure_ptr(ll, g.b, clo, 0);
     for (int i = 0; i < p->bufs.len; i++)
         if (passed(p, &all, i))
-            g.buf[i] = closure_ptr(ll, g.b, clo, 1 + i);
+            g.buf[i] = closure_ptr(ll, g.b, clo, slot[i]);
     bool top_rand = false;
     for (int i = 0; i < k->body.len; i++)
         if (k->body.data[i]->kind != LS_FOR) {
@@ -871,7 +878,7 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
         uses_stmt(&u, s);
         if (s->parallel) {
             LLVMValueRef inner = gen_loop_fn(ll, p, k, s, xfmt("%s.loop%d", kname, i), &u, false);
-            LLVMValueRef task = gen_task(ll, p, inner, &u, xfmt("%s.task%d", kname, i));
+            LLVMValueRef task = gen_task(ll, p, inner, &u, slot, xfmt("%s.task%d", kname, i));
             double per_iter = stmt_work(s) / (double)s->extent;
             int64_t grain = per_iter >= 4096 ? 1 : (int64_t)(4096 / per_iter);
             LLVMValueRef args[5] = {g.ctx, task, clo, i64c(ll, s->extent), i64c(ll, grain)};
@@ -901,32 +908,66 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
     return fn;
 }
 
+/* The function of kernel k of p: one already emitted for a kernel with the
+ * same key (another layer or program), else a new one. Sets slot[i] to the
+ * closure slot of each program buffer i the kernel's closure holds (0: none)
+ * and *key_out to the kernel's key. */
+static LLVMValueRef kernel_fn(LL *ll, const LProgram *p, const LKernel *k, const char *prefix, int *slot,
+                              LKernelKey *key_out) {
+    LKernelKey key = lk_key(p, k);
+    memset(slot, 0, sizeof(int) * (size_t)p->bufs.len);
+    int n = 0;
+    for (int j = 0; j < key.bufs.len; j++)
+        if (p->bufs.data[key.bufs.data[j]].kind != LB_PRIVATE)
+            slot[key.bufs.data[j]] = 1 + n++;
+    *key_out = key;
+    for (int i = 0; i < ll->kernel_keys.len; i++)
+        if (lk_key_equal(&ll->kernel_keys.data[i], &key))
+            return ll->kernel_fns.data[i];
+    LLVMValueRef fn = gen_kernel(ll, p, k, slot, prefix);
+    vec_push(&ll->kernel_keys, key);
+    vec_push(&ll->kernel_fns, fn);
+    return fn;
+}
+
 /* i32 entry(ptr args, ptr workspace, ptr ctx) of one program */
 static LLVMValueRef gen_program(LL *ll, const LProgram *p, int index, const char *symbol) {
     const char *prefix = xfmt("%s.%s", symbol, sanitize(p->entry->name));
     LLVMTypeRef pt[3] = {ll->t_ptr, ll->t_ptr, ll->t_ptr};
     LLVMValueRef fn = ll_new_function(ll, prefix, LLVMFunctionType(ll->t_i32, pt, 3, 0), true);
     LLVMValueRef *kfn = xalloc(sizeof(LLVMValueRef) * ((size_t)p->kernels.len + 1));
-    for (int i = 0; i < p->kernels.len; i++)
-        kfn[i] = gen_kernel(ll, p, p->kernels.data[i], prefix);
+    LLVMValueRef *clo = xalloc(sizeof(LLVMValueRef) * ((size_t)p->kernels.len + 1));
+    int *slot = xalloc(sizeof(int) * ((size_t)p->bufs.len + 1));
     LLVMBuilderRef b = LLVMCreateBuilderInContext(ll->ctx);
     LLVMPositionBuilderAtEnd(b, LLVMAppendBasicBlockInContext(ll->ctx, fn, "entry"));
     LLVMValueRef args = LLVMGetParam(fn, 0), ws = LLVMGetParam(fn, 1), ctx = LLVMGetParam(fn, 2);
-    LLVMValueRef clo = LLVMBuildArrayAlloca(b, ll->t_ptr, i64c(ll, p->bufs.len + 1), "closure");
-    LLVMBuildStore(b, ctx, clo);
+    LLVMValueRef *base = xalloc(sizeof(LLVMValueRef) * ((size_t)p->bufs.len + 1));
     for (int i = 0; i < p->bufs.len; i++) {
         const LBuf *bf = &p->bufs.data[i];
-        LLVMValueRef base;
-        if (bf->kind == LB_PRIVATE)
-            continue;
         if (bf->kind == LB_ARG) {
             ASSERT(bf->arg >= 0 && bf->arg < p->entry->args.len);
-            base = closure_ptr(ll, b, args, bf->arg);
-        } else {
-            base = byte_gep(ll, b, ws, bf->offset);
+            base[i] = closure_ptr(ll, b, args, bf->arg);
+        } else if (bf->kind == LB_WORKSPACE) {
+            base[i] = byte_gep(ll, b, ws, bf->offset);
         }
-        LLVMValueRef idx = i64c(ll, i + 1);
-        LLVMBuildStore(b, base, LLVMBuildInBoundsGEP2(b, ll->t_ptr, clo, &idx, 1, ""));
+    }
+    /* one closure per kernel call: ctx, then the kernel's buffers in the
+     * order of its key, so that equal kernels share one function */
+    for (int i = 0; i < p->kernels.len; i++) {
+        LKernelKey key;
+        kfn[i] = kernel_fn(ll, p, p->kernels.data[i], prefix, slot, &key);
+        int n = 0;
+        for (int j = 0; j < key.bufs.len; j++)
+            n += p->bufs.data[key.bufs.data[j]].kind != LB_PRIVATE;
+        clo[i] = LLVMBuildArrayAlloca(b, ll->t_ptr, i64c(ll, n + 1), "closure");
+        LLVMBuildStore(b, ctx, clo[i]);
+        for (int j = 0; j < key.bufs.len; j++) {
+            int bi = key.bufs.data[j];
+            if (!slot[bi])
+                continue;
+            LLVMValueRef idx = i64c(ll, slot[bi]);
+            LLVMBuildStore(b, base[bi], LLVMBuildInBoundsGEP2(b, ll->t_ptr, clo[i], &idx, 1, ""));
+        }
     }
     ll_profile_calls(ll, b, index, kfn, p->kernels.len, clo);
     LLVMBuildRet(b, i32c(ll, 0));

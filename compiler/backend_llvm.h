@@ -31,6 +31,9 @@ typedef struct LL {
     VEC(LGemm) gemm_keys;
     VEC(DType) gemm_dts;
     VEC(LLVMValueRef) gemm_fns;
+    /* the kernel functions emitted so far, by key (loopir.h's lk_key) */
+    VEC(LKernelKey) kernel_keys;
+    VEC(LLVMValueRef) kernel_fns;
 } LL;
 
 /* backend_llvm.c: small shared helpers */
@@ -75,7 +78,7 @@ void ll_emit_descriptor(LL *ll, const CompUnit *cu, LProgram **progs, int n, LLV
  * entry function calls its kernels through ll_profile_call; ll_profile_end
  * fills in the table once every program has its counters. */
 void ll_profile_begin(LL *ll, const char *symbol);
-void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nkernels, LLVMValueRef clo);
+void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nkernels, LLVMValueRef *clo);
 void ll_profile_end(LL *ll, LProgram **progs, int n);
 
 #endif

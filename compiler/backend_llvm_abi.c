@@ -200,7 +200,7 @@ static LLVMValueRef now_ns(LL *ll, LLVMBuilderRef b, LLVMValueRef clk, LLVMValue
     return LLVMBuildAdd(b, LLVMBuildMul(b, sec, LLVMConstInt(ll->t_i64, 1000000000, 0), ""), nsec, "");
 }
 
-void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nk, LLVMValueRef clo) {
+void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nk, LLVMValueRef *clo) {
     LLVMTypeRef at = LLVMArrayType2(ll->t_i64, (uint64_t)(nk ? nk : 1));
     LLVMValueRef ns = LLVMAddGlobal(ll->mod, at, xfmt("%s.ns.%d", LLVMGetValueName(ll->prof_table), prog));
     LLVMSetInitializer(ns, LLVMConstNull(at));
@@ -217,13 +217,13 @@ void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int
     LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntEQ, on, LLVMConstInt(ll->t_i32, 0, 0), ""), plain, timed);
     LLVMPositionBuilderAtEnd(b, plain);
     for (int i = 0; i < nk; i++)
-        LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo, 1, "");
+        LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo[i], 1, "");
     LLVMBuildBr(b, done);
     LLVMPositionBuilderAtEnd(b, timed);
     LLVMValueRef clk = LLVMBuildSub(b, on, LLVMConstInt(ll->t_i32, 1, 0), "");
     for (int i = 0; i < nk; i++) {
         LLVMValueRef t0 = now_ns(ll, b, clk, ts);
-        LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo, 1, "");
+        LLVMBuildCall2(b, LLVMGlobalGetValueType(kfn[i]), kfn[i], &clo[i], 1, "");
         LLVMValueRef t1 = now_ns(ll, b, clk, ts);
         LLVMValueRef idx[2] = {LLVMConstInt(ll->t_i64, 0, 0), LLVMConstInt(ll->t_i64, (unsigned long long)i, 0)};
         LLVMValueRef slot = LLVMBuildInBoundsGEP2(b, at, ns, idx, 2, "");

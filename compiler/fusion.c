@@ -609,35 +609,45 @@ static void sib_compact(Fusion *f, Sib *s) {
     fusion_producers(f);
 }
 
-static void fuse_siblings(Fusion *f) {
+/* Merges each kernel b that `rule` admits into an earlier kernel it pairs
+ * with: among the producers of what b reads (when rule->producers) and the
+ * kernels that read the same tensors at the size b works at. */
+typedef struct SibRule {
+    bool (*admits)(const FKernel *b);
+    int64_t (*numel)(const FKernel *b);        /* the size b works at */
+    bool producers;                            /* also try the producers of b's reads */
+    bool (*pair)(Sib *s, int a, int b);
+} SibRule;
+
+static void fuse_by(Fusion *f, const SibRule *rule) {
     int n = f->kernels.len;
     Sib s = sib_new(f);
     int *tried = xalloc(sizeof(int) * ((size_t)n + 1));
     for (int bi = 0; bi < n; bi++) {
         FKernel *b = f->kernels.data[bi];
-        if (b->kind != KK_ELEM)
+        if (!rule->admits(b))
             continue;
-        int64_t numel = shape_numel(KROOT(b)->shape);
+        int64_t numel = rule->numel(b);
         int merged = -1;
-        /* candidates: the producers of what b reads, and the update kernels
-         * that read the same tensors at full size */
         for (int i = 0; i < b->reads.len && merged < 0; i++) {
             const Node *r = b->reads.data[i].n;
-            int p = f->producer[r->id];
+            int p = rule->producers ? f->producer[r->id] : -1;
             if (p >= 0 && p != bi) {
                 p = resolve(&s, p);
                 if (tried[p] != bi + 1) {
                     tried[p] = bi + 1;
-                    if (siblings(&s, p, bi))
+                    if (rule->pair(&s, p, bi))
                         merged = p;
                 }
             }
+            if (!rule->producers && shape_numel(r->shape) != numel)
+                continue;
             for (int j = 0; j < s.readers[r->id].len && merged < 0; j++) {
                 int a = resolve(&s, s.readers[r->id].data[j]);
                 if (tried[a] == bi + 1)
                     continue;
                 tried[a] = bi + 1;
-                if (siblings(&s, a, bi))
+                if (rule->pair(&s, a, bi))
                     merged = a;
             }
         }
@@ -648,6 +658,16 @@ static void fuse_siblings(Fusion *f) {
                 vec_push(&s.readers[b->reads.data[i].n->id], bi);
     }
     sib_compact(f, &s);
+}
+
+static bool elem_admitted(const FKernel *b) { return b->kind == KK_ELEM; }
+static int64_t out_numel(const FKernel *b) { return shape_numel(KROOT(b)->shape); }
+
+/* elementwise kernels: with the producers of their inputs, and with the
+ * update kernels that read the same tensors at full size */
+static void fuse_siblings(Fusion *f) {
+    const SibRule rule = {elem_admitted, out_numel, true, siblings};
+    fuse_by(f, &rule);
 }
 
 /* ----------------------------------------------------------------------------
@@ -677,36 +697,12 @@ static bool reduce_siblings(Sib *s, int ai, int bi) {
     return !reaches(s, bi, ai);
 }
 
+static bool reduce_admitted(const FKernel *b) { return b->kind == KK_REDUCE && keeps_a_dim(KROOT(b)); }
+static int64_t in_numel(const FKernel *b) { return shape_numel(KROOT(b)->in[0]->shape); }
+
 static void fuse_reductions(Fusion *f) {
-    int n = f->kernels.len;
-    Sib s = sib_new(f);
-    int *tried = xalloc(sizeof(int) * ((size_t)n + 1));
-    for (int bi = 0; bi < n; bi++) {
-        FKernel *b = f->kernels.data[bi];
-        if (b->kind != KK_REDUCE || !keeps_a_dim(KROOT(b)))
-            continue;
-        int64_t numel = shape_numel(KROOT(b)->in[0]->shape);
-        int merged = -1;
-        for (int i = 0; i < b->reads.len && merged < 0; i++) {
-            const Node *r = b->reads.data[i].n;
-            if (shape_numel(r->shape) != numel)
-                continue;
-            for (int j = 0; j < s.readers[r->id].len && merged < 0; j++) {
-                int a = resolve(&s, s.readers[r->id].data[j]);
-                if (tried[a] == bi + 1)
-                    continue;
-                tried[a] = bi + 1;
-                if (reduce_siblings(&s, a, bi))
-                    merged = a;
-            }
-        }
-        if (merged >= 0)
-            absorb(&s, merged, bi);
-        for (int i = 0; i < b->reads.len; i++)
-            if (shape_numel(b->reads.data[i].n->shape) == numel)
-                vec_push(&s.readers[b->reads.data[i].n->id], bi);
-    }
-    sib_compact(f, &s);
+    const SibRule rule = {reduce_admitted, in_numel, false, reduce_siblings};
+    fuse_by(f, &rule);
 }
 
 void fusion_producers(Fusion *f) {

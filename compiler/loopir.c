@@ -458,3 +458,178 @@ void loopir_verify(const LProgram *p) {
                            (long long)bytes, (long long)LOOPIR_PRIVATE_MAX_BYTES);
     }
 }
+
+/* ---------------------------------------------------------------------------
+ * kernel keys: equal keys, equal code up to which buffers it runs on */
+
+typedef struct KeyBuilder {
+    const LProgram *p;
+    LKernelKey *key;
+    int *local;                        /* per program buffer: its local number, or -1 */
+    const LExpr **seen;                /* open addressing: expression -> number */
+    int *seen_id;
+    unsigned cap, n;
+} KeyBuilder;
+
+static void key_word(KeyBuilder *kb, uint64_t w) { vec_push(&kb->key->words, w); }
+
+static void key_buf(KeyBuilder *kb, int buf) {
+    if (kb->local[buf] < 0) {
+        const LBuf *bf = &kb->p->bufs.data[buf];
+        kb->local[buf] = kb->key->bufs.len;
+        vec_push(&kb->key->bufs, buf);
+        /* what code generation reads of a buffer: kind (alignment, private
+         * arrays), element type and size */
+        key_word(kb, 0xB0F0000000000000ull | (uint64_t)bf->kind << 8 | (uint64_t)bf->dtype);
+        key_word(kb, (uint64_t)bf->nelem);
+    }
+    key_word(kb, (uint64_t)kb->local[buf]);
+}
+
+/* Expressions are DAGs: a node seen before is written as a back reference,
+ * so the key is linear in the number of nodes and records the sharing. */
+static bool key_seen(KeyBuilder *kb, const LExpr *e, int *id) {
+    if (2 * (kb->n + 1) > kb->cap) {
+        const LExpr **old = kb->seen;
+        int *old_id = kb->seen_id;
+        unsigned old_cap = kb->cap;
+        kb->cap = old_cap ? 2 * old_cap : 256;
+        kb->seen = xalloc(kb->cap * sizeof *kb->seen);
+        kb->seen_id = xalloc(kb->cap * sizeof *kb->seen_id);
+        for (unsigned i = 0; i < old_cap; i++)
+            if (old[i]) {
+                unsigned h = (unsigned)(((uintptr_t)old[i] >> 4) * 2654435761u) & (kb->cap - 1);
+                while (kb->seen[h])
+                    h = (h + 1) & (kb->cap - 1);
+                kb->seen[h] = old[i];
+                kb->seen_id[h] = old_id[i];
+            }
+    }
+    unsigned h = (unsigned)(((uintptr_t)e >> 4) * 2654435761u) & (kb->cap - 1);
+    while (kb->seen[h] && kb->seen[h] != e)
+        h = (h + 1) & (kb->cap - 1);
+    if (kb->seen[h]) {
+        *id = kb->seen_id[h];
+        return true;
+    }
+    kb->seen[h] = e;
+    kb->seen_id[h] = *id = (int)kb->n++;
+    return false;
+}
+
+static void key_expr(KeyBuilder *kb, const LExpr *e) {
+    int id;
+    if (!e) {
+        key_word(kb, 0xE0);
+        return;
+    }
+    if (key_seen(kb, e, &id)) {
+        key_word(kb, 0xE1);
+        key_word(kb, (uint64_t)id);
+        return;
+    }
+    key_word(kb, (uint64_t)e->kind << 8 | (uint64_t)e->dtype);
+    switch (e->kind) {
+    case LE_CONST: {
+        uint64_t bits;
+        memcpy(&bits, &e->cval, sizeof bits);
+        key_word(kb, bits);
+        key_word(kb, (uint64_t)e->ival);
+        return;
+    }
+    case LE_VAR: key_word(kb, (uint64_t)e->var); return;
+    case LE_LOAD:
+        key_buf(kb, e->buf);
+        key_expr(kb, e->index);
+        key_expr(kb, e->valid);
+        return;
+    case LE_RAND:
+        key_word(kb, (uint64_t)e->op);
+        key_word(kb, e->stream);
+        key_expr(kb, e->a[0]);
+        return;
+    case LE_OP:
+        key_word(kb, (uint64_t)e->op);
+        for (int i = 0; i < op_info[e->op].arity; i++)
+            key_expr(kb, e->a[i]);
+        return;
+    }
+}
+
+static void key_double(KeyBuilder *kb, double d) {
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof bits);
+    key_word(kb, bits);
+}
+
+static void key_stmt(KeyBuilder *kb, const LStmt *s) {
+    key_word(kb, 0x5000 | (uint64_t)s->kind);
+    switch (s->kind) {
+    case LS_FOR:
+        key_word(kb, (uint64_t)s->var);
+        key_word(kb, (uint64_t)s->extent);
+        key_word(kb, (uint64_t)s->parallel << 32 | (uint64_t)s->body.len);
+        for (int i = 0; i < s->body.len; i++)
+            key_stmt(kb, s->body.data[i]);
+        return;
+    case LS_LET:
+    case LS_ASSIGN:
+        key_word(kb, (uint64_t)s->var);
+        key_expr(kb, s->value);
+        return;
+    case LS_STORE:
+        key_word(kb, (uint64_t)s->accumulate);
+        key_buf(kb, s->buf);
+        key_expr(kb, s->index);
+        key_expr(kb, s->value);
+        return;
+    case LS_GEMM: {
+        const LGemm *g = &s->gemm;
+        key_word(kb, (uint64_t)g->trans_a << 1 | (uint64_t)g->trans_b);
+        key_word(kb, (uint64_t)g->m);
+        key_word(kb, (uint64_t)g->n);
+        key_word(kb, (uint64_t)g->k);
+        key_double(kb, g->alpha);
+        key_double(kb, g->beta);
+        key_buf(kb, g->a_buf);
+        key_buf(kb, g->b_buf);
+        key_buf(kb, g->c_buf);
+        key_expr(kb, g->a_off);
+        key_expr(kb, g->b_off);
+        key_expr(kb, g->c_off);
+        key_word(kb, (uint64_t)g->lda);
+        key_word(kb, (uint64_t)g->ldb);
+        key_word(kb, (uint64_t)g->ldc);
+        const LIm2col *ic = g->b_im2col;
+        key_word(kb, ic != NULL);
+        if (ic) {
+            const int64_t f[] = {ic->c, ic->h, ic->w, ic->kh, ic->kw, ic->ph, ic->pw, ic->oh};
+            for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+                key_word(kb, (uint64_t)f[i]);
+            key_expr(kb, ic->p0);
+        }
+        return;
+    }
+    }
+}
+
+LKernelKey lk_key(const LProgram *p, const LKernel *k) {
+    LKernelKey key = {0};
+    KeyBuilder kb = {.p = p, .key = &key};
+    kb.local = xalloc(sizeof(int) * ((size_t)p->bufs.len + 1));
+    for (int i = 0; i < p->bufs.len; i++)
+        kb.local[i] = -1;
+    key_word(&kb, (uint64_t)k->vars.len);
+    for (int v = 0; v < k->vars.len; v++)
+        key_word(&kb, (uint64_t)k->vars.data[v]);
+    key_word(&kb, (uint64_t)k->body.len);
+    for (int i = 0; i < k->body.len; i++)
+        key_stmt(&kb, k->body.data[i]);
+    key.hash = hash_bytes(key.words.data, sizeof(uint64_t) * (size_t)key.words.len, 0xcbf29ce484222325ull);
+    return key;
+}
+
+bool lk_key_equal(const LKernelKey *a, const LKernelKey *b) {
+    return a->hash == b->hash && a->words.len == b->words.len &&
+           !memcmp(a->words.data, b->words.data, sizeof(uint64_t) * (size_t)a->words.len);
+}

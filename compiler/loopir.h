@@ -174,6 +174,20 @@ int lp_add_buf(LProgram *p, LBuf b);
 void loopir_dump(const LProgram *p, FILE *out);
 void loopir_verify(const LProgram *p);   /* internal_error on a broken invariant */
 
+/* A kernel's key: a canonical serialization of its statements with buffers
+ * numbered by first use and described by kind, dtype and size. Two kernels
+ * with equal keys (of any programs) compute the same thing on the buffers
+ * `bufs` lists, position for position, so a backend may emit one function
+ * for both (an equal layer of two training rules, a forward pass shared by
+ * an unlearning method and the evaluation). */
+typedef struct LKernelKey {
+    VEC(uint64_t) words;
+    VEC(int) bufs;          /* program buffers in the order of their first use */
+    uint64_t hash;
+} LKernelKey;
+LKernelKey lk_key(const LProgram *p, const LKernel *k);
+bool lk_key_equal(const LKernelKey *a, const LKernelKey *b);
+
 /* lower.c + fusion.c + memplan.c: graph -> loop IR. */
 typedef struct LowerOptions {
     int64_t parallel_min_work;  /* below this many scalar ops a loop stays serial */

@@ -767,21 +767,22 @@ static int save_model(const Run *r, const ts_store *m, const char *path, const c
 }
 
 /* The original model of this seed: trained once, then read back. */
-static int original_model(Run *r, ts_store *orig, Used *u, char *err) {
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/original.safetensors", r->seed_dir);
-    char info[PATH_MAX + 64];
-    snprintf(info, sizeof info, "%s/original.train.json", r->seed_dir);
-    memset(u, 0, sizeof *u);
-    u->steps = (r->n_all / r->plan->batch) * r->epochs;
-    u->samples = u->steps * r->plan->batch;
-    u->budget_used = 1;
+/* A model trained from scratch on set[0..n) (the original model, retrain),
+ * or the one an earlier run saved: <name>.safetensors, with the training's
+ * time and final loss in <name>.train.json beside it, so that a resumed run
+ * writes the same record. The sidecar is written first: the model's presence
+ * means the stage is done. Sets u's seconds and final_loss. */
+static int trained_model(Run *r, const char *name, const int64_t *set, int64_t n, ts_store *model, Used *u,
+                         char *err) {
+    char path[PATH_MAX + 64], info[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s.safetensors", r->seed_dir, name);
+    snprintf(info, sizeof info, "%s/%s.train.json", r->seed_dir, name);
     if (fs_exists(path)) {
-        /* trained by an earlier run: its time and final loss are in the sidecar */
         uint8_t *text = NULL;
-        size_t n = 0;
+        size_t len = 0;
         json_doc *doc = NULL;
-        if (!fs_read_file(info, 1 << 16, &text, &n, err) && !json_parse((char *)text, n, NULL, &doc, err)) {
+        u->seconds = u->final_loss = NAN;
+        if (!fs_read_file(info, 1 << 16, &text, &len, err) && !json_parse((char *)text, len, NULL, &doc, err)) {
             const json_value *root = json_doc_root(doc), *sec = json_obj_get(root, "seconds"),
                              *loss = json_obj_get(root, "final_loss");
             u->seconds = sec && sec->type == JSON_NUMBER ? sec->num : NAN;
@@ -789,20 +790,27 @@ static int original_model(Run *r, ts_store *orig, Used *u, char *err) {
         }
         json_doc_free(doc);
         free(text);
-        return ts_load(orig, path, err);
+        return ts_load(model, path, err);
     }
     double t0 = now();
     char label[64];
-    snprintf(label, sizeof label, "train seed %llu", (unsigned long long)r->seed);
-    int rc = train_on(r, r->all, r->n_all, orig, label, &u->final_loss, err);
+    snprintf(label, sizeof label, "%s seed %llu", strcmp(name, "original") ? name : "train", (unsigned long long)r->seed);
+    int rc = train_on(r, set, n, model, label, &u->final_loss, err);
     u->seconds = now() - t0;
     if (!rc) {
         char text[128];
-        int n = snprintf(text, sizeof text, "{\"seconds\": %.3f, \"final_loss\": %.9g}\n", u->seconds, u->final_loss);
-        rc = fs_write_atomic(info, text, (size_t)n, err);
+        int len = snprintf(text, sizeof text, "{\"seconds\": %.3f, \"final_loss\": %.17g}\n", u->seconds, u->final_loss);
+        rc = fs_write_atomic(info, text, (size_t)len, err);
     }
-    /* the model last: its presence means the stage is done */
-    return rc ? rc : save_model(r, orig, path, "original", err);
+    return rc ? rc : save_model(r, model, path, name, err);
+}
+
+static int original_model(Run *r, ts_store *orig, Used *u, char *err) {
+    memset(u, 0, sizeof *u);
+    u->steps = (r->n_all / r->plan->batch) * r->epochs;
+    u->samples = u->steps * r->plan->batch;
+    u->budget_used = 1;
+    return trained_model(r, "original", r->all, r->n_all, orig, u, err);
 }
 
 static double const_of(const plan_rule *rule, const char *name, double deflt) {
@@ -907,12 +915,7 @@ static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store 
     int rc;
     double full = (double)r->n_all * (double)r->epochs;   /* the original training's sample passes */
     if (pm->retrain) {
-        char path[PATH_MAX + 64];
-        snprintf(path, sizeof path, "%s/retrain.safetensors", r->seed_dir);
-        if (fs_exists(path))
-            rc = ts_load(model, path, err);
-        else if (!(rc = train_on(r, r->retain, r->n_retain, model, label, &u->final_loss, err)))
-            rc = save_model(r, model, path, "retrain", err);
+        rc = trained_model(r, "retrain", r->retain, r->n_retain, model, u, err);
         u->steps = (r->n_retain / r->plan->batch) * r->epochs;
         u->samples = u->steps * r->plan->batch;
     } else {
@@ -926,7 +929,8 @@ static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store 
         }
     }
     u->budget_used = (double)u->samples / full;
-    u->seconds = now() - t0;
+    if (!pm->retrain)
+        u->seconds = now() - t0;
     u->shift = sqrt(ts_distance2(model, orig));
     return rc;
 }

@@ -6,7 +6,8 @@
 #   - the retrained model's scores look like N(0, 1): mean within 3 standard
 #     errors of 0;
 #   - the same seed gives bit-identical models and identical records;
-#   - a run killed mid-way and started again redoes nothing, loses nothing and
+#   - a run killed mid-way (at a record, between a model and its record, at a
+#     random moment) and started again redoes nothing, loses nothing and
 #     leaves no partial file, and ends with the same results.
 # Prints PASS/FAIL/SKIP lines (tests/run.sh counts them).
 set -u
@@ -83,7 +84,8 @@ def load(d):
             out[f] = rec
     return out
 ra, rb = load(a), load(b)
-bad = [f for f in ra if ra[f] != rb.get(f)] + [f for f in rb if f not in ra]
+bad = [f + " (" + ",".join(k for k in ra[f] if ra[f][k] != rb.get(f, {}).get(k)) + ")" for f in ra if ra[f] != rb.get(f)]
+bad += [f for f in rb if f not in ra]
 print("ok" if not bad else "differ: " + ", ".join(bad))
 PY
 }
@@ -111,6 +113,16 @@ if [ $status -ge 128 ] && [ "$n_before" -eq 3 ] && [ "$kept" -eq 0 ] && [ "$part
 else
     echo "FAIL e2e.resume_after_kill: exit $status, $n_before records at the kill, $kept files changed by the rerun, $partial temp files, records: $verdict"
 fi
+
+# ... between a stage's model and its record (the model saved, the record
+# not yet written): the rerun evaluates the saved models and writes the same
+# records, final training loss included
+cp -r "$work/a" "$work/e"
+rm -f "$work"/e/records/original_*_seed0.json "$work"/e/records/retrain_*_seed0.json "$work"/e/records/gd_*_seed1.json
+run "$work/e"
+verdict=$(same_records "$work/a" "$work/e")
+[ "$verdict" = ok ] && echo "PASS e2e.resume_between_model_and_record" ||
+    echo "FAIL e2e.resume_between_model_and_record: records: $verdict"
 
 # ... and at a random moment (SIGKILL from outside while a stage is running)
 "$LETHE" run "$exp" --out "$work/d" --quiet --no-plots $fallback > "$work/d.log" 2>&1 &
