@@ -7,6 +7,7 @@
 #   make test-long       longer runs (full fuzzing session, bigger end-to-end runs)
 #   make bench           benchmarks against PyTorch (bench/)
 #   make gpu-bundle      the CUDA backend's checks for a GPU host (tests/gpu/README.md)
+#   make deps            the Debian packages of everything (apt-get; deps-demo: of the demo only)
 #   make demo            the README's main job
 #   make clean
 #
@@ -40,11 +41,14 @@ TEST_SUPPORT := $(patsubst %.c,$(B)/obj/%.o,$(sort $(wildcard tests/support/*.c)
 
 # Debian 12 packages: compiler toolchain and libraries, the embedded data
 # set, and PyTorch for the parity references and benchmarks.
-DEB_PACKAGES := build-essential llvm-19-dev clang-19 libclang-rt-19-dev libopenblas-dev flex bison zlib1g-dev \
-                dataset-fashion-mnist gnuplot-nox python3-torch python3-numpy
+# what building and the demo need; the tests and benchmarks add PyTorch
+# (safetensors interop, reference files, bench/)
+DEMO_PACKAGES := build-essential llvm-19-dev clang-19 libclang-rt-19-dev libopenblas-dev flex bison zlib1g-dev \
+                 dataset-fashion-mnist gnuplot-nox
+DEB_PACKAGES := $(DEMO_PACKAGES) python3-torch python3-numpy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps test test-san test-long bench demo demo-full clean fuzz
+.PHONY: all deps deps-demo test test-san test-long bench demo demo-full clean fuzz
 all: $(B)/lethec $(B)/liblethe.a $(if $(wildcard runtime/main.c),$(B)/lethe)
 
 $(B)/gen/parser.c $(B)/gen/parser.h: grammar/parser.y
@@ -127,8 +131,10 @@ fuzz: $(B)/fuzz/fuzz_frontend $(B)/fuzz/fuzz_loaders
 	$(B)/fuzz/fuzz_loaders -max_total_time=$${FUZZ_SECONDS:-60} -close_fd_mask=2 -dict=tests/fuzz/loaders.dict \
 	    $(B)/fuzz/corpus_loaders tests/fuzz/corpus_loaders
 
-deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+deps-demo: PACKAGES = $(DEMO_PACKAGES)
+deps: PACKAGES = $(DEB_PACKAGES)
+deps deps-demo:
+	@missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:" $$missing; \
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
