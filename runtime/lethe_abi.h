@@ -40,6 +40,17 @@ typedef enum lethe_dtype {
     LETHE_F64 = 3,
 } lethe_dtype;
 
+/* Element i of a tensor of dtype dt at p, as a double (for callers that
+ * compare or print tensors of any dtype). */
+static inline double lethe_elem_f64(const void *p, int32_t dt, int64_t i) {
+    switch (dt) {
+    case LETHE_F32: return ((const float *)p)[i];
+    case LETHE_F64: return ((const double *)p)[i];
+    case LETHE_I32: return ((const int32_t *)p)[i];
+    default: return ((const uint8_t *)p)[i];
+    }
+}
+
 /* What an argument is. The runtime keeps model state (PARAM, BUFFER) across
  * entry points by (binding kind, path); rule state (STATE) by rule. */
 typedef enum lethe_kind {

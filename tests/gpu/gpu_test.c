@@ -111,15 +111,6 @@ static const lethe_entry *find(const lethe_program *p, const char *name) {
     return NULL;
 }
 
-static double value(const void *p, int dt, int64_t i) {
-    switch (dt) {
-    case LETHE_F32: return ((const float *)p)[i];
-    case LETHE_F64: return ((const double *)p)[i];
-    case LETHE_I32: return ((const int32_t *)p)[i];
-    default: return ((const uint8_t *)p)[i];
-    }
-}
-
 /* How far a (GPU) is from b (CPU). */
 typedef struct Err {
     double scaled;         /* worst over tensors of max |a - b| / max |b| */
@@ -134,7 +125,7 @@ static double l2_rel(const Err *e) { return e->d2 == 0 ? 0 : sqrt(e->d2 / fmax(e
 static void add_err(Err *e, const void *a, const void *b, int dt, int64_t n, const char *name) {
     double diff = 0, scale = 0;
     for (int64_t i = 0; i < n; i++) {
-        double x = value(a, dt, i), y = value(b, dt, i);
+        double x = lethe_elem_f64(a, dt, i), y = lethe_elem_f64(b, dt, i);
         e->same += !memcmp((const char *)a + i * (int64_t)dsize(dt), (const char *)b + i * (int64_t)dsize(dt), dsize(dt));
         if (isnan(x) != isnan(y) || isinf(x) != isinf(y) || (isinf(x) && x != y)) {
             diff = INFINITY;

@@ -60,15 +60,6 @@ static const char *name_of(const char *fmt, ...) {
 
 static int is_float(int dt) { return dt == LETHE_F32 || dt == LETHE_F64; }
 
-static double value(const void *p, int dt, int64_t i) {
-    switch (dt) {
-    case LETHE_F32: return ((const float *)p)[i];
-    case LETHE_F64: return ((const double *)p)[i];
-    case LETHE_I32: return ((const int32_t *)p)[i];
-    default: return ((const uint8_t *)p)[i];
-    }
-}
-
 /* max |a - b| / max |b|: the error relative to the tensor's scale (a
  * gradient entry near zero is all cancellation, on either backend); NaN
  * where the other has a number is infinite. Also adds to the sums of
@@ -76,7 +67,7 @@ static double value(const void *p, int dt, int64_t i) {
 static double scaled_err(const void *a, const void *b, int dt, int64_t n, double *d2, double *b2) {
     double diff = 0, scale = 0;
     for (int64_t i = 0; i < n; i++) {
-        double x = value(a, dt, i), y = value(b, dt, i);
+        double x = lethe_elem_f64(a, dt, i), y = lethe_elem_f64(b, dt, i);
         if (isnan(x) != isnan(y) || isinf(x) != isinf(y) || (isinf(x) && x != y))
             return INFINITY;
         if (isnan(x) || isinf(x))

@@ -140,15 +140,6 @@ static th_frame *run_steps(const lethe_program *p, const char *entry, const char
 
 static th_frame *run(const lethe_program *p, const char *entry, const char *tag) { return run_steps(p, entry, tag, true); }
 
-static double to_d(const void *p, int dtype, int64_t i) {
-    switch (dtype) {
-    case LETHE_F32: return ((const float *)p)[i];
-    case LETHE_F64: return ((const double *)p)[i];
-    case LETHE_I32: return ((const int32_t *)p)[i];
-    default: return ((const uint8_t *)p)[i];
-    }
-}
-
 /* -O0 against -O3, or with `pooled`, -O3 serial against -O3 on 2 threads */
 static void compare(const char *entry, bool pooled) {
     th_frame *a = run(pooled ? P3 : P0, entry, pooled ? "O3" : "O0");
@@ -184,15 +175,15 @@ static void compare(const char *entry, bool pooled) {
         int64_t n = th_arg_numel(x);
         double mx = 0;
         for (int64_t k = 0; k < n; k++)
-            if (isfinite(to_d(b->args[j], x->dtype, k)))
-                mx = fmax(mx, fabs(to_d(b->args[j], x->dtype, k)));
+            if (isfinite(lethe_elem_f64(b->args[j], x->dtype, k)))
+                mx = fmax(mx, fabs(lethe_elem_f64(b->args[j], x->dtype, k)));
         /* norm-wise: relative to the tensor's largest value. Elementwise
          * comparisons would flag f32 rounding in small elements that come
          * from cancelling sums (a batch-norm gamma gradient over 4096
          * values), which reassociation at -O3 legitimately changes */
         double floor = mx > 0 ? mx : 1e-30;
         for (int64_t k = 0; k < n; k++) {
-            double u = to_d(a->args[i], x->dtype, k), v = to_d(b->args[j], x->dtype, k);
+            double u = lethe_elem_f64(a->args[i], x->dtype, k), v = lethe_elem_f64(b->args[j], x->dtype, k);
             double e = u == v ? 0 : fabs(u - v) / fmax(fabs(v), floor);
             if (!(e <= worst)) {
                 worst = e;
@@ -214,7 +205,7 @@ static void compare(const char *entry, bool pooled) {
     } else {
         int i = th_arg(a->entry, where), j = th_arg(b->entry, where);
         th_fail(name, pooled ? "serial and 2-thread runs differ by %.3e (relative) in %s[%lld]: %.9g vs %.9g" : "-O0 and -O3 differ by %.3e (relative) in %s[%lld]: %.9g vs %.9g", worst, where, (long long)at,
-                to_d(a->args[i], a->entry->args[i].dtype, at), to_d(b->args[j], b->entry->args[j].dtype, at));
+                lethe_elem_f64(a->args[i], a->entry->args[i].dtype, at), lethe_elem_f64(b->args[j], b->entry->args[j].dtype, at));
     }
     th_frame_free(a);
     th_frame_free(b);
@@ -278,7 +269,7 @@ static double *as_double(th_frame *f, const char *name, int64_t *n) {
     *n = th_arg_numel(a);
     double *v = malloc(sizeof(double) * (size_t)(*n + 1));
     for (int64_t k = 0; k < *n; k++)
-        v[k] = to_d(f->args[i], a->dtype, k);
+        v[k] = lethe_elem_f64(f->args[i], a->dtype, k);
     return v;
 }
 

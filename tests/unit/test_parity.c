@@ -132,15 +132,6 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= m && !strcmp(s + n - m, suffix);
 }
 
-static double get(const void *p, int dtype, int64_t i) {
-    switch (dtype) {
-    case LETHE_F64: return ((const double *)p)[i];
-    case LETHE_F32: return ((const float *)p)[i];
-    case LETHE_I32: return ((const int32_t *)p)[i];
-    default: return ((const uint8_t *)p)[i];
-    }
-}
-
 /* value i of the tensor at `path`, rounded to f32 (the formula's values are
  * f32 numbers; an f64 program gets them exactly) */
 static void fill_tensor(const char *path, int rank, const int64_t *shape, int64_t n, int dtype, void *dst) {
@@ -419,7 +410,7 @@ static void cmp_full(Ref *r, const char *name, View a, int64_t n, Worst *w, cons
     }
     double d = 0, amax = 0;
     for (int64_t i = 0; i < n; i++) {
-        double e = fabs(get(a.p, a.dtype, i) - b[i]);
+        double e = fabs(lethe_elem_f64(a.p, a.dtype, i) - b[i]);
         d = isnan(e) || e > d ? e : d;
         amax = fmax(amax, fabs(b[i]));
     }
@@ -446,7 +437,7 @@ static void cmp_sampled(Ref *r, const char *kind, const char *path, const Tensor
         free(b), free(st), free(pos);
         return;
     }
-#define VAL(i) (get(t->data, t->dtype, i) - (base ? get(base->data, base->dtype, i) : 0))
+#define VAL(i) (lethe_elem_f64(t->data, t->dtype, i) - (base ? lethe_elem_f64(base->data, base->dtype, i) : 0))
     double d = 0, ss = 0;
     for (int64_t j = 0; j < k; j++) {
         double e = fabs(VAL(pos[j]) - b[j]);
@@ -485,7 +476,7 @@ static void cmp_stats(Ref *r, const char *name, View a, int64_t n, Worst *w, con
         return;
     }
     for (int64_t i = 0; i < n; i++) {
-        double v = get(a.p, a.dtype, i);
+        double v = lethe_elem_f64(a.p, a.dtype, i);
         s += v, ss += v * v;
     }
     worst_add(w, fmax(fabs(s - st[0]) / fmax(fabs(st[0]), 1), fabs(ss - st[1]) / fmax(st[1], 1e-30)), what);
@@ -616,7 +607,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
         }
         View lv = out_of(&c, "out.1");
         cmp_full(&ref, "logits", out_of(&c, "out.0"), batch * classes, &wl, "logits");
-        cmp_scalar(&ref, "loss", 0, get(lv.p, lv.dtype, 0), &wloss, "probe");
+        cmp_scalar(&ref, "loss", 0, lethe_elem_f64(lv.p, lv.dtype, 0), &wloss, "probe");
         cmp_full(&ref, "grad_x", out_of(&c, "out.2"), nx, &wx, "grad_x");
         call_free(&c);
 
@@ -628,7 +619,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
             goto out;
         }
         lv = out_of(&c, "loss");
-        cmp_scalar(&ref, "loss", 0, get(lv.p, lv.dtype, 0), &wloss, "step");
+        cmp_scalar(&ref, "loss", 0, lethe_elem_f64(lv.p, lv.dtype, 0), &wloss, "step");
         call_free(&c);
         for (int i = 0; i < model.n; i++) {
             Tensor *t = &model.t[i];
@@ -702,7 +693,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
             }
             char what[300];
             View lv = out_of(&c, "loss");
-            double loss = get(lv.p, lv.dtype, 0);
+            double loss = lethe_elem_f64(lv.p, lv.dtype, 0);
             snprintf(what, sizeof what, "step %ld", s + 1);
             cmp_scalar(&ref, "step_loss", s, loss, &wloss, what);
             call_free(&c);
@@ -712,15 +703,15 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
             }
             lv = out_of(&c, "loss");
             snprintf(what, sizeof what, "step %ld loss", s + 1);
-            worst_add(&walg, fabs(get(lv.p, lv.dtype, 0) - loss) / fabs(loss), what);
+            worst_add(&walg, fabs(lethe_elem_f64(lv.p, lv.dtype, 0) - loss) / fabs(loss), what);
             call_free(&c);
             for (int i = 0; i < model.n; i++) {
                 Tensor *t = &model.t[i], *tp = &prev.t[i], *tg = &gm.t[i];
                 double d = 0, amax = 0, dv = 0, vmax = 0;
                 if (t->kind == LETHE_BUFFER) {   /* the same batch statistics */
                     for (int64_t j = 0; j < t->n; j++) {
-                        double a = get(t->data, t->dtype, j);
-                        d = fmax(d, fabs(a - get(tg->data, tg->dtype, j)));
+                        double a = lethe_elem_f64(t->data, t->dtype, j);
+                        d = fmax(d, fabs(a - lethe_elem_f64(tg->data, tg->dtype, j)));
                         amax = fmax(amax, fabs(a));
                     }
                     snprintf(what, sizeof what, "step %ld %.200s", s + 1, t->path);
@@ -735,9 +726,9 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
                     continue;
                 }
                 for (int64_t j = 0; j < t->n; j++) {
-                    double vj = get(v->data, v->dtype, j), pj = get(tp->data, tp->dtype, j);
-                    double want_v = run.momentum * get(vp->data, vp->dtype, j) + get(g->data, g->dtype, j) + run.wd * pj;
-                    double a = get(t->data, t->dtype, j);
+                    double vj = lethe_elem_f64(v->data, v->dtype, j), pj = lethe_elem_f64(tp->data, tp->dtype, j);
+                    double want_v = run.momentum * lethe_elem_f64(vp->data, vp->dtype, j) + lethe_elem_f64(g->data, g->dtype, j) + run.wd * pj;
+                    double a = lethe_elem_f64(t->data, t->dtype, j);
                     dv = fmax(dv, fabs(vj - want_v));
                     vmax = fmax(vmax, fabs(vj));
                     d = fmax(d, fabs(a - (pj - run.lr * vj)));
