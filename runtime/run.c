@@ -193,6 +193,29 @@ static int choose_poisons(Run *r, char *err) {
     return LETHE_OK;
 }
 
+/* seed<K>/poison.json: the poison set of this seed by sample id (the noise
+ * is regenerated from the seed, never stored) */
+static int write_poisons(Run *r, char *err) {
+    jw w;
+    jw_init(&w);
+    jw_obj_begin(&w);
+    jw_kv_int(&w, "seed", (int64_t)r->seed);
+    jw_kv_num(&w, "eps", r->plan->poison_eps);
+    jw_key(&w, "ids");
+    jw_arr_begin(&w);
+    for (int64_t i = 0; i < r->n_poison; i++)
+        jw_int(&w, r->train.id[r->poison[i]]);
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    size_t len;
+    const char *text = jw_finish(&w, &len);
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/poison.json", r->seed_dir);
+    int rc = fs_write_atomic(path, text, len, err);
+    jw_free(&w);
+    return rc;
+}
+
 static ds_poison poison_of(const Run *r) {
     ds_poison p = {.eps = r->n_poison ? r->plan->poison_eps : 0, .seed = r->seed, .mask = r->mask, .mask_n = r->mask_n};
     return p;
@@ -955,6 +978,8 @@ static int run_seed(Run *r, int k, char *err) {
     int rc = fs_mkdir_p(r->seed_dir, 0755, err);
     if (!rc)
         rc = choose_poisons(r, err);
+    if (!rc)
+        rc = write_poisons(r, err);
     if (rc)
         return rc;
     if (!r->o->quiet)
@@ -1074,26 +1099,9 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
     Used u;
     Eval ev;
     if (!rc && !strcmp(stage, "poison")) {
-        /* the poison set of this seed, by sample id (the noise is regenerated from the seed) */
-        jw w;
-        jw_init(&w);
-        jw_obj_begin(&w);
-        jw_kv_int(&w, "seed", seed);
-        jw_kv_num(&w, "eps", plan->poison_eps);
-        jw_key(&w, "ids");
-        jw_arr_begin(&w);
-        for (int64_t i = 0; i < r.n_poison; i++)
-            jw_int(&w, r.train.id[r.poison[i]]);
-        jw_arr_end(&w);
-        jw_obj_end(&w);
-        size_t len;
-        const char *text = jw_finish(&w, &len);
-        char path[PATH_MAX + 64];
-        snprintf(path, sizeof path, "%s/poison.json", r.seed_dir);
-        rc = fs_write_atomic(path, text, len, err);
+        rc = write_poisons(&r, err);
         if (!rc)
-            printf("%s: %lld poisoned samples\n", path, (long long)r.n_poison);
-        jw_free(&w);
+            printf("%s/poison.json: %lld poisoned samples\n", r.seed_dir, (long long)r.n_poison);
     } else if (!rc && !strcmp(stage, "train")) {
         rc = original_model(&r, &orig, &u, err);
         if (!rc)

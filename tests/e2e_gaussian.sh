@@ -8,7 +8,9 @@
 #   - the same seed gives bit-identical models and identical records;
 #   - a run killed mid-way (at a record, between a model and its record, at a
 #     random moment) and started again redoes nothing, loses nothing and
-#     leaves no partial file, and ends with the same results.
+#     leaves no partial file, and ends with the same results;
+#   - the stages run one at a time (poison, train, unlearn, eval) give what
+#     the whole run gave.
 # Prints PASS/FAIL/SKIP lines (tests/run.sh counts them).
 set -u
 B=${B:-build}
@@ -137,3 +139,33 @@ ok=yes
 for f in "$work"/d/records/*.json; do python3 -c "import json,sys; json.load(open(sys.argv[1]))" "$f" 2>/dev/null || ok="no: $f"; done
 run "$work/d" && [ "$(same_records "$work/a" "$work/d")" = ok ] && [ "$ok" = yes ] &&
     echo "PASS e2e.resume_after_random_kill" || echo "FAIL e2e.resume_after_random_kill: records valid: $ok; $(same_records "$work/a" "$work/d")"
+
+# 4. the stages one at a time (lethe poison / train / unlearn / eval) give
+# what `lethe run` gave for the same seed
+stage() {   # command, extra args...
+    local cmd=$1; shift
+    "$LETHE" "$cmd" "$exp" --out "$work/s" --seed 0 --quiet $fallback "$@"
+}
+stage poison > "$work/s_poison.log" 2>&1 && cmp -s "$work/a/seed0/poison.json" "$work/s/seed0/poison.json" &&
+    echo "PASS e2e.stage_poison" || echo "FAIL e2e.stage_poison: $(cat "$work/s_poison.log")"
+stage train > "$work/s_train.log" 2>&1 && cmp -s "$work/a/seed0/original.safetensors" "$work/s/seed0/original.safetensors" &&
+    echo "PASS e2e.stage_train" || echo "FAIL e2e.stage_train: not the model of lethe run: $(cat "$work/s_train.log")"
+stage unlearn --method gd --budget 10% > "$work/s_unlearn.log" 2>&1 &&
+    cmp -s "$work/a/seed0/gd_b10.safetensors" "$work/s/seed0/gd_b10.safetensors" &&
+    python3 - "$work/a/records/gd_b10_seed0.json" "$work/s/records/gd_b10_seed0.json" <<'PY' && echo "PASS e2e.stage_unlearn" || echo "FAIL e2e.stage_unlearn: $(cat "$work/s_unlearn.log")"
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+keys = ["accuracy", "gus", "tpr_at_fpr", "budget_used", "param_shift", "steps"]
+bad = [k for k in keys if a.get(k) != b.get(k)]
+print("differ:", bad) if bad else None
+sys.exit(1 if bad else 0)
+PY
+stage eval --model "$work/s/seed0/gd_b10.safetensors" > "$work/s_eval.log" 2> "$work/s_eval.err" &&
+    python3 - "$work/a/records/gd_b10_seed0.json" "$work/s_eval.log" <<'PY' && echo "PASS e2e.stage_eval" || echo "FAIL e2e.stage_eval: $(cat "$work/s_eval.log" "$work/s_eval.err")"
+import json, sys
+rec, out = json.load(open(sys.argv[1])), json.loads(open(sys.argv[2]).read())
+sys.exit(0 if abs(rec["accuracy"] - out["accuracy"]) < 1e-6 and abs(rec["gus"] - out["gus"]) < 1e-6 else 1)
+PY
+stage unlearn > "$work/s_bad.log" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -q "needs --method" "$work/s_bad.log" && echo "PASS e2e.stage_unlearn_needs_method" ||
+    echo "FAIL e2e.stage_unlearn_needs_method: rc $rc: $(cat "$work/s_bad.log")"
