@@ -101,6 +101,17 @@ static void im2col_ws(KCtx *kc, const Conv *c, const Node *x, int col, int64_t n
     blk_push(bq, ls_store(col, dst, v, false));
 }
 
+/* What every convolution kernel does before its GEMMs: count its flops,
+ * and settle an empty output (nothing) or an empty sum (sum_len == 0:
+ * zeros into out). False when that was all. */
+static bool conv_prologue(Lower *L, KCtx *kc, const Node *n, const Conv *c, int out, int64_t sum_len) {
+    kc->k->flops = 2.0 * (double)(c->N * c->Co * c->P * c->CK);
+    int64_t numel = shape_numel(n->shape);
+    if (numel && !sum_len)
+        zero_fill(L, kc->k, out, 0, numel);
+    return numel && sum_len;
+}
+
 static void conv2d_ws(Lower *L, KCtx *kc, const Node *n) {
     Conv c = conv_geom(n);
     LKernel *k = kc->k;
@@ -112,11 +123,8 @@ static void conv2d_ws(Lower *L, KCtx *kc, const Node *n) {
     g.alpha = 1, g.beta = 0, g.c_buf = y;
     g.m = c.Co, g.n = c.P, g.k = c.CK, g.ldc = c.P;
     g.a_buf = wbuf, g.lda = c.CK, g.a_off = iconst(mw.offset);
-    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
-    if (c.CK == 0) {
-        zero_fill(L, k, y, 0, shape_numel(n->shape));
+    if (!conv_prologue(L, kc, n, &c, y, c.CK))
         return;
-    }
     if (conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1)) {
         LExpr *img;
         Block b = open_loop(blk_top(k), c.N, &img);
@@ -187,16 +195,13 @@ static void conv2d_bwd_input_ws(Lower *L, KCtx *kc, const Node *n) {
     int dybuf, wbuf;
     need_buffer(L, n->in[0], &mdy, &dybuf);
     need_buffer(L, n->in[1], &mw, &wbuf);
-    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
+    if (!conv_prologue(L, kc, n, &c, dx, c.Co * c.P))
+        return;
     LGemm g = {0};
     g.alpha = 1, g.beta = 0;
     g.trans_a = true, g.a_buf = wbuf, g.a_off = iconst(mw.offset), g.lda = c.CK;
     g.b_buf = dybuf, g.ldb = c.P;
     g.m = c.CK, g.n = c.P, g.k = c.Co;
-    if (c.Co == 0 || c.P == 0 || c.CK == 0) {
-        zero_fill(L, k, dx, 0, shape_numel(n->shape));
-        return;
-    }
     if (conv_is_pointwise(&c)) {
         LExpr *img;
         Block b = open_loop(blk_top(k), c.N, &img);
@@ -504,13 +509,8 @@ static void conv2d_loops(Lower *L, KCtx *kc, const Node *n) {
     IdxMap mw, mx;
     int wbuf, xbuf;
     need_buffer(L, n->in[1], &mw, &wbuf);
-    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
-    if (shape_numel(n->shape) == 0)
+    if (!conv_prologue(L, kc, n, &c, y, c.CK))
         return;
-    if (c.CK == 0) {
-        zero_fill(L, k, y, 0, shape_numel(n->shape));
-        return;
-    }
     if (conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1)) {
         /* the input images are the column matrices: one GEMM per image */
         LExpr *img;
@@ -608,13 +608,8 @@ static void conv2d_bwd_weight_loops(Lower *L, KCtx *kc, const Node *n) {
     IdxMap mdy, mx;
     int dybuf, xbuf;
     need_buffer(L, n->in[1], &mdy, &dybuf);
-    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
-    if (shape_numel(n->shape) == 0)
+    if (!conv_prologue(L, kc, n, &c, dw, c.N * c.P))
         return;
-    if (c.P == 0 || c.N == 0) {
-        zero_fill(L, k, dw, 0, shape_numel(n->shape));
-        return;
-    }
     bool direct = conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1);
     if (!direct && c.P >= 512 && im2col_ok(&c) && images_direct(L, n->in[0], &mx, &xbuf)) {
         conv_bwd_weight_inplace(L, kc, n, &c, &mdy, dybuf, &mx, xbuf, dw);
@@ -714,13 +709,8 @@ static void conv2d_bwd_input_loops(Lower *L, KCtx *kc, const Node *n) {
     int dybuf, wbuf;
     need_buffer(L, n->in[0], &mdy, &dybuf);
     need_buffer(L, n->in[1], &mw, &wbuf);
-    k->flops = 2.0 * (double)(c.N * c.Co * c.P * c.CK);
-    if (shape_numel(n->shape) == 0)
+    if (!conv_prologue(L, kc, n, &c, dx, c.Co * c.P))
         return;
-    if (c.Co == 0 || c.P == 0) {
-        zero_fill(L, k, dx, 0, shape_numel(n->shape));
-        return;
-    }
     LGemm g = {0};
     g.alpha = 1;
     g.trans_a = true, g.a_buf = wbuf, g.lda = c.CK;
