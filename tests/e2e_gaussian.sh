@@ -69,7 +69,7 @@ check e2e.retrain_null "$work/a" 'all(abs(g) < 3 * s for g, s in zip(gus("retrai
 check e2e.original_score_negative "$work/a" 'all(g < -3 * s for g, s in zip(gus("original"), se("original")))'
 check e2e.budget_respected "$work/a" 'all(abs(x["budget_used"] - 0.1) < 0.01 for m in ["gd", "ngd", "ga", "neggrad_plus", "cfk", "euk", "scrub"] for x in r[m])'
 "$LETHE" report "$work/a" > "$work/report.log" 2>&1 && grep -q "^| original" "$work/report.log" &&
-    ls "$work/a/plots/roc.png" "$work/a/plots/acc_vs_tpr.svg" > /dev/null 2>&1
+    ls "$work/a/plots/roc.png" "$work/a/plots/acc_vs_tpr.svg" "$work/a/plots/acc_vs_gus.png" > /dev/null 2>&1
 if [ $? -eq 0 ]; then echo "PASS e2e.report"; else echo "FAIL e2e.report: no table or plots"; sed 's/^/    /' "$work/report.log"; fi
 
 # 2. determinism: the same seeds again, bit for bit
