@@ -122,15 +122,6 @@ const char *cu_prelude_text(void);             /* the helpers every module start
 /* the tiled GEMM kernel (B strided, or implicit im2col), added once */
 int cu_gemm_kernel(CuProgram *cp, DType dt, bool im2col);
 
-/* A pointer-keyed map in the arena (expressions are DAGs: walks visit each
- * node once through one of these). */
-typedef struct CuMap {
-    const void **key;
-    void **val;
-    unsigned cap, len;
-} CuMap;
-/* The value slot of key (NULL when new). The slot moves when the map grows. */
-void **cu_map_slot(CuMap *m, const void *key);
 
 /* ---------------------------------------------------------------------------
  * backend_cuda_analysis.c: facts about a kernel's statements that decide how

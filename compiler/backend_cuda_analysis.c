@@ -24,33 +24,6 @@
 #include "backend_cuda.h"
 
 /* ---------------------------------------------------------------------------
- * a pointer-keyed memo (expressions are DAGs: lowering shares index subtrees,
- * so every walk visits a node once) */
-
-typedef CuMap Memo;
-
-void **cu_map_slot(CuMap *m, const void *key) {
-    if (2 * (m->len + 1) > m->cap) {
-        CuMap old = *m;
-        m->cap = old.cap ? 2 * old.cap : 64;
-        m->key = xalloc(sizeof(void *) * m->cap);
-        m->val = xalloc(sizeof(void *) * m->cap);
-        m->len = 0;
-        for (unsigned i = 0; i < old.cap; i++)
-            if (old.key[i])
-                *cu_map_slot(m, old.key[i]) = old.val[i];
-    }
-    unsigned h = (unsigned)(((uintptr_t)key >> 4) * 2654435761u) & (m->cap - 1);
-    while (m->key[h] && m->key[h] != key)
-        h = (h + 1) & (m->cap - 1);
-    if (!m->key[h]) {
-        m->key[h] = key;
-        m->len++;
-    }
-    return &m->val[h];
-}
-
-/* ---------------------------------------------------------------------------
  * ranges */
 
 typedef struct Range {
@@ -70,7 +43,7 @@ static Range rng(__int128 lo, __int128 hi) {
 
 typedef struct RangeCtx {
     CuKernelInfo *ki;
-    Memo memo;
+    PtrMap memo;
     bool fits;             /* every I64 value seen fits in int */
 } RangeCtx;
 
@@ -121,7 +94,7 @@ static Range range_op(RangeCtx *rc, const LExpr *e) {
 }
 
 static Range range_expr(RangeCtx *rc, const LExpr *e) {
-    Range *seen = *cu_map_slot(&rc->memo, e);
+    Range *seen = *ptrmap_slot(&rc->memo, e);
     if (seen)
         return *seen;
     Range r = {false, 0, 0};
@@ -145,7 +118,7 @@ static Range range_expr(RangeCtx *rc, const LExpr *e) {
         rc->fits = false;
     Range *keep = xalloc(sizeof *keep);
     *keep = r;
-    *cu_map_slot(&rc->memo, e) = keep;   /* the recursion may have moved the slot */
+    *ptrmap_slot(&rc->memo, e) = keep;   /* the recursion may have moved the slot */
     return r;
 }
 
@@ -316,13 +289,13 @@ typedef struct Facts {
     char *loopvar;         /* per variable: a loop variable of the subtree */
     VEC(const LStmt *) stores, assigns, gemms;
     VEC(const LExpr *) loads;
-    Memo seen;
+    PtrMap seen;
 } Facts;
 
 static void facts_expr(Facts *f, const LExpr *e) {
     if (!e)
         return;
-    void **slot = cu_map_slot(&f->seen, e);
+    void **slot = ptrmap_slot(&f->seen, e);
     if (*slot)
         return;
     *slot = (void *)1;
@@ -378,10 +351,10 @@ static Facts facts_of(const CuKernelInfo *ki, const LStmt *loop) {
 }
 
 /* number of references to variable v in e (each DAG node once) */
-static int var_refs(const LExpr *e, int v, Memo *seen) {
+static int var_refs(const LExpr *e, int v, PtrMap *seen) {
     if (!e)
         return 0;
-    void **slot = cu_map_slot(seen, e);
+    void **slot = ptrmap_slot(seen, e);
     if (*slot)
         return 0;
     *slot = (void *)1;
@@ -400,7 +373,7 @@ static int var_refs(const LExpr *e, int v, Memo *seen) {
     return 0;
 }
 
-static int stmt_var_refs(const LStmt *s, int v, Memo *seen) {
+static int stmt_var_refs(const LStmt *s, int v, PtrMap *seen) {
     switch (s->kind) {
     case LS_FOR: {
         int n = 0;
@@ -430,7 +403,7 @@ static bool is_reduction(const Facts *f, const LStmt *loop) {
         if (cu_reduction_op(s, &other) == OP_COUNT || dt == DT_I64)
             return false;
         /* the accumulator appears once in the loop: as its own operand */
-        Memo seen = {0};
+        PtrMap seen = {0};
         if (stmt_var_refs(loop, s->var, &seen) != 1)
             return false;
         for (int j = 0; j < f->assigns.len; j++)
@@ -487,11 +460,11 @@ static Aff aff_scale(Aff a, int64_t c) {
 
 typedef struct AffCtx {
     const Facts *f;
-    Memo memo;
+    PtrMap memo;
 } AffCtx;
 
 static Aff affine(AffCtx *ac, const LExpr *e) {
-    Aff *seen = *cu_map_slot(&ac->memo, e);
+    Aff *seen = *ptrmap_slot(&ac->memo, e);
     if (seen)
         return *seen;
     Aff r = aff_const();
@@ -544,7 +517,7 @@ static Aff affine(AffCtx *ac, const LExpr *e) {
     }
     Aff *keep = xalloc(sizeof *keep);
     *keep = r;
-    *cu_map_slot(&ac->memo, e) = keep;   /* the recursion may have moved the slot */
+    *ptrmap_slot(&ac->memo, e) = keep;   /* the recursion may have moved the slot */
     return r;
 }
 

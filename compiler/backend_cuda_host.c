@@ -15,13 +15,10 @@
  * checked against offsetof() of the C struct (lethec targets the machine it
  * runs on, as for CPU programs).
  */
-#include <errno.h>
-#include <spawn.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <llvm-c/Analysis.h>
@@ -29,8 +26,6 @@
 #include "backend_cuda.h"
 #include "backend_llvm.h"
 #include "lethe_abi.h"
-
-extern char **environ;
 
 typedef struct Host {
     LL ll;
@@ -299,109 +294,15 @@ static void set_target(Host *h, const char *target) {
 /* ---------------------------------------------------------------------------
  * target machine and output */
 
-static void host_init(Host *h, const BackendOptions *opt) {
-    LL *ll = &h->ll;
-    LLVMInitializeNativeTarget();
-    LLVMInitializeNativeAsmPrinter();
-    ll->opt = opt;
-    ll->triple = LLVMGetDefaultTargetTriple();
-    ll->cpu = opt->cpu ? LLVMCreateMessage(opt->cpu) : LLVMGetHostCPUName();
-    ll->features = opt->features ? LLVMCreateMessage(opt->features) : opt->cpu ? LLVMCreateMessage("") : LLVMGetHostCPUFeatures();
-    LLVMTargetRef target;
-    char *msg = NULL;
-    if (LLVMGetTargetFromTriple(ll->triple, &target, &msg)) {
-        char *err = xfmt("no LLVM target for %s: %s", ll->triple, msg);
-        LLVMDisposeMessage(msg);
-        error_noloc("%s", err);
-    }
-    ll->tm = LLVMCreateTargetMachine(target, ll->triple, ll->cpu, ll->features, LLVMCodeGenLevelDefault, LLVMRelocPIC,
-                                     LLVMCodeModelDefault);
-    if (!ll->tm)
-        error_noloc("cannot create an LLVM target machine for %s, cpu %s", ll->triple, ll->cpu);
-    ll->ctx = LLVMContextCreate();
-    ll->mod = LLVMModuleCreateWithNameInContext("lethe_cuda_host", ll->ctx);
-    LLVMSetTarget(ll->mod, ll->triple);
-    ll->td = LLVMCreateTargetDataLayout(ll->tm);
-    LLVMSetModuleDataLayout(ll->mod, ll->td);
-    ll->t_void = LLVMVoidTypeInContext(ll->ctx);
-    ll->t_i1 = LLVMInt1TypeInContext(ll->ctx);
-    ll->t_i8 = LLVMInt8TypeInContext(ll->ctx);
-    ll->t_i32 = LLVMInt32TypeInContext(ll->ctx);
-    ll->t_i64 = LLVMInt64TypeInContext(ll->ctx);
-    ll->t_f32 = LLVMFloatTypeInContext(ll->ctx);
-    ll->t_f64 = LLVMDoubleTypeInContext(ll->ctx);
-    ll->t_ptr = LLVMPointerTypeInContext(ll->ctx, 0);
-}
-
-static void host_dispose(Host *h) {
-    LL *ll = &h->ll;
-    if (ll->mod)
-        LLVMDisposeModule(ll->mod);
-    if (ll->td)
-        LLVMDisposeTargetData(ll->td);
-    if (ll->tm)
-        LLVMDisposeTargetMachine(ll->tm);
-    if (ll->ctx)
-        LLVMContextDispose(ll->ctx);
-    LLVMDisposeMessage(ll->triple);
-    LLVMDisposeMessage(ll->cpu);
-    LLVMDisposeMessage(ll->features);
-}
-
-static char *run_cc(char *const *argv) {
-    pid_t pid;
-    int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
-    if (rc != 0)
-        return xfmt("cannot run '%s': %s", argv[0], strerror(rc));
-    int status;
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR)
-            return xfmt("waiting for '%s': %s", argv[0], strerror(errno));
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        return NULL;
-    return xfmt("'%s' failed (status %d)", argv[0], WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-}
-
-/* returns an error message or NULL */
-static char *write_output(Host *h, EmitKind kind, const char *out_path) {
-    char *msg = NULL, *err = NULL;
-    LL *ll = &h->ll;
-    if (kind == EMIT_LL) {
-        if (LLVMPrintModuleToFile(ll->mod, out_path, &msg))
-            err = xfmt("cannot write %s: %s", out_path, msg);
-    } else if (kind == EMIT_OBJ || kind == EMIT_ASM) {
-        if (LLVMTargetMachineEmitToFile(ll->tm, ll->mod, (char *)out_path, kind == EMIT_OBJ ? LLVMObjectFile : LLVMAssemblyFile,
-                                        &msg))
-            err = xfmt("cannot write %s: %s", out_path, msg);
-    } else {
-        const char *dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-        char *tmp = xfmt("%s/lethec-cuda-XXXXXX.o", dir);
-        int fd = mkstemps(tmp, 2);
-        if (fd < 0)
-            return xfmt("cannot create a temporary file in %s: %s\n---> HINT: set TMPDIR to a writable directory", dir,
-                        strerror(errno));
-        close(fd);
-        if (LLVMTargetMachineEmitToFile(ll->tm, ll->mod, tmp, LLVMObjectFile, &msg))
-            err = xfmt("cannot write %s: %s", tmp, msg);
-        if (!err) {
-            char *argv[] = {"cc", "-shared", "-o", (char *)out_path, tmp, NULL};
-            err = run_cc(argv);
-            if (err)
-                err = xfmt("cannot link %s: %s\n---> HINT: the shared object is linked by running `cc -shared`: install a C "
-                           "compiler, or use --emit=obj and link the object yourself", out_path, err);
-        }
-        unlink(tmp);
-    }
-    if (msg)
-        LLVMDisposeMessage(msg);
-    return err;
-}
-
 void cu_emit_host(const CompUnit *cu, LProgram **progs, int nprogs, const CuProgram *cp, EmitKind kind,
                   const char *out_path) {
     const BackendOptions *opt = cp->opt;
     Host h = {.sym = opt->program_symbol ? opt->program_symbol : LETHE_PROGRAM_SYMBOL};
-    host_init(&h, opt);
+    char *diag_errs = NULL, *err = NULL, *hint = NULL;
+    if (!ll_init(&h.ll, opt, "lethe_cuda_host", &diag_errs, &err)) {
+        ll_dispose(&h.ll);
+        error_noloc("%s", err);
+    }
     make_types(&h);
     LLVMValueRef program = program_desc(&h, cp);
     LLVMValueRef *fns = xalloc(sizeof(LLVMValueRef) * ((size_t)nprogs + 1));
@@ -421,8 +322,12 @@ void cu_emit_host(const CompUnit *cu, LProgram **progs, int nprogs, const CuProg
     if (LLVMVerifyModule(h.ll.mod, LLVMReturnStatusAction, &msg))
         internal_error(__FILE__, __LINE__, "the CUDA host module does not verify: %s", msg);
     LLVMDisposeMessage(msg);
-    char *err = write_output(&h, kind, out_path);
-    host_dispose(&h);
+    err = ll_emit_output(&h.ll, kind, out_path, &hint);
+    if (!err && diag_errs)
+        err = xfmt("LLVM: %s", diag_errs);
+    ll_dispose(&h.ll);
+    if (err && hint)
+        error_noloc("%s\n---> HINT: %s", err, hint);
     if (err)
         error_noloc("%s", err);
 }

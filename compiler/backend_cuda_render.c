@@ -68,7 +68,7 @@ typedef struct KG {
     bool gemm_smem[5];         /* shared tiles of lk_gemm_tile, by DType */
     bool wrote, read;          /* since the last barrier */
     /* expressions of the statement being rendered */
-    CuMap uses, names;
+    PtrMap uses, names;
 } KG;
 
 static bool is_float(DType dt) { return dt == DT_F32 || dt == DT_F64; }
@@ -306,7 +306,7 @@ static const char *render_op(KG *g, const LExpr *e, const char **a) {
 static void count_uses(KG *g, const LExpr *e) {
     if (!e)
         return;
-    void **slot = cu_map_slot(&g->uses, e);
+    void **slot = ptrmap_slot(&g->uses, e);
     *slot = (void *)((intptr_t)*slot + 1);
     if ((intptr_t)*slot > 1)
         return;
@@ -323,7 +323,7 @@ static void count_uses(KG *g, const LExpr *e) {
 }
 
 static const char *render(KG *g, const LExpr *e) {
-    const char *done = *cu_map_slot(&g->names, e);
+    const char *done = *ptrmap_slot(&g->names, e);
     if (done)
         return done;
     const char *r = NULL;
@@ -362,12 +362,12 @@ static const char *render(KG *g, const LExpr *e) {
         break;
     }
     }
-    if (e->kind != LE_CONST && e->kind != LE_VAR && (intptr_t)*cu_map_slot(&g->uses, e) > 1) {
+    if (e->kind != LE_CONST && e->kind != LE_VAR && (intptr_t)*ptrmap_slot(&g->uses, e) > 1) {
         const char *t = xfmt("t%d", g->ntemp++);
         line(g, "const %s %s = %s;", ctype(g, e->dtype), t, r);
         r = t;
     }
-    *cu_map_slot(&g->names, e) = (void *)r;
+    *ptrmap_slot(&g->names, e) = (void *)r;
     return r;
 }
 
@@ -380,10 +380,10 @@ static void begin_stmt(KG *g, const LExpr *const *roots, int n) {
         count_uses(g, roots[i]);
 }
 
-static bool has_load(const LExpr *e, CuMap *seen) {
+static bool has_load(const LExpr *e, PtrMap *seen) {
     if (!e)
         return false;
-    void **slot = cu_map_slot(seen, e);
+    void **slot = ptrmap_slot(seen, e);
     if (*slot)
         return false;
     *slot = (void *)1;
@@ -602,7 +602,7 @@ typedef struct Mem {
 } Mem;
 
 static void mem_of(const LStmt *s, Mem *m) {
-    CuMap seen = {0};
+    PtrMap seen = {0};
     switch (s->kind) {
     case LS_FOR:
         for (int i = 0; i < s->body.len; i++)
@@ -782,7 +782,7 @@ static void gen_uniform_stmt(KG *g, const LStmt *s) {
     switch (s->kind) {
     case LS_LET:
     case LS_ASSIGN: {
-        CuMap seen = {0};
+        PtrMap seen = {0};
         Mem m = {has_load(s->value, &seen), false};
         phase(g, m);
         gen_serial(g, s);
@@ -871,10 +871,10 @@ static void private_buf(KG *g, int b) {
     g->pstride += ((int64_t)bf->nelem * dtype_size(bf->dtype) + 255) / 256 * 256;
 }
 
-static void private_expr(KG *g, const LExpr *e, CuMap *seen) {
+static void private_expr(KG *g, const LExpr *e, PtrMap *seen) {
     if (!e)
         return;
-    void **slot = cu_map_slot(seen, e);
+    void **slot = ptrmap_slot(seen, e);
     if (*slot)
         return;
     *slot = (void *)1;
@@ -894,7 +894,7 @@ static void private_expr(KG *g, const LExpr *e, CuMap *seen) {
     }
 }
 
-static void plan_private(KG *g, const LStmt *s, CuMap *seen) {
+static void plan_private(KG *g, const LStmt *s, PtrMap *seen) {
     switch (s->kind) {
     case LS_FOR:
         for (int i = 0; i < s->body.len; i++)
@@ -931,11 +931,11 @@ static int block_threads(int64_t widest) {
 /* ---------------------------------------------------------------------------
  * kernels and launches */
 
-static void stmt_uses(const LStmt *s, char *used, CuMap *seen);
+static void stmt_uses(const LStmt *s, char *used, PtrMap *seen);
 
 /* the variables something needs: LETs nobody reads are dropped, and with
  * them what only they read */
-static void live_stmts(LStmt *const *body, int n, const char *used, char *now, CuMap *seen) {
+static void live_stmts(LStmt *const *body, int n, const char *used, char *now, PtrMap *seen) {
     for (int i = 0; i < n; i++) {
         const LStmt *s = body[i];
         if (s->kind == LS_FOR)
@@ -950,7 +950,7 @@ static void live_vars(const LKernel *k, char *used) {
     for (bool changed = true; changed;) {
         changed = false;
         char *now = xalloc((size_t)k->vars.len + 1);
-        CuMap seen = {0};
+        PtrMap seen = {0};
         live_stmts(k->body.data, k->body.len, used, now, &seen);
         for (int v = 0; v < k->vars.len; v++)
             if (now[v] && !used[v])
@@ -1042,7 +1042,7 @@ enum { CU_PRIVATE_COPIES_BYTES = 256 << 20 };   /* device memory for private scr
 static void emit_parallel(CuProgram *cp, CuEntry *ce, const LProgram *p, const LKernel *k, const LStmt *P,
                           const char *name) {
     KG g = kg_new(cp, p, k);
-    CuMap seen = {0};
+    PtrMap seen = {0};
     plan_private(&g, P, &seen);
     const LStmt *levels[MAX_LEVELS];
     int n = 0;
@@ -1097,7 +1097,7 @@ static void emit_parallel(CuProgram *cp, CuEntry *ce, const LProgram *p, const L
 static void emit_serial(CuProgram *cp, CuEntry *ce, const LProgram *p, const LKernel *k, LStmt *const *body, int n,
                         const char *name) {
     KG g = kg_new(cp, p, k);
-    CuMap seen = {0};
+    PtrMap seen = {0};
     for (int i = 0; i < n; i++)
         plan_private(&g, body[i], &seen);
     note_private(ce, &g, 1);
@@ -1245,10 +1245,10 @@ typedef struct Unit {
     int first, n;
 } Unit;
 
-static void mark_uses(const LExpr *e, char *used, CuMap *seen) {
+static void mark_uses(const LExpr *e, char *used, PtrMap *seen) {
     if (!e)
         return;
-    void **slot = cu_map_slot(seen, e);
+    void **slot = ptrmap_slot(seen, e);
     if (*slot)
         return;
     *slot = (void *)1;
@@ -1264,7 +1264,7 @@ static void mark_uses(const LExpr *e, char *used, CuMap *seen) {
     }
 }
 
-static void stmt_uses(const LStmt *s, char *used, CuMap *seen) {
+static void stmt_uses(const LStmt *s, char *used, PtrMap *seen) {
     switch (s->kind) {
     case LS_FOR:
         for (int i = 0; i < s->body.len; i++)
@@ -1299,7 +1299,7 @@ static bool units_share_vars(const LKernel *k, const Unit *u, int nu) {
                 owner[k->body.data[j]->var] = i;
     for (int i = 0; i < nu; i++) {
         char *used = xalloc((size_t)nv);
-        CuMap seen = {0};
+        PtrMap seen = {0};
         for (int j = u[i].first; j < u[i].first + u[i].n; j++)
             stmt_uses(k->body.data[j], used, &seen);
         for (int v = 0; v < k->vars.len; v++)

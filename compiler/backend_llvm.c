@@ -132,10 +132,9 @@ typedef struct Uses {
     char *used;     /* per variable: read or assigned */
     char *def;      /* per variable: defined inside */
     bool rand;
-    /* expressions are DAGs (lowering shares index subtrees): visit each
-     * node once, or a chain of shared subtrees costs exponential time */
-    const LExpr **seen;
-    unsigned nseen, capseen;
+    PtrMap seen;    /* expressions are DAGs (lowering shares index subtrees):
+                     * visit each node once, or a chain of shared subtrees
+                     * costs exponential time */
 } Uses;
 
 static Uses uses_new(const LProgram *p, const LKernel *k) {
@@ -148,23 +147,10 @@ static Uses uses_new(const LProgram *p, const LKernel *k) {
 
 /* true the first time e is seen */
 static bool first_visit(Uses *u, const LExpr *e) {
-    if (2 * (u->nseen + 1) > u->capseen) {
-        const LExpr **old = u->seen;
-        unsigned oldcap = u->capseen;
-        u->capseen = oldcap ? 2 * oldcap : 64;
-        u->seen = xalloc(u->capseen * sizeof *u->seen);
-        u->nseen = 0;
-        for (unsigned i = 0; i < oldcap; i++)
-            if (old[i])
-                first_visit(u, old[i]);
-    }
-    unsigned h = (unsigned)(((uintptr_t)e >> 4) * 2654435761u) & (u->capseen - 1);
-    while (u->seen[h] && u->seen[h] != e)
-        h = (h + 1) & (u->capseen - 1);
-    if (u->seen[h])
+    void **slot = ptrmap_slot(&u->seen, e);
+    if (*slot)
         return false;
-    u->seen[h] = e;
-    u->nseen++;
+    *slot = (void *)1;
     return true;
 }
 
@@ -1005,7 +991,7 @@ static void diag_handler(LLVMDiagnosticInfoRef di, void *arg) {
     LLVMDisposeMessage(msg);
 }
 
-static void ll_dispose(LL *ll) {
+void ll_dispose(LL *ll) {
     if (ll->mod)
         LLVMDisposeModule(ll->mod);
     if (ll->td)
@@ -1023,7 +1009,7 @@ static void ll_dispose(LL *ll) {
     memset(ll, 0, sizeof *ll);
 }
 
-static bool ll_init(LL *ll, const BackendOptions *opt, char **errs, char **err) {
+bool ll_init(LL *ll, const BackendOptions *opt, const char *module_name, char **errs, char **err) {
     static bool initialized;
     if (!initialized) {
         LLVMInitializeNativeTarget();
@@ -1054,7 +1040,7 @@ static bool ll_init(LL *ll, const BackendOptions *opt, char **errs, char **err) 
     }
     ll->ctx = LLVMContextCreate();
     LLVMContextSetDiagnosticHandler(ll->ctx, diag_handler, errs);
-    ll->mod = LLVMModuleCreateWithNameInContext("lethe", ll->ctx);
+    ll->mod = LLVMModuleCreateWithNameInContext(module_name, ll->ctx);
     LLVMSetTarget(ll->mod, ll->triple);
     ll->td = LLVMCreateTargetDataLayout(ll->tm);
     LLVMSetModuleDataLayout(ll->mod, ll->td);
@@ -1144,7 +1130,9 @@ static char *emit_so(LL *ll, const char *out_path, char **hint) {
         unlink(tmp);
         return xfmt("cannot write %s: %s", tmp, err);
     }
-    char *argv[] = {"cc", "-shared", "-o", (char *)out_path, tmp, "-lopenblas", "-lm", NULL};
+    /* --as-needed: only objects that call BLAS or libm depend on them (a
+     * CUDA program's host object calls neither) */
+    char *argv[] = {"cc", "-shared", "-o", (char *)out_path, tmp, "-Wl,--as-needed", "-lopenblas", "-lm", NULL};
     err = run_command(argv);
     unlink(tmp);
     if (err) {
@@ -1155,7 +1143,7 @@ static char *emit_so(LL *ll, const char *out_path, char **hint) {
     return NULL;
 }
 
-static char *emit_output(LL *ll, EmitKind kind, const char *out_path, char **hint) {
+char *ll_emit_output(LL *ll, EmitKind kind, const char *out_path, char **hint) {
     char *msg = NULL, *err = NULL;
     switch (kind) {
     case EMIT_LL:
@@ -1201,7 +1189,7 @@ void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, 
 
     LL ll = {0};
     char *diag_errs = NULL, *err = NULL, *hint = NULL;
-    if (!ll_init(&ll, &opt, &diag_errs, &err)) {
+    if (!ll_init(&ll, &opt, "lethe", &diag_errs, &err)) {
         ll_dispose(&ll);
         error_noloc("%s", err);
     }
@@ -1225,7 +1213,7 @@ void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, 
         fputs(ir, dump_file ? dump_file : stderr);
         LLVMDisposeMessage(ir);
     }
-    err = emit_output(&ll, kind, out_path, &hint);
+    err = ll_emit_output(&ll, kind, out_path, &hint);
     if (!err && diag_errs)
         err = xfmt("LLVM: %s", diag_errs);
     ll_dispose(&ll);

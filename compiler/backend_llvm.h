@@ -36,6 +36,15 @@ typedef struct LL {
     VEC(LLVMValueRef) kernel_fns;
 } LL;
 
+/* backend_llvm.c: the target machine, module and types for the host CPU
+ * (or opt->cpu) in a new context; on failure *err says why. LLVM's codegen
+ * errors accumulate in *errs. ll_dispose frees everything ll_init made. */
+bool ll_init(LL *ll, const BackendOptions *opt, const char *module_name, char **errs, char **err);
+void ll_dispose(LL *ll);
+/* Writes the module as kind (obj, so, ll, asm) to out_path; returns an
+ * error message (and maybe a hint) or NULL. */
+char *ll_emit_output(LL *ll, EmitKind kind, const char *out_path, char **hint);
+
 /* backend_llvm.c: small shared helpers */
 LLVMTypeRef ll_type(LL *ll, DType dt);          /* register type: bool is i1 */
 LLVMValueRef ll_call_intrinsic(LL *ll, LLVMBuilderRef b, const char *name, LLVMTypeRef overload, LLVMValueRef *args,

@@ -43,6 +43,16 @@ size_t arena_bytes(void);
 
 uint64_t hash_bytes(const void *p, size_t n, uint64_t h); /* FNV-1a 64 */
 
+/* A pointer-keyed map in the arena; walks over expression DAGs use one to
+ * visit each node once. ptrmap_slot returns key's value slot (NULL when the
+ * key is new); the slot moves when the map grows. */
+typedef struct PtrMap {
+    const void **key;
+    void **val;
+    unsigned cap, len;
+} PtrMap;
+void **ptrmap_slot(PtrMap *m, const void *key);
+
 /* ----------------------------------------------------------------------------
  * diag.c: errors in the chibicc style
  *

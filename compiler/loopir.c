@@ -466,9 +466,8 @@ typedef struct KeyBuilder {
     const LProgram *p;
     LKernelKey *key;
     int *local;                        /* per program buffer: its local number, or -1 */
-    const LExpr **seen;                /* open addressing: expression -> number */
-    int *seen_id;
-    unsigned cap, n;
+    PtrMap seen;                       /* expression -> 1 + its number */
+    int n;                             /* expressions numbered so far */
 } KeyBuilder;
 
 static void key_word(KeyBuilder *kb, uint64_t w) { vec_push(&kb->key->words, w); }
@@ -489,31 +488,13 @@ static void key_buf(KeyBuilder *kb, int buf) {
 /* Expressions are DAGs: a node seen before is written as a back reference,
  * so the key is linear in the number of nodes and records the sharing. */
 static bool key_seen(KeyBuilder *kb, const LExpr *e, int *id) {
-    if (2 * (kb->n + 1) > kb->cap) {
-        const LExpr **old = kb->seen;
-        int *old_id = kb->seen_id;
-        unsigned old_cap = kb->cap;
-        kb->cap = old_cap ? 2 * old_cap : 256;
-        kb->seen = xalloc(kb->cap * sizeof *kb->seen);
-        kb->seen_id = xalloc(kb->cap * sizeof *kb->seen_id);
-        for (unsigned i = 0; i < old_cap; i++)
-            if (old[i]) {
-                unsigned h = (unsigned)(((uintptr_t)old[i] >> 4) * 2654435761u) & (kb->cap - 1);
-                while (kb->seen[h])
-                    h = (h + 1) & (kb->cap - 1);
-                kb->seen[h] = old[i];
-                kb->seen_id[h] = old_id[i];
-            }
-    }
-    unsigned h = (unsigned)(((uintptr_t)e >> 4) * 2654435761u) & (kb->cap - 1);
-    while (kb->seen[h] && kb->seen[h] != e)
-        h = (h + 1) & (kb->cap - 1);
-    if (kb->seen[h]) {
-        *id = kb->seen_id[h];
+    void **slot = ptrmap_slot(&kb->seen, e);
+    if (*slot) {
+        *id = (int)((intptr_t)*slot - 1);
         return true;
     }
-    kb->seen[h] = e;
-    kb->seen_id[h] = *id = (int)kb->n++;
+    *id = kb->n++;
+    *slot = (void *)(intptr_t)(*id + 1);
     return false;
 }
 

@@ -102,6 +102,27 @@ uint64_t hash_bytes(const void *p, size_t n, uint64_t h) {
     return h;
 }
 
+void **ptrmap_slot(PtrMap *m, const void *key) {
+    if (2 * (m->len + 1) > m->cap) {
+        PtrMap old = *m;
+        m->cap = old.cap ? 2 * old.cap : 64;
+        m->key = xalloc(sizeof(void *) * m->cap);
+        m->val = xalloc(sizeof(void *) * m->cap);
+        m->len = 0;
+        for (unsigned i = 0; i < old.cap; i++)
+            if (old.key[i])
+                *ptrmap_slot(m, old.key[i]) = old.val[i];
+    }
+    unsigned h = (unsigned)(((uintptr_t)key >> 4) * 2654435761u) & (m->cap - 1);
+    while (m->key[h] && m->key[h] != key)
+        h = (h + 1) & (m->cap - 1);
+    if (!m->key[h]) {
+        m->key[h] = key;
+        m->len++;
+    }
+    return &m->val[h];
+}
+
 const char *dtype_name(DType t) {
     switch (t) {
     case DT_BOOL: return "bool";
