@@ -146,6 +146,48 @@ static void gl_close(GB *g, GL *L) {
     LLVMPositionBuilderAtEnd(g->b, L->exit);
 }
 
+/* The K loop of a micro-kernel: k = 0, step, ... below `end` (at least one
+ * trip) carrying n vector accumulators that start as acc[]. acc_loop_open
+ * leaves the builder in the body and returns k, with L->phi[] the
+ * accumulators on entry to the trip; acc_loop_close takes the trip's
+ * results next[], closes the loop and sets acc[] to the final values. */
+typedef struct AccLoop {
+    LLVMBasicBlockRef body, exit;
+    LLVMValueRef k, phi[32];
+    int n;
+} AccLoop;
+
+static LLVMValueRef acc_loop_open(GB *g, AccLoop *L, const LLVMValueRef *acc, int n) {
+    LLVMBuilderRef b = g->b;
+    LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
+    L->body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k");
+    L->exit = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k.end");
+    L->n = n;
+    LLVMBuildBr(b, L->body);
+    LLVMPositionBuilderAtEnd(b, L->body);
+    L->k = LLVMBuildPhi(b, g->ll->t_i64, "k");
+    LLVMValueRef zero = c64(g, 0);
+    LLVMAddIncoming(L->k, &zero, &pre, 1);
+    for (int t = 0; t < n; t++) {
+        L->phi[t] = LLVMBuildPhi(b, g->vt, "acc");
+        LLVMAddIncoming(L->phi[t], (LLVMValueRef *)&acc[t], &pre, 1);
+    }
+    return L->k;
+}
+
+static void acc_loop_close(GB *g, AccLoop *L, LLVMValueRef *next, int64_t step, int64_t end, LLVMValueRef *acc) {
+    LLVMBuilderRef b = g->b;
+    LLVMValueRef kn = add64(g, L->k, c64(g, step));
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(b);
+    LLVMAddIncoming(L->k, &kn, &latch, 1);
+    for (int t = 0; t < L->n; t++)
+        LLVMAddIncoming(L->phi[t], &next[t], &latch, 1);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kn, c64(g, end), ""), L->body, L->exit);
+    LLVMPositionBuilderAtEnd(b, L->exit);
+    for (int t = 0; t < L->n; t++)
+        acc[t] = next[t];
+}
+
 /* ----------------------------------------------------------------------------
  * C = alpha acc + beta C for one vector of C */
 
@@ -283,20 +325,10 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
         LLVMValueRef tm[8];
         for (int v = 0; bs->ic && v < nv; v++)
             tm[v] = col_mask(g, bs, c64(g, t), add64(g, u0, c64(g, v)));
-        LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
-        LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k");
-        LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k.end");
-        LLVMBuildBr(b, body);
-        LLVMPositionBuilderAtEnd(b, body);
-        LLVMValueRef k = LLVMBuildPhi(b, g->ll->t_i64, "k");
-        LLVMValueRef zero = c64(g, 0);
-        LLVMAddIncoming(k, &zero, &pre, 1);
-        LLVMValueRef phi[32], cur[32];
-        for (int x = 0; x < n; x++) {
-            phi[x] = LLVMBuildPhi(b, g->vt, "acc");
-            LLVMAddIncoming(phi[x], &acc[x], &pre, 1);
-            cur[x] = phi[x];
-        }
+        AccLoop L;
+        LLVMValueRef k = acc_loop_open(g, &L, acc, n), cur[32];
+        for (int x = 0; x < n; x++)
+            cur[x] = L.phi[x];
         LLVMValueRef bv[8];
         for (int v = 0; v < nv; v++) {
             if (bs->ic) {
@@ -314,15 +346,7 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
             for (int v = 0; v < nv; v++)
                 cur[i * nv + v] = fma3(g, as, bv[v], cur[i * nv + v]);
         }
-        LLVMValueRef kn = add64(g, k, c64(g, 1));
-        LLVMBasicBlockRef latch = LLVMGetInsertBlock(b);
-        LLVMAddIncoming(k, &kn, &latch, 1);
-        for (int x = 0; x < n; x++)
-            LLVMAddIncoming(phi[x], &cur[x], &latch, 1);
-        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kn, c64(g, steps), ""), body, exit);
-        LLVMPositionBuilderAtEnd(b, exit);
-        for (int x = 0; x < n; x++)
-            acc[x] = cur[x];
+        acc_loop_close(g, &L, cur, 1, steps, acc);
     }
     LLVMValueRef c_row = fptr(g, fptr(g, C, mul64(g, i0, gm->ldc)), j0);
     for (int i = 0; i < mr; i++)
@@ -464,29 +488,10 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, const BSrc *bs, LLVMV
     for (int t = 0; t < n; t++)
         acc[t] = LLVMConstNull(g->vt);
     if (kfull > 0) {
-        LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
-        LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k");
-        LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "k.end");
-        LLVMBuildBr(b, body);
-        LLVMPositionBuilderAtEnd(b, body);
-        LLVMValueRef k = LLVMBuildPhi(b, g->ll->t_i64, "k");
-        LLVMValueRef zero = c64(g, 0);
-        LLVMAddIncoming(k, &zero, &pre, 1);
-        LLVMValueRef phi[32], next[32];
-        for (int t = 0; t < n; t++) {
-            phi[t] = LLVMBuildPhi(b, g->vt, "acc");
-            LLVMAddIncoming(phi[t], &acc[t], &pre, 1);
-        }
-        nt_step(g, mr, nr, a_row, bs, &cols, k, NULL, phi, next);
-        LLVMValueRef kn = add64(g, k, c64(g, g->vw));
-        LLVMBasicBlockRef latch = LLVMGetInsertBlock(b);
-        LLVMAddIncoming(k, &kn, &latch, 1);
-        for (int t = 0; t < n; t++)
-            LLVMAddIncoming(phi[t], &next[t], &latch, 1);
-        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, kn, c64(g, kfull * g->vw), ""), body, exit);
-        LLVMPositionBuilderAtEnd(b, exit);
-        for (int t = 0; t < n; t++)
-            acc[t] = next[t];
+        AccLoop L;
+        LLVMValueRef k = acc_loop_open(g, &L, acc, n), next[32];
+        nt_step(g, mr, nr, a_row, bs, &cols, k, NULL, L.phi, next);
+        acc_loop_close(g, &L, next, g->vw, kfull * g->vw, acc);
     }
     if (krest) {
         LLVMValueRef k0 = c64(g, kfull * g->vw);
