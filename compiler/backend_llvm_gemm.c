@@ -387,6 +387,66 @@ static void nn_cols(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs, LLVM
     gl_close(g, &L);
 }
 
+/* The row blocks [bi0, bi1) of MR rows at columns j0 (nv vectors, masks for
+ * a partial panel), the last one (static index) with the M % MR rows left. */
+static void nn_rows(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs, LLVMValueRef j0, LLVMValueRef *mask) {
+    const LGemm *gm = g->gm;
+    int64_t nfull = gm->m / mr, tail = gm->m % mr;
+    GL L;
+    LLVMValueRef ib = gl_open(g, &L, p[3], p[4], 1);
+    LLVMValueRef i0 = mul64(g, ib, mr);
+    if (!tail) {
+        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, mask);
+    } else {
+        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "full");
+        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "tail");
+        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ib, c64(g, nfull), ""), full, part);
+        LLVMPositionBuilderAtEnd(g->b, full);
+        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, mask);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, part);
+        nn_tile(g, (int)tail, nv, p[0], bs, p[2], i0, j0, mask);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, join);
+    }
+    gl_close(g, &L);
+}
+
+/* Column panels [bj0, bj1) outside: a panel of B (K x NV vectors) stays in
+ * L1 while A's rows stream past as broadcasts, a few bytes per K step
+ * against NV vectors for B streaming past a block of A (choose() takes
+ * this order when the panel fits in L1). */
+static void nn_body_panels(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs) {
+    const LGemm *gm = g->gm;
+    int64_t nr = (int64_t)nv * g->vw;
+    int64_t nfull = gm->n / nr, rest = gm->n % nr;
+    LLVMValueRef none[8] = {0};
+    GL L;
+    LLVMValueRef jb = gl_open(g, &L, p[5], p[6], 1);
+    LLVMValueRef j0 = mul64(g, jb, nr);
+    if (!rest) {
+        nn_rows(g, mr, nv, p, bs, j0, none);
+    } else {
+        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "panel");
+        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "last");
+        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, jb, c64(g, nfull), ""), full, part);
+        LLVMPositionBuilderAtEnd(g->b, full);
+        nn_rows(g, mr, nv, p, bs, j0, none);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, part);
+        int nvl = (int)((rest + g->vw - 1) / g->vw);
+        LLVMValueRef mask[8];
+        for (int v = 0; v < nvl; v++)
+            mask[v] = (int64_t)(v + 1) * g->vw <= rest ? NULL : lane_mask(g, c64(g, nfull * nr + (int64_t)v * g->vw), gm->n);
+        nn_rows(g, mr, nvl, p, bs, j0, mask);
+        LLVMBuildBr(g->b, join);
+        LLVMPositionBuilderAtEnd(g->b, join);
+    }
+    gl_close(g, &L);
+}
+
 /* Row blocks [bi0, bi1) of MR rows outside (a block of A, MR x K, stays in
  * L1 while B's panels stream past), the last one (static index) with the
  * M % MR rows left. */
@@ -558,6 +618,7 @@ static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs) {
 
 typedef struct Shape2 {
     bool nt;          /* NT micro-kernel, else NN */
+    bool panels;      /* NN: column panels as the outer loop */
     int mr, nv;       /* NN: rows x vectors; NT: rows x columns */
     int64_t bm, bn;   /* rows and columns per block */
 } Shape2;
@@ -617,6 +678,8 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
     s.nv = nv;
     s.bm = s.mr;
     s.bn = (int64_t)nv * vw;
+    /* B's panel in L1 (32 of its 48 KiB), A's rows read as broadcasts */
+    s.panels = !gm->b_im2col && !gm->trans_a && gm->m > s.mr && gm->k * s.bn * dtype_size(dt) <= (32 << 10);
     return s;
 }
 
@@ -663,6 +726,8 @@ static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
         bs = bsrc_im2col(&g, p[1], p[7], gm->trans_b ? gm->k : gm->n);
     if (sh.nt)
         nt_body(&g, sh.mr, sh.nv, p, &bs);
+    else if (sh.panels)
+        nn_body_panels(&g, sh.mr, sh.nv, p, &bs);
     else
         nn_body(&g, sh.mr, sh.nv, p, &bs);
     LLVMBuildRetVoid(g.b);

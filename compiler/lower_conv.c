@@ -335,12 +335,99 @@ static LExpr *tap_row(Block b, const Conv *c, LExpr *oh, int64_t i, LExpr **vali
     return let_i64(b, isel(lo, iconst(0), isel(hi, h, iconst(c->H - 1))));
 }
 
+/* The columns of convolution c can be an im2col GEMM operand read in place
+ * (loopir.h: stride 1, the width kept). Strided ones use private tiles: a
+ * gathering operand measured 3x slower (bench/RESULTS.md). */
+static bool im2col_ok(const Conv *c) { return c->sh == 1 && c->sw == 1 && c->OW == c->W && 2 * c->pw == c->kw - 1; }
+
+/* Whether x can be read at (n, c, h, w) with w outside [0, W) as long as
+ * h*W + w stays inside [0, H*W): every value it reads comes from a buffer
+ * whose planes are contiguous rows, or does not vary along h and w (a batch
+ * norm's per-channel factors). Then such a read lands inside the plane. */
+static bool planes_flat(Lower *L, const Node *x, int depth) {
+    IdxMap m;
+    int buf;
+    if (operand_buffer(L, x, &m, &buf)) {
+        if (m.ncons || m.rank != 4)
+            return false;
+        return (m.stride[3] == 1 && (m.stride[2] == m.dim[3] || m.dim[2] == 1)) || (m.stride[2] == 0 && m.stride[3] == 0);
+    }
+    if (depth > 32)
+        return false;
+    if (x->op == OP_EXPAND)
+        return x->in[0]->shape.rank == 4 && x->in[0]->shape.dim[2] == 1 && x->in[0]->shape.dim[3] == 1;
+    if (x->op == OP_CONST)
+        return true;
+    if (op_info[x->op].kind != OK_ELEM)
+        return false;
+    for (int i = 0; i < x->nin; i++)
+        if (!planes_flat(L, x->in[i], depth + 1))
+            return false;
+    return true;
+}
+
+/* im2col_tile for a tile of whole images when the convolution has stride 1
+ * and keeps the size: row (cl, i, j) of image g is x's plane shifted by
+ * off = (i - ph)*W + (j - pw), zero where the window leaves the image, so
+ * it is one loop over the image's pixels masked by column: a loop per
+ * output row (4-14 pixels in ResNet's deep layers) cost more than the
+ * copying. */
+static void im2col_planes(KCtx *kc, Block b, const Conv *c, const Tile *t, const Node *x, int col, LExpr *gr0, LExpr *ci0) {
+    DType dt = x->dtype;
+    int64_t P = c->P, W = c->W, taps = c->kh * c->kw;
+    LExpr *n0 = let_i64(b, idiv(gr0, c->OH));
+    LExpr *cl, *gi, *p;
+    Block bc = open_loop(b, t->Cb, &cl);
+    LExpr *ci = let_i64(bc, iadd(ci0, cl));
+    Block bg = open_loop(bc, t->RT / c->OH, &gi);
+    LExpr *img = let_i64(bg, iadd(n0, gi));
+    for (int64_t i = 0; i < c->kh; i++)
+        for (int64_t j = 0; j < c->kw; j++) {
+            int64_t off = (i - c->ph) * W + (j - c->pw);
+            int64_t lo = (c->ph - i > 0 ? c->ph - i : 0) * W, hi = (c->H + c->ph - i < c->OH ? c->H + c->ph - i : c->OH) * W;
+            if (lo < -off)
+                lo = -off;
+            if (hi > c->H * W - off)
+                hi = c->H * W - off;
+            if (hi < lo)
+                hi = lo;
+            LExpr *base = let_i64(bg, iadd(imul(iadd(imul(cl, taps), iconst(i * c->kw + j)), t->PT), imul(gi, P)));
+            int64_t zr[2][2] = {{0, lo}, {hi, P}};
+            for (int z = 0; z < 2; z++)
+                if (zr[z][1] > zr[z][0]) {
+                    Block bz = open_loop(bg, zr[z][1] - zr[z][0], &p);
+                    blk_push(bz, ls_store(col, iadd(base, iadd(p, iconst(zr[z][0]))), le_const_f(dt, 0), false));
+                }
+            if (hi <= lo)
+                continue;
+            Block bp = open_loop(bg, hi - lo, &p);
+            LExpr *pp = iadd(p, iconst(lo));
+            LExpr *xi[4] = {img, ci, iadd(idiv(pp, W), iconst(i - c->ph)), iadd(imod(pp, W), iconst(j - c->pw))};
+            blk_push(bp, ls_store(col, iadd(base, pp), read_at(kc, bp, x, xi, 4, NULL), false));
+            /* then zeros into the columns whose window leaves the image
+             * sideways (those entries read a neighbouring row): a masked
+             * copy loop computes p % W per element and stays scalar */
+            int64_t wz[2] = {c->pw - j > 0 ? c->pw - j : 0, j - c->pw > 0 ? j - c->pw : 0};
+            for (int side = 0; side < 2; side++)
+                for (int64_t e = 0; e < wz[side] && e < W; e++) {
+                    LExpr *r;
+                    Block br = open_loop(bg, c->OH, &r);
+                    int64_t wc = side ? W - 1 - e : e;
+                    blk_push(br, ls_store(col, iadd(base, iadd(imul(r, W), iconst(wc))), le_const_f(dt, 0), false));
+                }
+        }
+}
+
 /* col[r * PT + lr * OW + q] = x[n, ci0 + cl, oh*sh + i - ph, q*sw + j - pw]
  * (0 outside x) for the rows r = (cl*kh + i)*kw + j of one K block and the
  * tile's rows lr from global row gr0: one loop nest per tap (i, j), with the
  * columns that fall into the padding stored as zeros by loops of their own,
  * so that the copy loop is branch-free and contiguous for stride 1. */
 static void im2col_tile(KCtx *kc, Block b, const Conv *c, const Tile *t, const Node *x, int col, LExpr *gr0, LExpr *ci0) {
+    if (t->RT % c->OH == 0 && im2col_ok(c) && planes_flat(kc->L, x, 0)) {
+        im2col_planes(kc, b, c, t, x, col, gr0, ci0);
+        return;
+    }
     DType dt = x->dtype;
     LExpr *cl;
     Block bc = open_loop(b, t->Cb, &cl);
@@ -431,10 +518,6 @@ static void conv_forward_tiles(Lower *L, KCtx *kc, const Conv *c, const Node *x,
     }
 }
 
-/* The columns of convolution c can be an im2col GEMM operand read in place
- * (loopir.h: stride 1, the width kept). Strided ones use private tiles: a
- * gathering operand measured 3x slower (bench/RESULTS.md). */
-static bool im2col_ok(const Conv *c) { return c->sh == 1 && c->sw == 1 && c->OW == c->W && 2 * c->pw == c->kw - 1; }
 
 static LIm2col *im2col_of(const Conv *c, int64_t channels, LExpr *p0) {
     LIm2col *ic = xalloc(sizeof *ic);
@@ -600,6 +683,83 @@ static void conv_bwd_weight_inplace(Lower *L, KCtx *kc, const Node *n, const Con
     blk_push(bn, ls_gemm(&g));
 }
 
+/* dw for 32 or more output channels, as NN GEMMs: dw^T (CK x Co) is the sum
+ * over tiles of COL (KC x PT, built into a private buffer as for the
+ * forward) @ dyT (PT x Co), with dyT [N*P, Co] dy transposed once (a pass
+ * over dy: one element per 2*CK flops). The NN micro-kernel broadcasts
+ * COL's entries against vectors of output channels: per FMA it loads a
+ * twelfth of a vector from L2, where the NT form (dot products along the
+ * pixels) loads a quarter and adds horizontal sums; the deep layers' weight
+ * gradients ran at 40-110 GFLOP/s that way (bench/RESULTS.md). Tiles hold
+ * PT x Co of dyT within 128 KiB and KC x Co of dw^T within 512 KiB. Items
+ * are (image group, K block): when the K blocks alone give fewer than 8,
+ * the tiles are split into G groups summing into G partial copies of dw^T,
+ * which a last pass adds up in a fixed order while transposing them into
+ * dw: the same at every thread count. */
+static void conv_bwd_weight_nn(Lower *L, KCtx *kc, const Node *n, const Conv *c, const IdxMap *mdy, int dybuf, int dw) {
+    LKernel *k = kc->k;
+    DType dt = n->dtype;
+    int64_t esz = dtype_size(dt), NP = c->N * c->P, nw = c->Co * c->CK, taps = c->kh * c->kw;
+    int64_t cols = ((int64_t)32 << 10) / ((c->Co < 64 ? c->Co : 64) * esz);
+    Tile t = conv_tile(c, dt, cols);
+    int64_t cb_cap = ((int64_t)512 << 10) / (taps * c->Co * esz);
+    if (t.Cb > cb_cap) {
+        t.Cb = divisor_upto(c->Ci, cb_cap > 1 ? cb_cap : 1);
+        t.KC = t.Cb * taps, t.nK = c->Ci / t.Cb;
+    }
+    int64_t G = 1;
+    if (t.nK < 8) {
+        G = divisor_upto(t.ntiles, (8 + t.nK - 1) / t.nK);
+        while (G > 1 && G * nw * esz > ((int64_t)8 << 20))
+            G = divisor_upto(t.ntiles, G - 1);
+    }
+    /* dyT[n*P + p][co] = dy[n][co][p] */
+    int64_t ldt = c->Co >= 128 ? c->Co + 64 / esz : c->Co;
+    int dyt = lower_scratch(L, xfmt("t%d_dyt", n->id), dt, NP * ldt);
+    {
+        int64_t dims[2] = {c->N, c->P};
+        LExpr *ri[2], *rl, *co;
+        Block b = nest_outer(blk_top(k), dims, 2, (double)(c->Co * NP), &L->opt, ri, &rl);
+        Block bc = open_loop(b, c->Co, &co);
+        LExpr *src = iadd(iadd(iconst(mdy->offset), imul(ri[0], mdy->stride[0])), iadd(imul(co, c->P), ri[1]));
+        blk_push(bc, ls_store(dyt, iadd(imul(rl, ldt), co), le_load(L->p, dybuf, src, NULL), false));
+    }
+    int part = lower_scratch(L, xfmt("t%d_dwpart", n->id), dt, G * nw);
+    int col = lower_private(L, xfmt("t%d_col", n->id), dt, t.KC * t.PT);
+    int64_t TG = t.ntiles / G;
+    LExpr *it;
+    Block bi = blk_open_loop(k, G * t.nK, k->flops, &L->opt, &it);
+    LExpr *gi = t.nK == 1 ? it : let_i64(bi, idiv(it, t.nK));
+    LExpr *cb = t.nK == 1 ? iconst(0) : let_i64(bi, imod(it, t.nK));
+    LExpr *coff = let_i64(bi, iadd(imul(gi, nw), imul(cb, t.KC * c->Co)));
+    LExpr *z;
+    Block bz = open_loop(bi, t.KC * c->Co, &z);
+    blk_push(bz, ls_store(part, iadd(coff, z), le_const_f(dt, 0), false));
+    LExpr *ti;
+    Block bt = open_loop(bi, TG, &ti);
+    LExpr *gr0 = let_i64(bt, imul(iadd(imul(gi, TG), ti), t.RT));
+    im2col_tile(kc, bt, c, &t, n->in[0], col, gr0, imul(cb, t.Cb));
+    LGemm g = {0};
+    g.alpha = 1, g.beta = 1;
+    g.m = t.KC, g.n = c->Co, g.k = t.PT;
+    g.a_buf = col, g.lda = t.PT, g.a_off = iconst(0);
+    g.b_buf = dyt, g.ldb = ldt, g.b_off = imul(gr0, c->OW * ldt);
+    g.c_buf = part, g.ldc = c->Co, g.c_off = coff;
+    blk_push(bt, ls_gemm(&g));
+    /* dw[co][r] = sum_g part[g][r][co], in blocks of RB rows r (the RB
+     * lines of part that a column co reads stay in L1 for the next one) */
+    int64_t RB = divisor_upto(c->CK, 16);
+    LExpr *rb, *co, *rr;
+    Block bw = blk_open_loop(k, c->CK / RB, (double)(nw * G), &L->opt, &rb);
+    Block br = open_loop(open_loop(bw, c->Co, &co), RB, &rr);
+    LExpr *r = iadd(imul(rb, RB), rr);
+    LExpr *e = let_i64(br, iadd(imul(r, c->Co), co));
+    LExpr *sum = le_load(L->p, part, e, NULL);
+    for (int64_t i = 1; i < G; i++)
+        sum = le_op2(OP_ADD, dt, sum, le_load(L->p, part, iadd(e, iconst(i * nw)), NULL));
+    blk_push(br, ls_store(dw, iadd(imul(co, c->CK), r), sum, false));
+}
+
 static void conv2d_bwd_weight_loops(Lower *L, KCtx *kc, const Node *n) {
     Conv c = conv_geom(n);
     LKernel *k = kc->k;
@@ -611,6 +771,10 @@ static void conv2d_bwd_weight_loops(Lower *L, KCtx *kc, const Node *n) {
     if (!conv_prologue(L, kc, n, &c, dw, c.N * c.P))
         return;
     bool direct = conv_is_pointwise(&c) && operand_buffer(L, n->in[0], &mx, &xbuf) && map_contig_from(&mx, 1);
+    if (!direct && c.Co >= 32) {
+        conv_bwd_weight_nn(L, kc, n, &c, &mdy, dybuf, dw);
+        return;
+    }
     if (!direct && c.P >= 512 && im2col_ok(&c) && images_direct(L, n->in[0], &mx, &xbuf)) {
         conv_bwd_weight_inplace(L, kc, n, &c, &mdy, dybuf, &mx, xbuf, dw);
         return;

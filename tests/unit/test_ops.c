@@ -977,6 +977,38 @@ static void test_conv(void) {
         Sh want = bw[c].dx ? sh(4, (int)k.N, (int)k.C, (int)k.H, (int)k.W) : sh(4, (int)k.O, (int)k.C, (int)k.KH, (int)k.KW);
         expect(ref, M->tol, want);
     }
+    /* the NN weight gradient (32+ output channels); x read through relu or
+     * a transposed view in the last two */
+    static const struct {
+        const char *name;
+        int s, p, x_form;   /* 0 as given, 1 relu(x), 2 x with its last two axes swapped */
+    } nn[] = {{"convgw_nn_small", 1, 1, 0}, {"convgw_nn_s2p1", 2, 1, 0}, {"convgw_nn_1x1s2", 2, 0, 0},
+              {"convgw_nn_wide", 1, 1, 0},  {"convgw_nn_k5", 1, 2, 0},  {"convgw_nn_relu", 1, 1, 1},
+              {"convgw_nn_tr", 1, 1, 2}};
+    for (int c = 0; c < (int)(sizeof nn / sizeof *nn); c++) {
+        if (!begin(nn[c].name))
+            continue;
+        Sh xs = arg_shape("x");
+        if (nn[c].x_form == 2) {
+            int64_t t = xs.d[2];
+            xs.d[2] = xs.d[3], xs.d[3] = t;
+        }
+        Conv k = conv_dims(xs, arg_shape("out"), nn[c].s, nn[c].p);
+        if (!call())
+            continue;
+        double *x = get("x");
+        if (nn[c].x_form) {
+            double *xf = D(k.N * k.C * k.H * k.W);
+            for (int64_t nc = 0; nc < k.N * k.C; nc++)
+                for (int64_t h = 0; h < k.H; h++)
+                    for (int64_t v = 0; v < k.W; v++) {
+                        int64_t i = (nc * k.H + h) * k.W + v;
+                        xf[i] = nn[c].x_form == 1 ? fmax(x[i], 0) : x[(nc * k.W + v) * k.H + h];
+                    }
+            x = xf;
+        }
+        expect(ref_conv_dw(x, get("dy"), k), M->tol, sh(4, (int)k.O, (int)k.C, (int)k.KH, (int)k.KW));
+    }
 }
 
 static void test_pool(void) {
