@@ -354,124 +354,81 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
             store_c(g, acc[i * nv + v], fptr(g, c_row, c64(g, (int64_t)i * gm->ldc + (int64_t)v * g->vw)), mask[v]);
 }
 
-/* The column panels [bj0, bj1) of NV vectors at rows i0 (mr of them); a
- * partial last panel (static index) uses as many vectors as it needs, with
- * constant lane masks. */
-static void nn_cols(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs, LLVMValueRef i0) {
+/* The loops over NN tiles. A row block is MR rows, the last one (static
+ * index) the M % MR left; a column panel is NV vectors, a partial last one
+ * (static index) as many vectors as it needs, with constant lane masks.
+ * Either loop can be the outer one: rows outside keep a block of A (MR x K)
+ * in L1 while B's panels stream past; panels outside keep a panel of B
+ * (K x NV vectors) in L1 while A's rows stream past as broadcasts, a few
+ * bytes per K step against NV vectors (choose() takes that order when the
+ * panel fits in L1). */
+typedef struct NNLoops {
+    int mr, nv;                  /* full block and panel */
+    LLVMValueRef *p;             /* the function's parameters */
+    const BSrc *bs;
+    bool panels_outer;
+    LLVMValueRef i0, j0;         /* the current tile's first row and column */
+    int cur_mr, cur_nv;
+    LLVMValueRef mask[8];        /* NULL: all lanes */
+} NNLoops;
+
+static void nn_level(GB *g, NNLoops *s, int level);
+
+/* if (iv < nfull) {full} else {last}, each emitting the next level */
+static void nn_split(GB *g, NNLoops *s, int level, LLVMValueRef iv, int64_t nfull, bool rows, int full, int last) {
+    int *cur = rows ? &s->cur_mr : &s->cur_nv;
+    if (!last) {
+        *cur = full;
+        nn_level(g, s, level + 1);
+        return;
+    }
+    LLVMBasicBlockRef bf = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, rows ? "full" : "panel");
+    LLVMBasicBlockRef bl = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, rows ? "tail" : "last");
+    LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
+    LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, iv, c64(g, nfull), ""), bf, bl);
+    for (int k = 0; k < 2; k++) {
+        LLVMPositionBuilderAtEnd(g->b, k ? bl : bf);
+        *cur = k ? last : full;
+        if (!rows) {
+            /* the masks of the last panel's vectors */
+            int64_t nr = (int64_t)s->nv * g->vw;
+            for (int v = 0; v < 8; v++)
+                s->mask[v] = k && v < last && (int64_t)(v + 1) * g->vw > g->gm->n % nr
+                                 ? lane_mask(g, c64(g, nfull * nr + (int64_t)v * g->vw), g->gm->n)
+                                 : NULL;
+        }
+        nn_level(g, s, level + 1);
+        LLVMBuildBr(g->b, join);
+    }
+    LLVMPositionBuilderAtEnd(g->b, join);
+    if (!rows)
+        memset(s->mask, 0, sizeof s->mask);
+}
+
+/* level 0: the outer loop, 1: the inner one, 2: the tile */
+static void nn_level(GB *g, NNLoops *s, int level) {
+    if (level == 2) {
+        nn_tile(g, s->cur_mr, s->cur_nv, s->p[0], s->bs, s->p[2], s->i0, s->j0, s->mask);
+        return;
+    }
     const LGemm *gm = g->gm;
-    int64_t nr = (int64_t)nv * g->vw;
-    int64_t nfull = gm->n / nr, rest = gm->n % nr;
-    LLVMValueRef none[8] = {0};
+    bool rows = (level == 0) != s->panels_outer;
     GL L;
-    LLVMValueRef jb = gl_open(g, &L, p[5], p[6], 1);
-    LLVMValueRef j0 = mul64(g, jb, nr);
-    if (!rest) {
-        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, none);
+    LLVMValueRef iv = gl_open(g, &L, s->p[rows ? 3 : 5], s->p[rows ? 4 : 6], 1);
+    if (rows) {
+        s->i0 = mul64(g, iv, s->mr);
+        nn_split(g, s, level, iv, gm->m / s->mr, true, s->mr, (int)(gm->m % s->mr));
     } else {
-        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "panel");
-        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "last");
-        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
-        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, jb, c64(g, nfull), ""), full, part);
-        LLVMPositionBuilderAtEnd(g->b, full);
-        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, none);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, part);
-        int nvl = (int)((rest + g->vw - 1) / g->vw);
-        LLVMValueRef mask[8];
-        for (int v = 0; v < nvl; v++)
-            mask[v] = (int64_t)(v + 1) * g->vw <= rest ? NULL : lane_mask(g, c64(g, nfull * nr + (int64_t)v * g->vw), gm->n);
-        nn_tile(g, mr, nvl, p[0], bs, p[2], i0, j0, mask);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, join);
+        int64_t nr = (int64_t)s->nv * g->vw, rest = gm->n % nr;
+        s->j0 = mul64(g, iv, nr);
+        nn_split(g, s, level, iv, gm->n / nr, false, s->nv, (int)((rest + g->vw - 1) / g->vw));
     }
     gl_close(g, &L);
 }
 
-/* The row blocks [bi0, bi1) of MR rows at columns j0 (nv vectors, masks for
- * a partial panel), the last one (static index) with the M % MR rows left. */
-static void nn_rows(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs, LLVMValueRef j0, LLVMValueRef *mask) {
-    const LGemm *gm = g->gm;
-    int64_t nfull = gm->m / mr, tail = gm->m % mr;
-    GL L;
-    LLVMValueRef ib = gl_open(g, &L, p[3], p[4], 1);
-    LLVMValueRef i0 = mul64(g, ib, mr);
-    if (!tail) {
-        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, mask);
-    } else {
-        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "full");
-        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "tail");
-        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
-        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ib, c64(g, nfull), ""), full, part);
-        LLVMPositionBuilderAtEnd(g->b, full);
-        nn_tile(g, mr, nv, p[0], bs, p[2], i0, j0, mask);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, part);
-        nn_tile(g, (int)tail, nv, p[0], bs, p[2], i0, j0, mask);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, join);
-    }
-    gl_close(g, &L);
-}
-
-/* Column panels [bj0, bj1) outside: a panel of B (K x NV vectors) stays in
- * L1 while A's rows stream past as broadcasts, a few bytes per K step
- * against NV vectors for B streaming past a block of A (choose() takes
- * this order when the panel fits in L1). */
-static void nn_body_panels(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs) {
-    const LGemm *gm = g->gm;
-    int64_t nr = (int64_t)nv * g->vw;
-    int64_t nfull = gm->n / nr, rest = gm->n % nr;
-    LLVMValueRef none[8] = {0};
-    GL L;
-    LLVMValueRef jb = gl_open(g, &L, p[5], p[6], 1);
-    LLVMValueRef j0 = mul64(g, jb, nr);
-    if (!rest) {
-        nn_rows(g, mr, nv, p, bs, j0, none);
-    } else {
-        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "panel");
-        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "last");
-        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
-        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, jb, c64(g, nfull), ""), full, part);
-        LLVMPositionBuilderAtEnd(g->b, full);
-        nn_rows(g, mr, nv, p, bs, j0, none);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, part);
-        int nvl = (int)((rest + g->vw - 1) / g->vw);
-        LLVMValueRef mask[8];
-        for (int v = 0; v < nvl; v++)
-            mask[v] = (int64_t)(v + 1) * g->vw <= rest ? NULL : lane_mask(g, c64(g, nfull * nr + (int64_t)v * g->vw), gm->n);
-        nn_rows(g, mr, nvl, p, bs, j0, mask);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, join);
-    }
-    gl_close(g, &L);
-}
-
-/* Row blocks [bi0, bi1) of MR rows outside (a block of A, MR x K, stays in
- * L1 while B's panels stream past), the last one (static index) with the
- * M % MR rows left. */
-static void nn_body(GB *g, int mr, int nv, LLVMValueRef *p, const BSrc *bs) {
-    const LGemm *gm = g->gm;
-    int64_t nfull = gm->m / mr, tail = gm->m % mr;
-    GL L;
-    LLVMValueRef ib = gl_open(g, &L, p[3], p[4], 1);
-    LLVMValueRef i0 = mul64(g, ib, mr);
-    if (!tail) {
-        nn_cols(g, mr, nv, p, bs, i0);
-    } else {
-        LLVMBasicBlockRef full = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "full");
-        LLVMBasicBlockRef part = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "tail");
-        LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
-        LLVMBuildCondBr(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, ib, c64(g, nfull), ""), full, part);
-        LLVMPositionBuilderAtEnd(g->b, full);
-        nn_cols(g, mr, nv, p, bs, i0);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, part);
-        nn_cols(g, (int)tail, nv, p, bs, i0);
-        LLVMBuildBr(g->b, join);
-        LLVMPositionBuilderAtEnd(g->b, join);
-    }
-    gl_close(g, &L);
+static void nn_body(GB *g, int mr, int nv, bool panels_outer, LLVMValueRef *p, const BSrc *bs) {
+    NNLoops s = {.mr = mr, .nv = nv, .p = p, .bs = bs, .panels_outer = panels_outer};
+    nn_level(g, &s, 0);
 }
 
 /* ----------------------------------------------------------------------------
@@ -726,10 +683,8 @@ static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
         bs = bsrc_im2col(&g, p[1], p[7], gm->trans_b ? gm->k : gm->n);
     if (sh.nt)
         nt_body(&g, sh.mr, sh.nv, p, &bs);
-    else if (sh.panels)
-        nn_body_panels(&g, sh.mr, sh.nv, p, &bs);
     else
-        nn_body(&g, sh.mr, sh.nv, p, &bs);
+        nn_body(&g, sh.mr, sh.nv, sh.panels, p, &bs);
     LLVMBuildRetVoid(g.b);
     LLVMDisposeBuilder(g.b);
     vec_push(&ll->gemm_keys, *gm);
