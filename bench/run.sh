@@ -16,9 +16,9 @@
 # this machine's environment sets it (Haswell, PERF-ANCHORS, when the
 # environment leaves it unset) and with it unset.
 #
-# The training steps run once more on one thread each (both sides), since
-# on a busy machine the 2-thread runs mostly measure how each copes with a
-# preempted thread.
+# The training steps run once more on one thread each (both sides, in
+# alternating rounds), since on a busy machine the 2-thread runs mostly
+# measure how each copes with a preempted thread.
 #
 # Prints, and writes to $B/bench/results.md: images/s of both, their ratio,
 # GFLOP/s and its share of this machine's FP32 peak (bench/peak.c, FLOPs
@@ -78,8 +78,13 @@ for env in set unset; do
 done
 # the training steps on one thread each: on a busy machine the 2-thread
 # runs mostly measure how each side copes with a preempted thread
-for cfg in w64 w16; do
-    bench_pair set 1 $cfg train
+# in BENCH_ROUNDS rounds (default 2), each side's best median counts: the
+# machine's speed drifts by 15-30% over minutes, and alternating the sides
+# gives both the same chances
+for round in $(seq "${BENCH_ROUNDS:-2}"); do
+    for cfg in w64 w16; do
+        bench_pair set 1 $cfg train
+    done
 done
 echo "load_after $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw"
 for cfg in w16 w64; do
