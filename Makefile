@@ -97,7 +97,12 @@ $(B)/obj/runtime/main.o: runtime/main.c runtime/*.h
 
 $(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_SUPPORT) $(B)/libletheccore.a $(B)/liblethe.a
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -rdynamic -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
+	$(CC) $(LDFLAGS) -rdynamic -o $@ $(filter %.o,$^) $(filter %.a,$^) $(LLVM_LIBS) $(SYS_LIBS)
+
+# test_ops is two files: the case machinery and the forward values in
+# test_ops.c, randomness, edge cases, state and big tensors in ops_state.c
+$(B)/tests/test_ops: $(B)/obj/tests/unit/ops_state.o
+$(B)/obj/tests/unit/test_ops.o $(B)/obj/tests/unit/ops_state.o: tests/unit/ops_case.h
 
 # The mock CUDA driver, NVRTC and cuBLAS of the CUDA tests (tests/cuda_mock.c): the
 # test loads it with dlopen, so it is built beside the test, not linked in.

@@ -16,12 +16,13 @@
  * with the stream id read from `lethec -d shapes`.
  *
  * Also: batch norm inside rules (gradient through batch statistics, running
- * statistics chained across calls, eval reads of the step's start), state
- * rewritten from itself (transpose, rotation, w @ w, swaps, references),
- * dtype promotion, numerically hard inputs, and tensors big
- * enough for parallel loops, run serially, with a parallel_for that runs
- * reordered chunks, and on a 2-thread lethe_pool. Workspaces and outputs
- * start as 0xFF bytes so that reads of unwritten memory show.
+ * statistics chained across calls, eval reads of the step's start); and in
+ * ops_state.c (the same binary, sharing this file's case machinery through
+ * ops_case.h) state rewritten from itself (transpose, rotation, w @ w,
+ * swaps, references), dtype promotion, numerically hard inputs, and tensors
+ * big enough for parallel loops, run serially, with a parallel_for that
+ * runs reordered chunks, and on a 2-thread lethe_pool. Workspaces and
+ * outputs start as 0xFF bytes so that reads of unwritten memory show.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -29,15 +30,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "harness.h"
-#include "philox.h"
-#include "threadpool.h"
+#include "ops_case.h"
 
 /* lethec's main.c defines these; the compiler library may refer to them */
 __attribute__((weak)) unsigned dump_flags;
 __attribute__((weak)) FILE *dump_file;
-
-#define OPS_LTH "tests/lth/ops.lth"
 
 /* ---------------------------------------------------------------------------
  * scratch memory, freed after every case (the sanitizer build checks leaks) */
@@ -54,7 +51,7 @@ static void *S(size_t bytes) {
     scratch[nscratch++] = p;
     return p;
 }
-static double *D(int64_t n) { return S(sizeof(double) * (size_t)(n > 0 ? n : 1)); }
+double *D(int64_t n) { return S(sizeof(double) * (size_t)(n > 0 ? n : 1)); }
 
 static void S_reset(void) {
     for (int i = 0; i < nscratch; i++)
@@ -65,12 +62,7 @@ static void S_reset(void) {
 /* ---------------------------------------------------------------------------
  * shapes and index arithmetic for the references */
 
-typedef struct Sh {
-    int r;
-    int64_t d[8];
-} Sh;
-
-static Sh sh(int r, ...) {
+Sh sh(int r, ...) {
     Sh s = {.r = r};
     va_list ap;
     va_start(ap, r);
@@ -119,38 +111,32 @@ static Sh bshape(Sh a, Sh b) {
 /* ---------------------------------------------------------------------------
  * the mode (f32 or f64 program) and the case being run */
 
-typedef struct Mode {
-    const lethe_program *p;
-    const char *tag;
-    bool f64;
-    double tol, tol_tr;
-} Mode;
-static Mode *M;
+Mode *M;
 
-static th_frame *F;           /* the call frame of the current case */
-static const char *VARIANT = "";  /* appended to check names */
-static double FLOOR_FRAC = 0.1;   /* errors relative to max(|ref|, FLOOR_FRAC max|ref|) */
+th_frame *F;           /* the call frame of the current case */
+const char *VARIANT = "";  /* appended to check names */
+double FLOOR_FRAC = 0.1;   /* errors relative to max(|ref|, FLOOR_FRAC max|ref|) */
 static const char *CASE;      /* its entry name */
 static uint64_t next_seed = 1;
 
-static void end_case(void) {
+void end_case(void) {
     th_frame_free(F);
     F = NULL;
     S_reset();
 }
 
-static const lethe_arg *argd(const char *name) {
+const lethe_arg *argd(const char *name) {
     int i = th_arg(F->entry, name);
     return i < 0 ? NULL : &F->entry->args[i];
 }
 
-static int64_t numel(const char *name) {
+int64_t numel(const char *name) {
     const lethe_arg *a = argd(name);
     return a ? th_arg_numel(a) : 0;
 }
 
 /* overwrite an argument with uniform values in [lo, hi) (integers for i32) */
-static void fill(const char *name, double lo, double hi) {
+void fill(const char *name, double lo, double hi) {
     int i = th_arg(F->entry, name);
     if (i < 0) {
         fprintf(stderr, "test_ops: %s has no argument %s\n", CASE, name);
@@ -161,7 +147,7 @@ static void fill(const char *name, double lo, double hi) {
 }
 
 /* a double copy of an argument's current contents */
-static double *get(const char *name) {
+double *get(const char *name) {
     int i = th_arg(F->entry, name);
     if (i < 0)
         return D(1);
@@ -179,7 +165,7 @@ static double *get(const char *name) {
     return v;
 }
 
-static void put(const char *name, const double *v) {
+void put(const char *name, const double *v) {
     int i = th_arg(F->entry, name);
     if (i < 0)
         return;
@@ -204,7 +190,7 @@ static void poison(th_frame *f) {
 }
 
 /* The name of the current check: ops.<entry>.<f32|f64> */
-static const char *cname(void) {
+const char *cname(void) {
     static char buf[128];
     snprintf(buf, sizeof buf, "ops.%s.%s%s", CASE, M->tag, VARIANT);
     return buf;
@@ -213,7 +199,7 @@ static const char *cname(void) {
 /* Start a case: find the entry, make a frame, fill every tensor the entry
  * reads with values in [-1, 1) (i32: [0, 3)). False (after a FAIL line) if
  * the entry is missing from the program. */
-static bool begin(const char *entry) {
+bool begin(const char *entry) {
     CASE = entry;
     const lethe_entry *e = th_entry(M->p, entry);
     if (!e) {
@@ -234,7 +220,7 @@ static bool begin(const char *entry) {
     return true;
 }
 
-static bool call_ctx(lethe_ctx *ctx) {
+bool call_ctx(lethe_ctx *ctx) {
     int rc = th_call(F, ctx);
     if (rc != 0) {
         th_fail(cname(), "entry returned %d", rc);
@@ -243,7 +229,7 @@ static bool call_ctx(lethe_ctx *ctx) {
     }
     return true;
 }
-static bool call(void) { return call_ctx(NULL); }
+bool call(void) { return call_ctx(NULL); }
 
 /* worst relative-ish error: |got - ref| / max(|ref|, 0.1 max|ref|) (pure
  * relative error when FLOOR_FRAC is 0); equal
@@ -285,7 +271,7 @@ static const char *shape_s(int rank, const int64_t *d) {
 
 /* Compare argument `arg` (usually "out") with ref; the argument must have
  * the given shape. Ends the case if `last`. Returns pass. */
-static bool check_arg(const char *arg, const double *ref, double tol, Sh want) {
+bool check_arg(const char *arg, const double *ref, double tol, Sh want) {
     const lethe_arg *a = argd(arg);
     if (!a) {
         th_fail(cname(), "entry has no argument '%s'", arg);
@@ -314,7 +300,7 @@ static bool check_arg(const char *arg, const double *ref, double tol, Sh want) {
 }
 
 /* the common case: check "out" and end */
-static void expect(const double *ref, double tol, Sh want) {
+void expect(const double *ref, double tol, Sh want) {
     check_arg("out", ref, tol, want);
     end_case();
 }
@@ -322,9 +308,9 @@ static void expect(const double *ref, double tol, Sh want) {
 /* ---------------------------------------------------------------------------
  * elementwise */
 
-static double r_sigmoid(double x) { return 1 / (1 + exp(-x)); }
+double r_sigmoid(double x) { return 1 / (1 + exp(-x)); }
 static double r_relu(double x) { return x > 0 ? x : 0; }
-static double r_gelu(double x) { return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); }
+double r_gelu(double x) { return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); }
 static double r_rsqrt(double x) { return 1 / sqrt(x); }
 static double r_sign(double x) { return x > 0 ? 1 : x < 0 ? -1 : 0; }
 static double r_neg(double x) { return -x; }
@@ -495,11 +481,9 @@ static void test_compare(void) {
 /* ---------------------------------------------------------------------------
  * reductions */
 
-enum { R_SUM, R_MEAN, R_MAX, R_MIN, R_LSE, R_VAR, R_NORM };
-
 /* reduce x (shape s) over the axes in mask; the result in row-major order of
  * the kept axes (the same order with or without keep) */
-static double *ref_reduce(const double *x, Sh s, unsigned mask, int kind, int64_t *nout) {
+double *ref_reduce(const double *x, Sh s, unsigned mask, int kind, int64_t *nout) {
     Sh o = s;
     for (int d = 0; d < s.r; d++)
         if (mask >> d & 1)
@@ -582,7 +566,7 @@ static void test_reductions(void) {
 /* ---------------------------------------------------------------------------
  * matmul: NumPy semantics, 1-D operands promoted and their axis removed */
 
-static double *ref_matmul(const double *a, Sh sa, const double *b, Sh sb, Sh *so) {
+double *ref_matmul(const double *a, Sh sa, const double *b, Sh sb, Sh *so) {
     bool va = sa.r == 1, vb = sb.r == 1;
     Sh A = va ? sh(2, 1, (int)sa.d[0]) : sa, B = vb ? sh(2, (int)sb.d[0], 1) : sb;
     int64_t M_ = A.d[A.r - 2], K = A.d[A.r - 1], N = B.d[B.r - 1];
@@ -616,7 +600,7 @@ static double *ref_matmul(const double *a, Sh sa, const double *b, Sh sb, Sh *so
     return o;
 }
 
-static Sh arg_shape(const char *name) {
+Sh arg_shape(const char *name) {
     const lethe_arg *a = argd(name);
     Sh s = {0};
     if (a) {
@@ -866,11 +850,7 @@ static void test_indexing(void) {
 /* ---------------------------------------------------------------------------
  * convolution and pooling */
 
-typedef struct Conv {
-    int64_t N, C, H, W, O, KH, KW, OH, OW, s, p;
-} Conv;
-
-static Conv conv_dims(Sh xs, Sh ws, int s, int p) {
+Conv conv_dims(Sh xs, Sh ws, int s, int p) {
     Conv c = {xs.d[0], xs.d[1], xs.d[2], xs.d[3], ws.d[0], ws.d[2], ws.d[3], 0, 0, s, p};
     c.OH = (c.H + 2 * p - c.KH) / s + 1;
     c.OW = (c.W + 2 * p - c.KW) / s + 1;
@@ -878,7 +858,7 @@ static Conv conv_dims(Sh xs, Sh ws, int s, int p) {
 }
 
 /* y[n,o,p,q] = sum_{c,i,j} x[n,c,p*s+i-pad,q*s+j-pad] w[o,c,i,j] */
-static double *ref_conv(const double *x, const double *w, Conv k) {
+double *ref_conv(const double *x, const double *w, Conv k) {
     double *y = D(k.N * k.O * k.OH * k.OW);
     for (int64_t n = 0; n < k.N; n++)
         for (int64_t o = 0; o < k.O; o++)
@@ -963,6 +943,7 @@ static void test_conv(void) {
         {"convgx_s1p0", 1, 0, 1}, {"convgw_s1p0", 1, 0, 0}, {"convgx_s2p1", 2, 1, 1}, {"convgw_s2p1", 2, 1, 0},
         {"convgx_s1p1", 1, 1, 1}, {"convgw_s1p1", 1, 1, 0}, {"convgx_rect", 2, 1, 1}, {"convgw_rect", 2, 1, 0},
         {"convgx_big", 1, 1, 1},  {"convgw_big", 1, 1, 0},  {"convgx_k5", 1, 2, 1},   {"convgw_k5", 1, 2, 0},
+        {"convgx_s2_small", 2, 1, 1}, {"convgx_1x1s2", 2, 0, 1}, {"convgx_s2_big", 2, 1, 1},
     };
     for (int c = 0; c < (int)(sizeof bw / sizeof *bw); c++) {
         if (!begin(bw[c].name))
@@ -1232,7 +1213,7 @@ static void test_layernorm(void) {
 }
 
 /* softmax / log_softmax of x (shape s) along axis */
-static double *ref_softmax(const double *x, Sh s, int axis, bool lg) {
+double *ref_softmax(const double *x, Sh s, int axis, bool lg) {
     double *o = D(sh_n(s));
     int64_t ix[8];
     for (int64_t i = 0; i < sh_n(s); i++) {
@@ -1280,531 +1261,6 @@ static void test_softmax(void) {
                     m[(b * 4 + i) * 4 + j] = j <= i ? s[(b * 4 + i) * 4 + j] : -INFINITY;
         expect(c ? ref_softmax(m, sh(3, 2, 4, 4), 2, false) : m, M->tol, sh(3, 2, 4, 4));
     }
-}
-
-/* ---------------------------------------------------------------------------
- * randomness */
-
-typedef struct Stream {
-    char entry[64], op[16], type[64];
-    uint64_t stream;
-} Stream;
-static Stream streams[64];
-static int nstreams;
-
-/* Read the stream ids of every rand node from `lethec -d shapes`. */
-static void read_streams(const char *flags) {
-    nstreams = 0;
-    char path[600], args[1400];
-    snprintf(path, sizeof path, "%s/ops_shapes.txt", th_tmpdir());
-    snprintf(args, sizeof args, "%s --check %s -d shapes --dump-to=%s", OPS_LTH, flags, path);
-    char *out = NULL;
-    int rc = th_run_lethec(args, &out);
-    free(out);
-    FILE *f = rc == 0 ? fopen(path, "r") : NULL;
-    if (!f)
-        return;
-    char line[1024], entry[64] = "";
-    while (fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "entry ", 6)) {
-            sscanf(line + 6, "%63s", entry);
-            continue;
-        }
-        char *r = strstr(line, "= rand_");
-        if (!r || nstreams == 64)
-            continue;
-        Stream *s = &streams[nstreams];
-        unsigned long long id;
-        char op[16], type[64];
-        if (sscanf(r, "= %15s {stream=%llu} : %63[^@]", op, &id, type) == 3) {
-            for (char *e = type + strlen(type) - 1; e >= type && (*e == ' ' || *e == '\n'); e--)
-                *e = 0;
-            snprintf(s->entry, sizeof s->entry, "%s", entry);
-            snprintf(s->op, sizeof s->op, "%s", op);
-            snprintf(s->type, sizeof s->type, "%s", type);
-            s->stream = id;
-            nstreams++;
-        }
-    }
-    fclose(f);
-}
-
-static bool find_stream(const char *entry, const char *op, const char *shape, uint64_t *id) {
-    for (int i = 0; i < nstreams; i++)
-        if (!strcmp(streams[i].entry, entry) && !strcmp(streams[i].op, op) && strstr(streams[i].type, shape)) {
-            *id = streams[i].stream;
-            return true;
-        }
-    return false;
-}
-
-/* number of elements that differ bitwise between two copies of an argument */
-static int64_t ndiff(const double *a, const double *b, int64_t n) {
-    int64_t k = 0;
-    for (int64_t i = 0; i < n; i++)
-        k += memcmp(&a[i], &b[i], sizeof(double)) != 0;
-    return k;
-}
-
-/* the exact value generated code must produce for element i */
-static double philox_ref(bool normal, uint64_t seed, uint64_t stream, uint64_t step, uint64_t i) {
-    if (normal) {
-        double v = philox_normal_at(seed, stream, step, i);
-        return M->f64 ? v : (double)(float)v;
-    }
-    return philox_uniform_at(seed, stream, step, i, !M->f64);
-}
-
-static void check_exact(const char *what, const double *got, bool normal, uint64_t seed, uint64_t stream, uint64_t step, int64_t n,
-                        double scale, double shift, double tol) {
-    char name[300];
-    snprintf(name, sizeof name, "%s.philox", what);
-    double worst = 0;
-    int64_t at = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double r = philox_ref(normal, seed, stream, step, (uint64_t)i);
-        if (!M->f64)
-            r = (double)(float)((float)r * (float)scale + (float)shift);
-        else
-            r = r * scale + shift;
-        double e = fabs(got[i] - r);
-        if (!(e <= worst)) {   /* NaN counts as worst */
-            worst = e;
-            at = i;
-        }
-    }
-    if (worst <= tol) {
-        char n2[400];
-        snprintf(n2, sizeof n2, "%s (worst abs err %.2e)", name, worst);
-        th_pass(n2);
-    } else {
-        double r = philox_ref(normal, seed, stream, step, (uint64_t)at);
-        th_fail(name, "not the runtime/philox.h stream (stream %llu, step %llu): worst abs err %.3e at %lld: got %.17g, philox %.17g",
-                (unsigned long long)stream, (unsigned long long)step, worst, (long long)at, got[at], r);
-    }
-}
-
-static void test_random(void) {
-    static const struct {
-        const char *name;
-        bool normal;
-        double a, b;   /* normal: std, mean; uniform: lo, hi */
-    } cs[] = {
-        {"rnd_normal", 1, 1, 0}, {"rnd_normal_ms", 1, 2, 1}, {"rnd_uniform", 0, 0, 1}, {"rnd_uniform_lh", 0, -2, 3},
-    };
-    for (int c = 0; c < 4; c++) {
-        if (!begin(cs[c].name))
-            continue;
-        char nm[256];
-        snprintf(nm, sizeof nm, "%s.uses_rng", cname());
-        th_check(F->entry->uses_rng == 1, nm, "uses_rng is %u for an entry that draws random numbers", F->entry->uses_rng);
-        lethe_ctx ctx = {.seed = 0x1234abcd5678ull, .counter = 3};
-        if (!call_ctx(&ctx))
-            continue;
-        int64_t n = numel("out");
-        double *v1 = get("out");
-        if (!call_ctx(&ctx))
-            continue;
-        double *v2 = get("out");
-        ctx.counter = 4;
-        if (!call_ctx(&ctx))
-            continue;
-        double *v3 = get("out");
-        ctx.counter = 3;
-        ctx.seed ^= 1ull << 40;
-        if (!call_ctx(&ctx))
-            continue;
-        double *v4 = get("out");
-        int64_t same = ndiff(v1, v2, n), dc = ndiff(v1, v3, n), ds = ndiff(v1, v4, n);
-        snprintf(nm, sizeof nm, "%s.determinism", cname());
-        th_check(same == 0 && dc > n * 9 / 10 && ds > n * 9 / 10, nm,
-                 "same seed+counter: %lld of %lld elements differ; new counter: %lld differ; new seed: %lld differ", (long long)same,
-                 (long long)n, (long long)dc, (long long)ds);
-        /* moments over 4096 draws: mean within 5 standard errors, variance within 10% */
-        double mean = 0, var = 0, lo = INFINITY, hi = -INFINITY;
-        for (int64_t i = 0; i < n; i++)
-            mean += v1[i] / (double)n;
-        for (int64_t i = 0; i < n; i++) {
-            var += (v1[i] - mean) * (v1[i] - mean) / (double)(n - 1);
-            lo = fmin(lo, v1[i]);
-            hi = fmax(hi, v1[i]);
-        }
-        double emean = cs[c].normal ? cs[c].b : (cs[c].a + cs[c].b) / 2;
-        double evar = cs[c].normal ? cs[c].a * cs[c].a : (cs[c].b - cs[c].a) * (cs[c].b - cs[c].a) / 12;
-        bool inrange = cs[c].normal || (lo > cs[c].a && hi < cs[c].b);
-        double zm = fabs(mean - emean) / sqrt(evar / (double)n), rv = fabs(var / evar - 1);
-        snprintf(nm, sizeof nm, "%s.moments (mean %.4f var %.4f)", cname(), mean, var);
-        th_check(zm < 5 && rv < 0.1 && inrange, nm, "mean %.5f (expected %.3f, z = %.1f), variance %.5f (expected %.4f), range [%g, %g]", mean,
-                 emean, zm, var, evar, lo, hi);
-        uint64_t stream;
-        snprintf(nm, sizeof nm, "%s", cname());
-        if (find_stream(cs[c].name, cs[c].normal ? "rand_normal" : "rand_uniform", "[64, 64]", &stream))
-            check_exact(nm, v1, cs[c].normal, 0x1234abcd5678ull, stream, 3, n, cs[c].normal ? cs[c].a : cs[c].b - cs[c].a,
-                        cs[c].normal ? cs[c].b : cs[c].a, cs[c].a == (cs[c].normal ? 1 : 0) && cs[c].b == (cs[c].normal ? 0 : 1) ? 0 : 1e-6);
-        else
-            th_skip(nm, "no stream id for %s in `lethec -d shapes` output: checked by moments only", cs[c].name);
-        end_case();
-    }
-    /* f32 deterministic ops must not claim randomness */
-    if (begin("u_exp")) {
-        char nm[256];
-        snprintf(nm, sizeof nm, "%s.uses_rng", cname());
-        th_check(F->entry->uses_rng == 0, nm, "uses_rng is %u for an entry without randomness", F->entry->uses_rng);
-        end_case();
-    }
-
-    /* init_model: parameters drawn from their initializers with ctx->seed */
-    if (!begin("rnd_init.init_model"))
-        return;
-    static const struct {
-        const char *arg, *op, *shape;
-        double scale, shift;
-    } ps[] = {
-        {"m.wn", "rand_normal", "[32, 32]", 1, 0},
-        {"m.wu", "rand_uniform", "[32, 32]", 1, 0},
-        {"m.wkn", "rand_normal", "[16, 8]", 0.5, 0},   /* kaiming_normal(fan_in = 8): std sqrt(2/8) */
-        {"m.wku", "rand_uniform", "[16, 8]", 0, 0},    /* kaiming_uniform(fan_in = 8): +-1/sqrt(8) */
-    };
-    lethe_ctx ctx = {.seed = 987654321, .counter = 0};
-    if (!call_ctx(&ctx))
-        return;
-    for (int i = 0; i < 4; i++) {
-        double *v = get(ps[i].arg);
-        int64_t n = numel(ps[i].arg);
-        char nm[256];
-        snprintf(nm, sizeof nm, "%s:%s", cname(), ps[i].arg);
-        if (n == 0) {
-            th_fail(nm, "init_model does not write %s", ps[i].arg);
-            continue;
-        }
-        double scale = ps[i].scale, shift = ps[i].shift, bound = 1 / sqrt(8.0);
-        if (i == 3)
-            scale = 2 * bound, shift = -bound;
-        bool normal = ps[i].op[5] == 'n';
-        /* moments */
-        double mean = 0, var = 0, lo = INFINITY, hi = -INFINITY;
-        for (int64_t k = 0; k < n; k++)
-            mean += v[k] / (double)n;
-        for (int64_t k = 0; k < n; k++) {
-            var += (v[k] - mean) * (v[k] - mean) / (double)(n - 1);
-            lo = fmin(lo, v[k]);
-            hi = fmax(hi, v[k]);
-        }
-        double emean = normal ? shift : shift + scale / 2, evar = normal ? scale * scale : scale * scale / 12;
-        double zm = fabs(mean - emean) / sqrt(evar / (double)n), rv = fabs(var / evar - 1);
-        bool inrange = normal || (lo > shift && hi < shift + scale);
-        char nm2[400];
-        snprintf(nm2, sizeof nm2, "%s.moments (mean %.4f var %.4f)", nm, mean, var);
-        th_check(zm < 5 && rv < (n > 500 ? 0.12 : 0.3) && inrange, nm2, "mean %.5f (expected %.3f), variance %.5f (expected %.4f), range [%g, %g]",
-                 mean, emean, var, evar, lo, hi);
-        uint64_t stream;
-        if (find_stream("rnd_init.init_model", ps[i].op, ps[i].shape, &stream))
-            check_exact(nm, v, normal, ctx.seed, stream, ctx.counter, n, scale, shift, i == 3 ? 1e-6 : 0);
-        else
-            th_skip(nm, "no stream id in `lethec -d shapes` output: checked by moments only");
-    }
-    double ref[5] = {0.25, 0.25, 0.25, 0.25, 0.25};
-    check_arg("m.c", ref, 0, sh(1, 5));
-    end_case();
-}
-
-/* ---------------------------------------------------------------------------
- * edge cases: dtypes, views feeding reductions, hard numerics */
-
-static bool out_dtype_is(int dtype) {
-    const lethe_arg *a = argd("out");
-    if (a && a->dtype == dtype)
-        return true;
-    th_fail(cname(), "the result has dtype %d, expected %d", a ? a->dtype : -1, dtype);
-    end_case();
-    return false;
-}
-
-static void test_edge(void) {
-    int fdt = M->f64 ? LETHE_F64 : LETHE_F32;
-    if (begin("edge_promote")) {   /* i32 + f32 -> f32 */
-        fill("a", -5, 5);
-        if (call() && out_dtype_is(fdt)) {
-            double *a = get("a"), *b = get("b"), *ref = D(24);
-            for (int i = 0; i < 24; i++)
-                ref[i] = a[i] + 2 * b[i];
-            expect(ref, M->tol, sh(2, 4, 6));
-        }
-    }
-    if (begin("edge_cast64") && call() && out_dtype_is(LETHE_F64)) {   /* computed in f64 even in an f32 program */
-        double *x = get("x"), *ref = D(24);
-        for (int i = 0; i < 24; i++)
-            ref[i] = x[i] * 2 + 1;
-        expect(ref, 1e-15, sh(2, 4, 6));
-    }
-    if (begin("edge_bool") && call() && out_dtype_is(LETHE_BOOL)) {   /* bool(i32(x * 3)) && !bool(x > 0.5) */
-        double *x = get("x"), *ref = D(24);
-        for (int i = 0; i < 24; i++) {
-            double v = x[i] * 3;
-            if (!M->f64)
-                v = (float)v;
-            ref[i] = trunc(v) != 0 && !(x[i] > 0.5);
-        }
-        expect(ref, 0, sh(2, 4, 6));
-    }
-    if (begin("edge_isum")) {   /* sum(a, axis = 1) + max(a, axis = 1) * 100 - min(a), all i32 */
-        fill("a", -20, 20);
-        if (call() && out_dtype_is(LETHE_I32)) {
-            double *a = get("a"), *ref = D(4), mn = INFINITY;
-            for (int i = 0; i < 24; i++)
-                mn = fmin(mn, a[i]);
-            for (int r = 0; r < 4; r++) {
-                double s = 0, mx = -INFINITY;
-                for (int c = 0; c < 6; c++)
-                    s += a[r * 6 + c], mx = fmax(mx, a[r * 6 + c]);
-                ref[r] = s + mx * 100 - mn;
-            }
-            expect(ref, 0, sh(1, 4));
-        }
-    }
-    if (begin("edge_ineg")) {
-        fill("a", -20, 20);
-        if (call() && out_dtype_is(LETHE_I32)) {
-            double *a = get("a"), *ref = D(24);
-            for (int i = 0; i < 24; i++)
-                ref[i] = -a[i] + fabs(a[i]) * 2;
-            expect(ref, 0, sh(2, 4, 6));
-        }
-    }
-    if (begin("edge_where_lit") && call()) {
-        double *x = get("x"), *ref = D(24);
-        for (int i = 0; i < 24; i++)
-            ref[i] = x[i] > 0 ? x[i] : 0.5;
-        expect(ref, M->tol, sh(2, 4, 6));
-    }
-    if (begin("view_red") && call()) {   /* sum(transpose(x)[1:, ::2, :], axis = 0): out[j,k] = sum_{i=1,2} x[i,k,2j] */
-        double *x = get("x"), *ref = D(12);
-        for (int j = 0; j < 3; j++)
-            for (int k = 0; k < 4; k++)
-                ref[j * 4 + k] = x[(1 * 4 + k) * 5 + 2 * j] + x[(2 * 4 + k) * 5 + 2 * j];
-        expect(ref, M->tol, sh(2, 3, 4));
-    }
-    if (begin("bcast_slice") && call()) {   /* broadcast(x, [4, 3, 5])[1:3, :, ::2] * 2 */
-        double *x = get("x"), *ref = D(18);
-        for (int a = 0; a < 2; a++)
-            for (int b = 0; b < 3; b++)
-                for (int c = 0; c < 3; c++)
-                    ref[(a * 3 + b) * 3 + c] = 2 * x[b * 5 + 2 * c];
-        expect(ref, M->tol, sh(3, 2, 3, 3));
-    }
-    /* exp and log over wide ranges, pure relative error */
-    FLOOR_FRAC = 0;
-    if (begin("exp_wide")) {
-        fill("x", -80, 80);
-        if (call()) {
-            double *x = get("x"), *ref = D(400);
-            for (int i = 0; i < 400; i++)
-                ref[i] = exp(x[i]);
-            expect(ref, M->tol_tr, sh(2, 8, 50));
-        }
-    }
-    if (begin("log_wide")) {
-        fill("x", -60, 60);
-        double *u = get("x");
-        for (int i = 0; i < 400; i++)
-            u[i] = exp(u[i]);
-        put("x", u);
-        if (call()) {
-            double *x = get("x"), *ref = D(400);
-            for (int i = 0; i < 400; i++)
-                ref[i] = log(x[i]);
-            expect(ref, M->tol_tr, sh(2, 8, 50));
-        }
-    }
-    FLOOR_FRAC = 0.1;
-    /* large logits: the max must be subtracted first */
-    static const struct {
-        const char *name;
-        double lo, hi;
-    } lg[] = {{"lse_big", 80, 120}, {"lse_neg", -120, -80}};
-    for (int c = 0; c < 2; c++) {
-        if (!begin(lg[c].name))
-            continue;
-        fill("x", lg[c].lo, lg[c].hi);
-        if (!call())
-            continue;
-        int64_t no;
-        expect(ref_reduce(get("x"), sh(2, 6, 50), 2, R_LSE, &no), M->tol, sh(1, 6));
-    }
-    if (begin("softmax_big")) {
-        fill("x", 80, 120);
-        if (call())
-            expect(ref_softmax(get("x"), sh(2, 6, 50), 1, false), M->tol, sh(2, 6, 50));
-    }
-    if (begin("log_softmax_big")) {
-        fill("x", -100, 100);
-        if (call())
-            expect(ref_softmax(get("x"), sh(2, 50, 6), 0, true), M->tol, sh(2, 50, 6));
-    }
-}
-
-/* ---------------------------------------------------------------------------
- * state updated from itself: m.w <- transpose(m.w), rotations, m.w @ m.w,
- * swaps of two states, writes through a `let` reference; outputs that are
- * inputs. Statements run in order (docs/language.md, Rules). */
-
-static void test_inplace(void) {
-    if (begin("ip_view_a")) {
-        double *w = get("m.w"), *u = get("m.u");
-        if (call()) {
-            double *nw = D(25), *nu = D(5);
-            for (int i = 0; i < 5; i++)
-                for (int j = 0; j < 5; j++)
-                    nw[i * 5 + j] = w[j * 5 + i];
-            for (int i = 0; i < 5; i++)
-                nu[i] = u[(i + 1) % 5];
-            check_arg("m.w", nw, 0, sh(2, 5, 5));
-            check_arg("m.u", nu, 0, sh(1, 5));
-            end_case();
-        }
-    }
-    if (begin("ip_mm_a")) {   /* in order: w' = w @ w, u' = u @ w', y = x @ w' + u' */
-        double *w = get("m.w"), *u = get("m.u"), *x = get("batch.x");
-        if (call()) {
-            double *nw = D(25), *nu = D(5), *y = D(15);
-            for (int i = 0; i < 5; i++)
-                for (int j = 0; j < 5; j++)
-                    for (int k = 0; k < 5; k++)
-                        nw[i * 5 + j] += w[i * 5 + k] * w[k * 5 + j];
-            for (int j = 0; j < 5; j++)
-                for (int k = 0; k < 5; k++)
-                    nu[j] += u[k] * nw[k * 5 + j];
-            for (int n = 0; n < 3; n++)
-                for (int j = 0; j < 5; j++) {
-                    y[n * 5 + j] = nu[j];
-                    for (int k = 0; k < 5; k++)
-                        y[n * 5 + j] += x[n * 5 + k] * nw[k * 5 + j];
-                }
-            check_arg("m.w", nw, M->tol, sh(2, 5, 5));
-            check_arg("m.u", nu, M->tol, sh(1, 5));
-            check_arg("y", y, M->tol, sh(2, 3, 5));
-            end_case();
-        }
-    }
-    if (begin("ip_swap_a")) {   /* old = m.params * 1; m.params <- s; s <- old: a swap; y with the new m */
-        double *w = get("m.w"), *u = get("m.u"), *sw = get("s.w"), *su = get("s.u"), *x = get("batch.x");
-        if (call()) {
-            double *y = D(15);
-            for (int n = 0; n < 3; n++)
-                for (int j = 0; j < 5; j++) {
-                    y[n * 5 + j] = su[j];
-                    for (int k = 0; k < 5; k++)
-                        y[n * 5 + j] += x[n * 5 + k] * sw[k * 5 + j];
-                }
-            check_arg("m.w", sw, 0, sh(2, 5, 5));
-            check_arg("m.u", su, 0, sh(1, 5));
-            check_arg("s.w", w, 0, sh(2, 5, 5));
-            check_arg("s.u", u, 0, sh(1, 5));
-            check_arg("y", y, M->tol, sh(2, 3, 5));
-            end_case();
-        }
-    }
-    if (begin("ip_ref_a")) {   /* let p = m.params (a reference); p <- p * 2 writes m; a sum taken before keeps the old value */
-        double *w = get("m.w"), *u = get("m.u");
-        if (call()) {
-            double *nw = D(25), *nu = D(5), b = 0;
-            for (int i = 0; i < 25; i++)
-                nw[i] = 2 * w[i], b += w[i];
-            for (int i = 0; i < 5; i++)
-                nu[i] = 2 * u[i];
-            check_arg("m.w", nw, 0, sh(2, 5, 5));
-            check_arg("m.u", nu, 0, sh(1, 5));
-            check_arg("w2", nw, 0, sh(2, 5, 5));
-            check_arg("b", &b, M->tol, sh(0));
-            end_case();
-        }
-    }
-    for (int c = 0; c < 2; c++) {   /* out = x, out = transpose(transpose(x)) */
-        if (!begin(c ? "ident_b" : "ident_a") || !call())
-            continue;
-        expect(get("x"), 0, sh(2, 3, 4));
-    }
-}
-
-/* ---------------------------------------------------------------------------
- * big tensors: serial, in reordered chunks, on a thread pool */
-
-static int64_t chunked_calls;
-
-/* a parallel_for that runs [0, n) as up to 97 chunks of >= grain iterations,
- * last chunk first, on the calling thread */
-static void chunked_for(lethe_ctx *ctx, lethe_task_fn fn, void *closure, int64_t n, int64_t grain) {
-    (void)ctx;
-    chunked_calls++;
-    int64_t chunk = grain > 0 ? grain : 1;
-    if ((n + chunk - 1) / chunk > 97)
-        chunk = (n + 96) / 97;
-    for (int64_t c = (n + chunk - 1) / chunk - 1; c >= 0; c--)
-        fn(closure, c * chunk, (c + 1) * chunk < n ? (c + 1) * chunk : n);
-}
-
-static double r_bigelem(double x) { return r_gelu(x) * r_sigmoid(x) + exp(-x * x); }
-
-static void test_big(void) {
-    static const char *cs[] = {"big_elem_a", "big_sum1_a", "big_max0_a", "big_softmax_a", "big_mm_a", "big_conv_a"};
-    lethe_pool *pool = lethe_pool_new(2);
-    for (int c = 0; c < 6; c++) {
-        for (int mode = 0; mode < 3; mode++) {
-            VARIANT = mode == 0 ? ".serial" : mode == 1 ? ".chunked" : ".pool2";
-            if (!begin(cs[c]))
-                break;
-            lethe_ctx ctx = {0};
-            if (mode == 1)
-                ctx.parallel_for = chunked_for;
-            if (mode == 2) {
-                if (!pool) {
-                    th_skip(cname(), "lethe_pool_new failed");
-                    end_case();
-                    continue;
-                }
-                lethe_ctx_init(&ctx, pool, 0);
-            }
-            chunked_calls = 0;
-            if (!call_ctx(&ctx))
-                continue;
-            double *ref;
-            Sh want;
-            if (c == 0) {
-                double *x = get("x");
-                ref = D(256 * 200);
-                for (int i = 0; i < 256 * 200; i++)
-                    ref[i] = r_bigelem(x[i]);
-                want = sh(2, 256, 200);
-            } else if (c == 1) {
-                int64_t no;
-                ref = ref_reduce(get("x"), sh(2, 300, 200), 2, R_SUM, &no);
-                want = sh(1, 300);
-            } else if (c == 2) {
-                int64_t no;
-                double *x = get("x"), *a = ref_reduce(x, sh(2, 300, 200), 1, R_MAX, &no), *b = ref_reduce(x, sh(2, 300, 200), 1, R_SUM, &no);
-                ref = D(200);
-                for (int i = 0; i < 200; i++)
-                    ref[i] = a[i] + b[i];
-                want = sh(1, 200);
-            } else if (c == 3) {
-                ref = ref_softmax(get("x"), sh(2, 200, 300), 1, false);
-                want = sh(2, 200, 300);
-            } else if (c == 4) {
-                ref = ref_matmul(get("a"), sh(2, 96, 80), get("b"), sh(2, 80, 112), &want);
-            } else {
-                Conv k = conv_dims(arg_shape("x"), arg_shape("w"), 1, 1);
-                ref = ref_conv(get("x"), get("w"), k);
-                for (int64_t i = 0; i < k.N * k.O * k.OH * k.OW; i++)
-                    ref[i] = fmax(ref[i], 0);
-                want = sh(4, (int)k.N, (int)k.O, (int)k.OH, (int)k.OW);
-            }
-            if (mode == 1)
-                printf("# %s: %lld parallel loops\n", cname(), (long long)chunked_calls);
-            expect(ref, M->tol, want);
-        }
-    }
-    VARIANT = "";
-    lethe_pool_free(pool);
 }
 
 /* ---------------------------------------------------------------------------
