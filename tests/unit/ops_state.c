@@ -78,6 +78,23 @@ static int64_t ndiff(const double *a, const double *b, int64_t n) {
 }
 
 /* the exact value generated code must produce for element i */
+/* mean, unbiased variance and range of n draws */
+typedef struct Moments {
+    double mean, var, lo, hi;
+} Moments;
+
+static Moments moments(const double *v, int64_t n) {
+    Moments m = {0, 0, INFINITY, -INFINITY};
+    for (int64_t i = 0; i < n; i++)
+        m.mean += v[i] / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        m.var += (v[i] - m.mean) * (v[i] - m.mean) / (double)(n - 1);
+        m.lo = fmin(m.lo, v[i]);
+        m.hi = fmax(m.hi, v[i]);
+    }
+    return m;
+}
+
 static double philox_ref(bool normal, uint64_t seed, uint64_t stream, uint64_t step, uint64_t i) {
     if (normal) {
         double v = philox_normal_at(seed, stream, step, i);
@@ -152,14 +169,8 @@ void test_random(void) {
                  "same seed+counter: %lld of %lld elements differ; new counter: %lld differ; new seed: %lld differ", (long long)same,
                  (long long)n, (long long)dc, (long long)ds);
         /* moments over 4096 draws: mean within 5 standard errors, variance within 10% */
-        double mean = 0, var = 0, lo = INFINITY, hi = -INFINITY;
-        for (int64_t i = 0; i < n; i++)
-            mean += v1[i] / (double)n;
-        for (int64_t i = 0; i < n; i++) {
-            var += (v1[i] - mean) * (v1[i] - mean) / (double)(n - 1);
-            lo = fmin(lo, v1[i]);
-            hi = fmax(hi, v1[i]);
-        }
+        Moments m = moments(v1, n);
+        double mean = m.mean, var = m.var, lo = m.lo, hi = m.hi;
         double emean = cs[c].normal ? cs[c].b : (cs[c].a + cs[c].b) / 2;
         double evar = cs[c].normal ? cs[c].a * cs[c].a : (cs[c].b - cs[c].a) * (cs[c].b - cs[c].a) / 12;
         bool inrange = cs[c].normal || (lo > cs[c].a && hi < cs[c].b);
@@ -213,14 +224,8 @@ void test_random(void) {
             scale = 2 * bound, shift = -bound;
         bool normal = ps[i].op[5] == 'n';
         /* moments */
-        double mean = 0, var = 0, lo = INFINITY, hi = -INFINITY;
-        for (int64_t k = 0; k < n; k++)
-            mean += v[k] / (double)n;
-        for (int64_t k = 0; k < n; k++) {
-            var += (v[k] - mean) * (v[k] - mean) / (double)(n - 1);
-            lo = fmin(lo, v[k]);
-            hi = fmax(hi, v[k]);
-        }
+        Moments m = moments(v, n);
+        double mean = m.mean, var = m.var, lo = m.lo, hi = m.hi;
         double emean = normal ? shift : shift + scale / 2, evar = normal ? scale * scale : scale * scale / 12;
         double zm = fabs(mean - emean) / sqrt(evar / (double)n), rv = fabs(var / evar - 1);
         bool inrange = normal || (lo > shift && hi < shift + scale);
