@@ -683,19 +683,24 @@ static void conv_bwd_weight_inplace(Lower *L, KCtx *kc, const Node *n, const Con
     blk_push(bn, ls_gemm(&g));
 }
 
-/* dyc[co, n*P + p] = dy[n, co, p] in a scratch buffer (returned): the
- * pixels of consecutive images side by side, so that one GEMM spans several
- * small images */
-static int channel_major(Lower *L, KCtx *kc, int id, const Conv *c, const IdxMap *mdy, int dybuf) {
+/* dy copied into a scratch buffer (returned) as d[co * ld_co + (n*P + p) *
+ * ld_px]: channel-major (ld_px 1: the pixels of consecutive images side by
+ * side, so that one GEMM spans several small images) or transposed (ld_co
+ * 1: output channels along a GEMM's vectors). The inner loop runs along the
+ * copy's contiguous axis. */
+static int copy_dy(Lower *L, KCtx *kc, int id, const Conv *c, const IdxMap *mdy, int dybuf, int64_t ld_co, int64_t ld_px) {
     int64_t NP = c->N * c->P;
-    int dyc = lower_scratch(L, xfmt("t%d_dyt", id), L->p->bufs.data[dybuf].dtype, c->Co * NP);
-    int64_t rows[2] = {c->N, c->Co};
-    LExpr *ri[2], *rl, *p;
-    Block b = nest_outer(blk_top(kc->k), rows, 2, (double)(c->Co * NP), &L->opt, ri, &rl);
-    Block bp = open_loop(b, c->P, &p);
-    LExpr *src = iadd(iadd(iconst(mdy->offset), imul(ri[0], mdy->stride[0])), iadd(imul(ri[1], c->P), p));
-    blk_push(bp, ls_store(dyc, iadd(iadd(imul(ri[1], NP), imul(ri[0], c->P)), p), le_load(L->p, dybuf, src, NULL), false));
-    return dyc;
+    int d = lower_scratch(L, xfmt("t%d_dyt", id), L->p->bufs.data[dybuf].dtype, ld_co == 1 ? NP * ld_px : c->Co * ld_co);
+    bool px_inner = ld_co != 1;
+    int64_t dims[2] = {c->N, px_inner ? c->Co : c->P};
+    LExpr *ri[2], *rl, *v;
+    Block b = nest_outer(blk_top(kc->k), dims, 2, (double)(c->Co * NP), &L->opt, ri, &rl);
+    Block bv = open_loop(b, px_inner ? c->P : c->Co, &v);
+    LExpr *co = px_inner ? ri[1] : v, *p = px_inner ? v : ri[1];
+    LExpr *src = iadd(iadd(iconst(mdy->offset), imul(ri[0], mdy->stride[0])), iadd(imul(co, c->P), p));
+    LExpr *dst = iadd(imul(co, ld_co), imul(iadd(imul(ri[0], c->P), p), ld_px));
+    blk_push(bv, ls_store(d, dst, le_load(L->p, dybuf, src, NULL), false));
+    return d;
 }
 
 /* dw for 32 or more output channels, as NN GEMMs: dw^T (CK x Co) is the sum
@@ -706,7 +711,8 @@ static int channel_major(Lower *L, KCtx *kc, int id, const Conv *c, const IdxMap
  * twelfth of a vector from L2, where the NT form (dot products along the
  * pixels) loads a quarter and adds horizontal sums; the deep layers' weight
  * gradients ran at 40-110 GFLOP/s that way (bench/RESULTS.md). Tiles hold
- * PT x Co of dyT within 128 KiB and KC x Co of dw^T within 512 KiB. Items
+ * a panel of dyT (PT x 64 columns at most) within 32 KiB, so that the GEMM
+ * keeps it in L1, and KC x Co of dw^T within 512 KiB. Items
  * are (image group, K block): when the K blocks alone give fewer than 8,
  * the tiles are split into G groups summing into G partial copies of dw^T,
  * which a last pass adds up in a fixed order while transposing them into
@@ -714,7 +720,7 @@ static int channel_major(Lower *L, KCtx *kc, int id, const Conv *c, const IdxMap
 static void conv_bwd_weight_nn(Lower *L, KCtx *kc, const Node *n, const Conv *c, const IdxMap *mdy, int dybuf, int dw) {
     LKernel *k = kc->k;
     DType dt = n->dtype;
-    int64_t esz = dtype_size(dt), NP = c->N * c->P, nw = c->Co * c->CK, taps = c->kh * c->kw;
+    int64_t esz = dtype_size(dt), nw = c->Co * c->CK, taps = c->kh * c->kw;
     int64_t cols = ((int64_t)32 << 10) / ((c->Co < 64 ? c->Co : 64) * esz);
     Tile t = conv_tile(c, dt, cols);
     int64_t cb_cap = ((int64_t)512 << 10) / (taps * c->Co * esz);
@@ -728,17 +734,10 @@ static void conv_bwd_weight_nn(Lower *L, KCtx *kc, const Node *n, const Conv *c,
         while (G > 1 && G * nw * esz > ((int64_t)8 << 20))
             G = divisor_upto(t.ntiles, G - 1);
     }
-    /* dyT[n*P + p][co] = dy[n][co][p] */
+    /* dyT[n*P + p][co] = dy[n][co][p], rows padded by a cache line from
+     * 128 channels (a panel's rows otherwise share a few L1 sets) */
     int64_t ldt = c->Co >= 128 ? c->Co + 64 / esz : c->Co;
-    int dyt = lower_scratch(L, xfmt("t%d_dyt", n->id), dt, NP * ldt);
-    {
-        int64_t dims[2] = {c->N, c->P};
-        LExpr *ri[2], *rl, *co;
-        Block b = nest_outer(blk_top(k), dims, 2, (double)(c->Co * NP), &L->opt, ri, &rl);
-        Block bc = open_loop(b, c->Co, &co);
-        LExpr *src = iadd(iadd(iconst(mdy->offset), imul(ri[0], mdy->stride[0])), iadd(imul(co, c->P), ri[1]));
-        blk_push(bc, ls_store(dyt, iadd(imul(rl, ldt), co), le_load(L->p, dybuf, src, NULL), false));
-    }
+    int dyt = copy_dy(L, kc, n->id, c, mdy, dybuf, 1, ldt);
     int part = lower_scratch(L, xfmt("t%d_dwpart", n->id), dt, G * nw);
     int col = lower_private(L, xfmt("t%d_col", n->id), dt, t.KC * t.PT);
     int64_t TG = t.ntiles / G;
@@ -807,7 +806,7 @@ static void conv2d_bwd_weight_loops(Lower *L, KCtx *kc, const Node *n) {
     int dyt = dybuf;
     int64_t dyt_off = mdy.offset, dyt_ld = c.P, NP = c.N * c.P;
     if (images) {
-        dyt = channel_major(L, kc, n->id, &c, &mdy, dybuf);
+        dyt = copy_dy(L, kc, n->id, &c, &mdy, dybuf, NP, 1);
         dyt_off = 0, dyt_ld = NP;
     }
     int64_t MB, nMB;
@@ -916,7 +915,7 @@ static void conv2d_bwd_input_loops(Lower *L, KCtx *kc, const Node *n) {
     int64_t HW = c.H * c.W, tiles = c.OH * G / t.RT;
     int64_t dyoff = mdy.offset, dyimg = mdy.stride[0];
     if (G > 1) {
-        g.b_buf = channel_major(L, kc, n->id, &c, &mdy, dybuf), g.ldb = NP;
+        g.b_buf = copy_dy(L, kc, n->id, &c, &mdy, dybuf, NP, 1), g.ldb = NP;
         dyoff = 0, dyimg = c.P;
     }
     int col = lower_private(L, xfmt("t%d_col", n->id), dt, t.KC * t.PT);

@@ -222,6 +222,18 @@ static int write_text(const char *path, FILE **f) {
 }
 
 /* gnuplot draws; a missing gnuplot only skips the plots, with a note. */
+/* A scatter plot of test accuracy (column 3, std in 5 of acc_tpr.dat)
+ * against column xcol (std in xerr), labelled by method, into
+ * <pdir>/<name>.<ext>. */
+static void accuracy_plot(FILE *gp, const char *pdir, const char *ext, const char *name, const char *against,
+                          const char *budget, const char *xrange, const char *xlabel, int xcol, int xerr) {
+    fprintf(gp, "set output '%s/%s.%s'\nset title 'Test accuracy against %s (budget %s)'\nset xrange %s\nset autoscale y\n"
+                "set xlabel '%s'\nset ylabel 'test accuracy (%%)'\nset key off\n",
+            pdir, name, ext, against, budget, xrange, xlabel);
+    fprintf(gp, "plot '%s/acc_tpr.dat' using %d:3:%d:5 with xyerrorbars pt 7 ps 1.5, '' using %d:3:1 with labels offset 1,1\n",
+            pdir, xcol, xerr, xcol);
+}
+
 static int draw(const Report *r, const char *dir, char *err) {
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
         fprintf(stderr, "lethe: note: gnuplot is not installed, so no plots (apt-get install gnuplot-nox)\n");
@@ -278,21 +290,14 @@ static int draw(const Report *r, const char *dir, char *err) {
         fprintf(gp, "plot x title 'chance' with lines dashtype 2 lc rgb 'gray'");
         for (int c = 0; c < curves; c++)
             fprintf(gp, ", '%s/roc.dat' index %d with lines lw 2 title '%s'", pdir, c, titles[c]);
-        fprintf(gp, "\nunset logscale x\nset output '%s/acc_vs_tpr.%s'\n", pdir, ext);
+        fprintf(gp, "\nunset logscale x\n");
         /* the TPR axis starts at 0 and ends where the points do: at small
          * eps every method sits below 0.2, where [0, 1] piles the labels */
-        fprintf(gp, "set title 'Test accuracy against TPR at FPR 0.01 (budget %s)'\nset xrange [0:*]\nset autoscale y\n"
-                    "set xlabel 'TPR at FPR 0.01 (Gaussian test on -I)'\nset ylabel 'test accuracy (%%)'\nset key off\n",
-                budget_text(top, b, sizeof b));
-        fprintf(gp, "plot '%s/acc_tpr.dat' using 2:3:4:5 with xyerrorbars pt 7 ps 1.5, '' using 2:3:1 with labels offset 1,1\n",
-                pdir);
+        accuracy_plot(gp, pdir, ext, "acc_vs_tpr", "TPR at FPR 0.01", budget_text(top, b, sizeof b), "[0:*]",
+                      "TPR at FPR 0.01 (Gaussian test on -I)", 2, 4);
         /* GUS: the mean score over the poisons, 0 for a model that never saw them */
-        fprintf(gp, "set output '%s/acc_vs_gus.%s'\n", pdir, ext);
-        fprintf(gp, "set title 'Test accuracy against the Gaussian Unlearning Score (budget %s)'\nset autoscale x\n"
-                    "set xlabel 'GUS (mean of I over the poisons; 0: never seen)'\n",
-                budget_text(top, b, sizeof b));
-        fprintf(gp, "plot '%s/acc_tpr.dat' using 6:3:7:5 with xyerrorbars pt 7 ps 1.5, '' using 6:3:1 with labels offset 1,1\n",
-                pdir);
+        accuracy_plot(gp, pdir, ext, "acc_vs_gus", "the Gaussian Unlearning Score", budget_text(top, b, sizeof b), "[*:*]",
+                      "GUS (mean of I over the poisons; 0: never seen)", 6, 7);
     }
     fclose(gp);
     char cmd[PATH_MAX * 3];
