@@ -13,6 +13,7 @@
  */
 
 #include "graph.h"
+#include "stage_time.h"
 
 /* Which node ids carry a gradient in the autodiff call that is running, so
  * that rules skip inputs that need none. NULL outside autodiff (a rule called
@@ -326,6 +327,7 @@ static void accumulate(GradCtx *gc, Node **slot, Node *x, Node *d) {
 }
 
 void autodiff(Graph *g, Node **ys, Node **seeds, int nys, Node **xs, int nxs, Node **out, Loc loc) {
+    stage_push(ST_AUTODIFF);
     GradCtx gc = {g, loc};
     int nold = g->nodes.len, cap = g->next_id;
     unsigned char *isx = xalloc((size_t)cap + 1), *dep = xalloc((size_t)cap + 1);
@@ -392,4 +394,5 @@ void autodiff(Graph *g, Node **ys, Node **seeds, int nys, Node **xs, int nxs, No
 
     for (int j = 0; j < nxs; j++)
         out[j] = grad[xs[j]->id] ? grad[xs[j]->id] : g_const(g, 0, xs[j]->dtype, xs[j]->shape, loc);
+    stage_pop();
 }

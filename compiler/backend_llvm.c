@@ -2,12 +2,12 @@
  *
  * Layout of the generated code, per program (one entry point):
  *
- *   i32 @<sym>.<entry>(ptr args, ptr workspace, ptr ctx)      internal
+ *   i32 @<sym>.<entry>(ptr args, ptr workspace, ptr ctx)      internal, optnone
  *       per kernel a closure = alloca [n + 1 x ptr]: [0] = ctx, [1 + j] =
  *       base of the kernel's j-th buffer in the order of its key (args[arg]
  *       or workspace + offset); calls every kernel in order (timing each
  *       when the kernel profile is on, backend_llvm_abi.c); returns 0.
- *   void @<entry>.<kernel>(ptr closure)                          internal
+ *   void @<entry>.<kernel>(ptr closure)                 hidden, noinline
  *       one function per distinct kernel key (loopir.h's lk_key) in the
  *       whole module: equal layers, and the forward and backward passes
  *       that several entries share, are compiled once (a ResNet-18
@@ -51,6 +51,7 @@
 
 #include "backend_llvm.h"
 #include "lethe_abi.h"
+#include "stage_time.h"
 
 extern char **environ;
 
@@ -833,7 +834,14 @@ LLVMValueRef ll_parallel_helper(LL *ll) {
 static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, const int *slot, const char *prefix) {
     const char *kname = xfmt("%s.%s", prefix, sanitize(k->name));
     LLVMTypeRef pt = ll->t_ptr;
-    LLVMValueRef fn = ll_new_function(ll, kname, LLVMFunctionType(ll->t_void, &pt, 1, 0), true);
+    /* a hidden global, never inlined: the same machine code whether the
+     * kernel shares the entries' module or has a partition of its own
+     * (backend_llvm_split.c), since LLVM can neither inline it nor rewrite
+     * its signature; the work is in its tasks and GEMMs, a call per kernel
+     * and step is noise */
+    LLVMValueRef fn = ll_new_function(ll, kname, LLVMFunctionType(ll->t_void, &pt, 1, 0), false);
+    LLVMSetVisibility(fn, LLVMHiddenVisibility);
+    ll_fn_attr(ll, fn, "noinline");
     KG g = kg_new(ll, p, k, fn);
     LLVMValueRef clo = LLVMGetParam(fn, 0);
     Uses all = uses_new(p, k);
@@ -894,8 +902,9 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
     return fn;
 }
 
-/* The function of kernel k of p: one already emitted for a kernel with the
- * same key (another layer or program), else a new one. Sets slot[i] to the
+/* The function of kernel k of p (in whichever module defines it): one
+ * already emitted for a kernel with the same key (another layer or
+ * program), else a new one. Sets slot[i] to the
  * closure slot of each program buffer i the kernel's closure holds (0: none)
  * and *key_out to the kernel's key. */
 static LLVMValueRef kernel_fn(LL *ll, const LProgram *p, const LKernel *k, const char *prefix, int *slot,
@@ -910,17 +919,29 @@ static LLVMValueRef kernel_fn(LL *ll, const LProgram *p, const LKernel *k, const
     for (int i = 0; i < ll->kernel_keys.len; i++)
         if (lk_key_equal(&ll->kernel_keys.data[i], &key))
             return ll->kernel_fns.data[i];
-    LLVMValueRef fn = gen_kernel(ll, p, k, slot, prefix);
+    LL *dest = ll->split ? llsplit_pick(ll, p, k) : ll;
+    LLVMValueRef fn = gen_kernel(dest, p, k, slot, prefix);
+    if (dest != ll)
+        llsplit_export(ll, dest, fn, LLVMFunctionType(ll->t_void, &ll->t_ptr, 1, 0));
     vec_push(&ll->kernel_keys, key);
     vec_push(&ll->kernel_fns, fn);
     return fn;
 }
 
-/* i32 entry(ptr args, ptr workspace, ptr ctx) of one program */
-static LLVMValueRef gen_program(LL *ll, const LProgram *p, int index, const char *symbol) {
+/* i32 entry(ptr args, ptr workspace, ptr ctx) of one program, built in
+ * top's module or (split) in a partition; returns it in top's module */
+static LLVMValueRef gen_program(LL *top, const LProgram *p, int index, const char *symbol) {
+    LL *ll = top->split ? llsplit_pick(top, p, NULL) : top;
     const char *prefix = xfmt("%s.%s", symbol, sanitize(p->entry->name));
     LLVMTypeRef pt[3] = {ll->t_ptr, ll->t_ptr, ll->t_ptr};
     LLVMValueRef fn = ll_new_function(ll, prefix, LLVMFunctionType(ll->t_i32, pt, 3, 0), true);
+    /* The entry is glue: straight-line closure stores and a call per kernel,
+     * run once per call of the entry. Optimising it bought nothing at run
+     * time but cost a fifth of lethec's time on a ResNet-18 experiment (the
+     * SLP vectorizer and DSE over hundreds of stores and calls in one
+     * function; bench/RESULTS.md "Compile time"), so it is left as built. */
+    ll_fn_attr(ll, fn, "noinline");
+    ll_fn_attr(ll, fn, "optnone");
     LLVMValueRef *kfn = xalloc(sizeof(LLVMValueRef) * ((size_t)p->kernels.len + 1));
     LLVMValueRef *clo = xalloc(sizeof(LLVMValueRef) * ((size_t)p->kernels.len + 1));
     int *slot = xalloc(sizeof(int) * ((size_t)p->bufs.len + 1));
@@ -941,7 +962,8 @@ static LLVMValueRef gen_program(LL *ll, const LProgram *p, int index, const char
      * order of its key, so that equal kernels share one function */
     for (int i = 0; i < p->kernels.len; i++) {
         LKernelKey key;
-        kfn[i] = kernel_fn(ll, p, p->kernels.data[i], prefix, slot, &key);
+        kfn[i] = ll_function_in(ll, kernel_fn(top, p, p->kernels.data[i], prefix, slot, &key),
+                                LLVMFunctionType(ll->t_void, &ll->t_ptr, 1, 0));
         int n = 0;
         for (int j = 0; j < key.bufs.len; j++)
             n += p->bufs.data[key.bufs.data[j]].kind != LB_PRIVATE;
@@ -955,9 +977,11 @@ static LLVMValueRef gen_program(LL *ll, const LProgram *p, int index, const char
             LLVMBuildStore(b, base[bi], LLVMBuildInBoundsGEP2(b, ll->t_ptr, clo[i], &idx, 1, ""));
         }
     }
-    ll_profile_calls(ll, b, index, kfn, p->kernels.len, clo);
+    ll_profile_calls(top, ll, b, index, kfn, p->kernels.len, clo);
     LLVMBuildRet(b, i32c(ll, 0));
     LLVMDisposeBuilder(b);
+    if (ll != top)
+        fn = llsplit_export(top, ll, fn, LLVMFunctionType(top->t_i32, (LLVMTypeRef[]){top->t_ptr, top->t_ptr, top->t_ptr}, 3, 0));
     return fn;
 }
 
@@ -986,8 +1010,13 @@ static void diag_handler(LLVMDiagnosticInfoRef di, void *arg) {
     char **errs = arg;
     if (LLVMGetDiagInfoSeverity(di) != LLVMDSError)
         return;
-    char *msg = LLVMGetDiagInfoDescription(di);
-    *errs = *errs ? xfmt("%s; %s", *errs, msg) : xstrdup(msg);
+    /* malloc, not the arena: partition modules are code-generated on worker
+     * threads (backend_llvm_split.c); each context has its own *errs */
+    char *msg = LLVMGetDiagInfoDescription(di), *joined = NULL;
+    if (asprintf(&joined, "%s%s%s", *errs ? *errs : "", *errs ? "; " : "", msg) < 0)
+        joined = NULL;
+    free(*errs);
+    *errs = joined;
     LLVMDisposeMessage(msg);
 }
 
@@ -1055,7 +1084,7 @@ bool ll_init(LL *ll, const BackendOptions *opt, const char *module_name, char **
     return true;
 }
 
-static void run_passes(LL *ll) {
+char *ll_run_passes(LL *ll) {
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
     /* SLP vectorization is off in LLVMCreatePassBuilderOptions' defaults
      * (unlike opt and clang at -O2+) */
@@ -1067,80 +1096,30 @@ static void run_passes(LL *ll) {
     snprintf(pipeline, sizeof pipeline, "default<O%d>", ll->opt->opt_level);
     LLVMErrorRef e = LLVMRunPasses(ll->mod, pipeline, ll->tm, po);
     LLVMDisposePassBuilderOptions(po);
-    if (e) {
-        char *m = LLVMGetErrorMessage(e);
-        char *copy = xstrdup(m);
-        LLVMDisposeErrorMessage(m);
-        internal_error(__FILE__, __LINE__, "LLVM pass pipeline %s failed: %s", pipeline, copy);
-    }
-}
-
-/* Runs argv, waits; returns a description of the failure or NULL. */
-static char *run_command(char *const *argv) {
-    pid_t pid;
-    int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
-    if (rc != 0)
-        return xfmt("cannot run '%s': %s", argv[0], strerror(rc));
-    int status;
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR)
-            return xfmt("waiting for '%s': %s", argv[0], strerror(errno));
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    if (!e)
         return NULL;
-    if (WIFEXITED(status))
-        return xfmt("'%s' exited with status %d", argv[0], WEXITSTATUS(status));
-    return xfmt("'%s' was killed by signal %d", argv[0], WTERMSIG(status));
+    char *m = LLVMGetErrorMessage(e), *why = NULL;
+    if (asprintf(&why, "LLVM pass pipeline %s failed: %s", pipeline, m) < 0)
+        why = NULL;
+    LLVMDisposeErrorMessage(m);
+    return why ? why : strdup("LLVM pass pipeline failed");
 }
 
-static char *write_all(int fd, const char *data, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, data, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return xstrdup(strerror(errno));
-        data += w;
-        n -= (size_t)w;
-    }
-    return NULL;
-}
-
-/* object in a temporary file, then `cc -shared`; returns an error or NULL */
+/* the object in memory, then ll_link_objects (`cc -shared`) */
 static char *emit_so(LL *ll, const char *out_path, char **hint) {
     char *msg = NULL;
     LLVMMemoryBufferRef mb;
-    if (LLVMTargetMachineEmitToMemoryBuffer(ll->tm, ll->mod, LLVMObjectFile, &msg, &mb)) {
+    stage_push(ST_CODEGEN);
+    LLVMBool failed = LLVMTargetMachineEmitToMemoryBuffer(ll->tm, ll->mod, LLVMObjectFile, &msg, &mb);
+    stage_pop();
+    if (failed) {
         char *err = xfmt("cannot generate code: %s", msg);
         LLVMDisposeMessage(msg);
         return err;
     }
-    const char *dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    char *tmp = xfmt("%s/lethec-XXXXXX.o", dir);
-    int fd = mkstemps(tmp, 2);
-    if (fd < 0) {
-        LLVMDisposeMemoryBuffer(mb);
-        *hint = "set TMPDIR to a writable directory";
-        return xfmt("cannot create a temporary file in %s: %s", dir, strerror(errno));
-    }
-    char *err = write_all(fd, LLVMGetBufferStart(mb), LLVMGetBufferSize(mb));
+    char *err = ll_link_objects(&mb, 1, EMIT_SO, out_path, hint);
     LLVMDisposeMemoryBuffer(mb);
-    if (close(fd) != 0 && !err)
-        err = xstrdup(strerror(errno));
-    if (err) {
-        unlink(tmp);
-        return xfmt("cannot write %s: %s", tmp, err);
-    }
-    /* --as-needed: only objects that call BLAS or libm depend on them (a
-     * CUDA program's host object calls neither) */
-    char *argv[] = {"cc", "-shared", "-o", (char *)out_path, tmp, "-Wl,--as-needed", "-lopenblas", "-lm", NULL};
-    err = run_command(argv);
-    unlink(tmp);
-    if (err) {
-        *hint = "the shared object is linked by running `cc -shared ... -lopenblas -lm`: install a C compiler and "
-                "libopenblas-dev, or use --emit=obj and link the object yourself";
-        return xfmt("cannot link %s: %s", out_path, err);
-    }
-    return NULL;
+    return err;
 }
 
 char *ll_emit_output(LL *ll, EmitKind kind, const char *out_path, char **hint) {
@@ -1153,8 +1132,10 @@ char *ll_emit_output(LL *ll, EmitKind kind, const char *out_path, char **hint) {
     case EMIT_OBJ:
     case EMIT_ASM: {
         char *path = xstrdup(out_path);
+        stage_push(ST_CODEGEN);
         if (LLVMTargetMachineEmitToFile(ll->tm, ll->mod, path, kind == EMIT_OBJ ? LLVMObjectFile : LLVMAssemblyFile, &msg))
             err = xfmt("cannot write %s: %s", out_path, msg);
+        stage_pop();
         break;
     }
     case EMIT_SO:
@@ -1166,6 +1147,19 @@ char *ll_emit_output(LL *ll, EmitKind kind, const char *out_path, char **hint) {
     if (msg)
         LLVMDisposeMessage(msg);
     return err;
+}
+
+void ll_verify(LL *ll) {
+    char *msg = NULL;
+    stage_push(ST_IR_VERIFY);
+    LLVMBool broken = LLVMVerifyModule(ll->mod, LLVMReturnStatusAction, &msg);
+    stage_pop();
+    if (broken) {
+        fprintf(stderr, "%s", msg);
+        LLVMDumpModule(ll->mod);
+        internal_error(__FILE__, __LINE__, "the generated LLVM module does not verify: %s", msg);
+    }
+    LLVMDisposeMessage(msg);
 }
 
 void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, const char *out_path,
@@ -1187,35 +1181,45 @@ void llvm_emit(const CompUnit *cu, LProgram **progs, int nprogs, EmitKind kind, 
                 check_stmt_limits(progs[i]->kernels.data[k], progs[i]->kernels.data[k]->body.data[j]);
     }
 
+    /* kernels in partition modules compiled in parallel, unless the output
+     * is one module's text or the IR dump wants the whole module */
+    int nsplit = opt.split_modules > 0 ? opt.split_modules : LL_DEFAULT_SPLIT;
+    if ((kind != EMIT_OBJ && kind != EMIT_SO) || (dump_flags & DUMP_IR))
+        nsplit = 1;
     LL ll = {0};
     char *diag_errs = NULL, *err = NULL, *hint = NULL;
-    if (!ll_init(&ll, &opt, "lethe", &diag_errs, &err)) {
+    if (!ll_init(&ll, &opt, "lethe", &diag_errs, &err) || (nsplit > 1 && !llsplit_begin(&ll, nsplit, &err))) {
         ll_dispose(&ll);
         error_noloc("%s", err);
     }
     LLVMValueRef *entry_fns = xalloc(sizeof(LLVMValueRef) * ((size_t)nprogs + 1));
+    stage_push(ST_IR_BUILD);
     ll_profile_begin(&ll, symbol);
     for (int i = 0; i < nprogs; i++)
         entry_fns[i] = gen_program(&ll, progs[i], i, sanitize(symbol));
     ll_profile_end(&ll, progs, nprogs);
     ll_emit_descriptor(&ll, cu, progs, nprogs, entry_fns, symbol);
+    stage_pop();
 
-    char *msg = NULL;
-    if (LLVMVerifyModule(ll.mod, LLVMReturnStatusAction, &msg)) {
-        fprintf(stderr, "%s", msg);
-        LLVMDumpModule(ll.mod);
-        internal_error(__FILE__, __LINE__, "the generated LLVM module does not verify: %s", msg);
+    ll_verify(&ll);
+    if (ll.split) {
+        err = llsplit_finish(&ll, opt.jobs, kind, out_path, &hint);
+    } else {
+        stage_push(ST_LLVM_OPT);
+        err = ll_run_passes(&ll);
+        stage_pop();
+        if (err)
+            internal_error(__FILE__, __LINE__, "%s", err);
+        if (dump_flags & DUMP_IR) {
+            char *ir = LLVMPrintModuleToString(ll.mod);
+            fputs(ir, dump_file ? dump_file : stderr);
+            LLVMDisposeMessage(ir);
+        }
+        err = ll_emit_output(&ll, kind, out_path, &hint);
     }
-    LLVMDisposeMessage(msg);
-    run_passes(&ll);
-    if (dump_flags & DUMP_IR) {
-        char *ir = LLVMPrintModuleToString(ll.mod);
-        fputs(ir, dump_file ? dump_file : stderr);
-        LLVMDisposeMessage(ir);
-    }
-    err = ll_emit_output(&ll, kind, out_path, &hint);
     if (!err && diag_errs)
         err = xfmt("LLVM: %s", diag_errs);
+    free(diag_errs);
     ll_dispose(&ll);
     if (err) {
         if (hint)

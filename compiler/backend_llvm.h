@@ -34,6 +34,9 @@ typedef struct LL {
     /* the kernel functions emitted so far, by key (loopir.h's lk_key) */
     VEC(LKernelKey) kernel_keys;
     VEC(LLVMValueRef) kernel_fns;
+    /* NULL: every function in this module; else the kernels go to the
+     * partition modules of backend_llvm_split.c and this one declares them */
+    struct LLSplit *split;
 } LL;
 
 /* backend_llvm.c: the target machine, module and types for the host CPU
@@ -44,6 +47,40 @@ void ll_dispose(LL *ll);
 /* Writes the module as kind (obj, so, ll, asm) to out_path; returns an
  * error message (and maybe a hint) or NULL. */
 char *ll_emit_output(LL *ll, EmitKind kind, const char *out_path, char **hint);
+
+/* backend_llvm.c: runs the optimisation pipeline of ll->opt on the module;
+ * returns NULL or why it failed (malloc'd, as nothing here may touch the
+ * arena: partitions run it on worker threads). */
+char *ll_run_passes(LL *ll);
+/* internal_error (with the module on stderr) unless ll's module verifies */
+void ll_verify(LL *ll);
+
+/* backend_llvm_split.c: one program's kernels compiled as several modules,
+ * each in its own context, optimised and code-generated on a pool of
+ * threads and linked into one object or shared object.
+ *
+ * llsplit_begin gives ll (already ll_init'ed) nparts partition modules;
+ * kernel_fn and gen_program then ask llsplit_pick which partition builds a
+ * new kernel or entry function (deterministic: for a kernel the partition
+ * that already has one of its GEMM shapes, else the smallest so far,
+ * measured in LLVM instructions), and llsplit_export makes the function
+ * there a hidden global (renamed if its name is taken) and returns its
+ * declaration in ll's module, which declares every such function. llsplit_finish verifies, compiles
+ * every module on `jobs` threads and links the objects (main module first,
+ * then the partitions in order, so the output does not depend on `jobs`);
+ * it returns an error (and maybe a hint) or NULL, and frees the partitions. */
+enum { LL_DEFAULT_SPLIT = 8 };
+bool llsplit_begin(LL *ll, int nparts, char **err);
+LL *llsplit_pick(LL *ll, const LProgram *p, const LKernel *k);
+LLVMValueRef llsplit_export(LL *ll, LL *part, LLVMValueRef fn, LLVMTypeRef fnty_in_ll);
+/* fn (a hidden global of any module) in ll's module: fn itself or a
+ * declaration of it with type fnty (of ll's context) */
+LLVMValueRef ll_function_in(LL *ll, LLVMValueRef fn, LLVMTypeRef fnty);
+char *llsplit_finish(LL *ll, int jobs, EmitKind kind, const char *out_path, char **hint);
+/* The objects objs[0..n) as kind (EMIT_OBJ: one relocatable object, by
+ * `cc -r`; EMIT_SO: a shared object, by `cc -shared`) at out_path, written
+ * under a temporary name and renamed; returns an error (and hint) or NULL. */
+char *ll_link_objects(LLVMMemoryBufferRef *objs, int n, EmitKind kind, const char *out_path, char **hint);
 
 /* backend_llvm.c: small shared helpers */
 LLVMTypeRef ll_type(LL *ll, DType dt);          /* register type: bool is i1 */
@@ -63,6 +100,8 @@ LLVMValueRef ll_parallel_helper(LL *ll);
  * thread. llg_supported: the shapes it generates (f32 or f64, not both
  * operands transposed); the others call BLAS. */
 bool llg_supported(const LGemm *gm, DType dt);
+/* has ll's module the generated GEMM function of gm (dtype dt) already? */
+bool llg_defined(LL *ll, const LGemm *gm, DType dt);
 void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef a, LLVMValueRef bp, LLVMValueRef c,
               LLVMValueRef p0, LLVMValueRef ctx);
 
@@ -87,7 +126,9 @@ void ll_emit_descriptor(LL *ll, const CompUnit *cu, LProgram **progs, int n, LLV
  * entry function calls its kernels through ll_profile_call; ll_profile_end
  * fills in the table once every program has its counters. */
 void ll_profile_begin(LL *ll, const char *symbol);
-void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nkernels, LLVMValueRef *clo);
+/* ll_profile_calls: the calls of an entry function built in ll, which is
+ * top or one of its partitions; the table and counters belong to top. */
+void ll_profile_calls(LL *top, LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nkernels, LLVMValueRef *clo);
 void ll_profile_end(LL *ll, LProgram **progs, int n);
 
 #endif

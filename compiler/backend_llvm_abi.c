@@ -200,17 +200,31 @@ static LLVMValueRef now_ns(LL *ll, LLVMBuilderRef b, LLVMValueRef clk, LLVMValue
     return LLVMBuildAdd(b, LLVMBuildMul(b, sec, LLVMConstInt(ll->t_i64, 1000000000, 0), ""), nsec, "");
 }
 
-void ll_profile_calls(LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nk, LLVMValueRef *clo) {
+void ll_profile_calls(LL *top, LL *ll, LLVMBuilderRef b, int prog, LLVMValueRef *kfn, int nk, LLVMValueRef *clo) {
+    const char *table_name = LLVMGetValueName(top->prof_table);
     LLVMTypeRef at = LLVMArrayType2(ll->t_i64, (uint64_t)(nk ? nk : 1));
-    LLVMValueRef ns = LLVMAddGlobal(ll->mod, at, xfmt("%s.ns.%d", LLVMGetValueName(ll->prof_table), prog));
+    LLVMValueRef ns = LLVMAddGlobal(ll->mod, at, xfmt("%s.ns.%d", table_name, prog));
     LLVMSetInitializer(ns, LLVMConstNull(at));
-    LLVMSetLinkage(ns, LLVMPrivateLinkage);
-    ASSERT(ll->prof_ns.len == prog);
-    vec_push(&ll->prof_ns, ns);
+    LLVMValueRef table = top->prof_table, ns_in_top = ns;
+    if (ll == top) {
+        LLVMSetLinkage(ns, LLVMPrivateLinkage);
+    } else {
+        /* the entry is in a partition module (backend_llvm_split.c): its
+         * counters are a hidden global there, the table the top module's */
+        LLVMSetVisibility(ns, LLVMHiddenVisibility);
+        LLVMValueRef decl = LLVMAddGlobal(top->mod, LLVMArrayType2(top->t_i64, (uint64_t)(nk ? nk : 1)), LLVMGetValueName(ns));
+        LLVMSetVisibility(decl, LLVMHiddenVisibility);
+        ns_in_top = decl;
+        table = LLVMGetNamedGlobal(ll->mod, table_name);
+        if (!table)
+            table = LLVMAddGlobal(ll->mod, prof_table_type(ll), table_name);
+    }
+    ASSERT(top->prof_ns.len == prog);
+    vec_push(&top->prof_ns, ns_in_top);
 
     LLVMValueRef fn = LLVMGetBasicBlockParent(LLVMGetInsertBlock(b));
     LLVMValueRef ts = LLVMBuildArrayAlloca(b, ll->t_i64, LLVMConstInt(ll->t_i64, 2, 0), "ts");
-    LLVMValueRef on = LLVMBuildLoad2(b, ll->t_i32, ll->prof_table, "");
+    LLVMValueRef on = LLVMBuildLoad2(b, ll->t_i32, table, "");
     LLVMBasicBlockRef plain = LLVMAppendBasicBlockInContext(ll->ctx, fn, "plain");
     LLVMBasicBlockRef timed = LLVMAppendBasicBlockInContext(ll->ctx, fn, "timed");
     LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(ll->ctx, fn, "done");

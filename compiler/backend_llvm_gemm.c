@@ -647,7 +647,7 @@ static bool same_im2col(const LIm2col *a, const LIm2col *b) {
            a->pw == b->pw && a->oh == b->oh;
 }
 
-static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
+static LLVMValueRef gemm_lookup(LL *ll, const LGemm *gm, DType dt) {
     for (int i = 0; i < ll->gemm_keys.len; i++) {
         const LGemm *o = &ll->gemm_keys.data[i];
         if (ll->gemm_dts.data[i] == dt && o->m == gm->m && o->n == gm->n && o->k == gm->k && o->lda == gm->lda &&
@@ -656,6 +656,15 @@ static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
             same_im2col(o->b_im2col, gm->b_im2col))
             return ll->gemm_fns.data[i];
     }
+    return NULL;
+}
+
+bool llg_defined(LL *ll, const LGemm *gm, DType dt) { return gemm_lookup(ll, gm, dt) != NULL; }
+
+static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
+    LLVMValueRef found = gemm_lookup(ll, gm, dt);
+    if (found)
+        return found;
     LLVMTypeRef pt[8] = {ll->t_ptr, ll->t_ptr, ll->t_ptr, ll->t_i64, ll->t_i64, ll->t_i64, ll->t_i64, ll->t_i64};
     const char *name = xfmt("lethe.%sgemm.%s%s.%lldx%lldx%lld.%lld.%lld.%lld%s%s", dt == DT_F32 ? "s" : "d",
                             gm->trans_a ? "t" : "n", gm->trans_b ? "t" : "n", (long long)gm->m, (long long)gm->n,

@@ -210,6 +210,11 @@ typedef struct BackendOptions {
     const char *program_symbol; /* "lethe_program" by default */
     const char *cuda_arch;      /* cuda_emit: "sm_90" by default */
     const char *nvrtc_flags;    /* cuda_emit: extra NVRTC options, space-separated */
+    /* llvm_emit of obj and so: the kernels in split_modules modules besides
+     * the entries' (0: the default, 8; 1: one module), compiled on `jobs`
+     * threads (0: one per online CPU); the output does not depend on jobs */
+    int split_modules;
+    int jobs;
 } BackendOptions;
 /* Emits every program of `cu` into one output. Errors are reported with
  * error_noloc. */

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "lower_int.h"
+#include "stage_time.h"
 
 enum { ROLE_KEPT, ROLE_RED, ROLE_PART };
 
@@ -866,8 +867,12 @@ LProgram *lower_entry(const Entry *e, const LowerOptions *opt) {
     if (L.opt.parallel_min_work <= 0)
         L.opt.parallel_min_work = 32768;
     vstacks_init(&L.vs);
+    stage_push(ST_FUSION);
     L.f = fusion_run(e);
+    stage_pop();
+    stage_push(ST_MEMPLAN);
     memplan_homes(L.f);
+    stage_pop();
     FILE *dump = dump_file ? dump_file : stderr;
     if (dump_flags & DUMP_FUSION)
         fusion_dump(L.f, dump);
@@ -888,7 +893,9 @@ LProgram *lower_entry(const Entry *e, const LowerOptions *opt) {
         case KK_COPY: lower_copy(&L, fk, k); break;
         }
     }
+    stage_push(ST_MEMPLAN);
     memplan_offsets(L.p, (dump_flags & DUMP_MEMORY) ? dump : NULL);
+    stage_pop();
     loopir_verify(L.p);
     return L.p;
 }

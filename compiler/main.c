@@ -12,6 +12,7 @@
 #include "graph.h"
 #include "loopir.h"
 #include "lethe_abi.h"
+#include "stage_time.h"
 
 static const char usage[] =
     "usage: lethec IN.lth [-o OUT] [options]\n"
@@ -31,6 +32,9 @@ static const char usage[] =
     "  --cpu=NAME          target CPU (default: this machine's); e.g. x86-64-v3\n"
     "  --no-fast-math      no reassociation/contraction of float math\n"
     "  --f64               compute in f64 wherever the program says f32\n"
+    "  -j N, --jobs=N      threads for LLVM (default: one per CPU); the output is the same\n"
+    "  --split-modules=N   obj and so: the kernels as N LLVM modules compiled in parallel\n"
+    "                      (default 8; 1: one module, as --emit=ll and asm always are)\n"
     "  --name=NAME         the program table is lethe_program_NAME (default: _main)\n"
     "  -I DIR              search DIR for imports (after the importing file's folder;\n"
     "                      then $LETHE_PATH, then the graphs/ folder of this install)\n"
@@ -39,6 +43,7 @@ static const char usage[] =
     "  --experiment=NAME   instantiate this experiment (when the file has several)\n"
     "  -d STAGES           dump stages to stderr: ast,shapes,grad,opt,fusion,memory,loops,ir\n"
     "  --dump-to=FILE      write dumps to FILE instead of stderr\n"
+    "  --time-passes       print the wall and CPU time of every stage to stderr\n"
     "  --help, --version\n";
 
 typedef struct Options {
@@ -72,6 +77,15 @@ static unsigned parse_flags(const char *list, const char *const *names, const un
         out |= bits[k];
     }
     return out;
+}
+
+/* a whole number from 1 to 1024 */
+static int parse_count(const char *s, const char *flag) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < 1 || v > 1024)
+        usage_error(xfmt("%s wants a number from 1 to 1024, not '%%s'", flag), s);
+    return (int)v;
 }
 
 static const char *self_dir(void) {
@@ -141,6 +155,13 @@ static void parse_args(int argc, char **argv, Options *o) {
             o->backend.nvrtc_flags = a + 14;
         } else if (!strcmp(a, "--no-fast-math")) {
             o->backend.fast_math = false;
+        } else if (!strcmp(a, "-j") || !strncmp(a, "--jobs=", 7)) {
+            const char *n = a[1] == 'j' ? (++i < argc ? argv[i] : NULL) : a + 7;
+            o->backend.jobs = n ? parse_count(n, "-j") : 0;
+            if (!n)
+                usage_error("%s needs a number of threads", "-j");
+        } else if (!strncmp(a, "--split-modules=", 16)) {
+            o->backend.split_modules = parse_count(a + 16, "--split-modules");
         } else if (!strcmp(a, "--f64")) {
             o->sema.promote_f64 = true;
         } else if (!strncmp(a, "--name=", 7)) {
@@ -161,6 +182,8 @@ static void parse_args(int argc, char **argv, Options *o) {
             if (++i == argc)
                 usage_error("%s needs a list of stages", "-d");
             dump_flags |= parse_flags(argv[i], dump_names, dump_bits, 8, "-d stage");
+        } else if (!strcmp(a, "--time-passes")) {
+            time_passes = true;
         } else if (!strncmp(a, "--dump-to=", 10)) {
             dump_file = fopen(a + 10, "w");
             if (!dump_file)
@@ -212,15 +235,21 @@ static const char *output_path(const Options *o, EmitKind k) {
 }
 
 static int compile(Options *o) {
+    stage_push(ST_READ);
     SrcFile *file = srcfile_read(o->in);
+    stage_pop();
     if (!file) {
         fprintf(stderr, "lethec: cannot read %s\n", o->in);
         return 1;
     }
+    stage_push(ST_PARSE);
     Program *prog = parse_file(file);
+    stage_pop();
     if (dump_flags & DUMP_AST)
         ast_dump(prog, dump_file);
+    stage_push(ST_SEMA);
     CompUnit *cu = sema_program(prog, &o->sema);
+    stage_pop();
     if (dump_flags & DUMP_SHAPES)
         for (int i = 0; i < cu->entries.len; i++)
             graph_dump(cu->entries.data[i], dump_file);
@@ -234,7 +263,9 @@ static int compile(Options *o) {
         optimize_entry(e);
         if (dump_flags & DUMP_OPT)
             graph_dump(e, dump_file);
+        stage_push(ST_LOWER);
         progs[i] = lower_entry(e, &lopt);
+        stage_pop();
         if (dump_flags & DUMP_LOOPS)
             loopir_dump(progs[i], dump_file);
     }
@@ -243,9 +274,11 @@ static int compile(Options *o) {
             continue;
         if (o->cuda)
             cuda_emit(cu, progs, cu->entries.len, (EmitKind)k, output_path(o, (EmitKind)k), &o->backend);
-        else if (k == EMIT_HEADER)
+        else if (k == EMIT_HEADER) {
+            stage_push(ST_HEADER);
             emit_header(cu, progs, cu->entries.len, output_path(o, EMIT_HEADER), o->backend.program_symbol);
-        else
+            stage_pop();
+        } else
             llvm_emit(cu, progs, cu->entries.len, (EmitKind)k, output_path(o, (EmitKind)k), &o->backend);
     }
     return 0;
@@ -261,6 +294,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     int rc = compile(&o);
+    stage_report(stderr);
     if (dump_file && dump_file != stderr)
         fclose(dump_file);
     arena_reset();

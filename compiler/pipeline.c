@@ -3,6 +3,7 @@
  * by the lethec driver and the fuzz harness.
  */
 #include "graph.h"
+#include "stage_time.h"
 
 /* After the passes: arguments whose INPUT node died are not read, and an
  * argument neither read nor written (other than a scalar) leaves the
@@ -29,19 +30,33 @@ static void finish_args(Entry *e) {
     e->args.len = n;
 }
 
+static void verify_timed(Entry *e, const char *after) {
+    stage_push(ST_VERIFY);
+    pass_verify(e, after);
+    stage_pop();
+}
+
 void optimize_entry(Entry *e) {
-    pass_verify(e, "sema");
+    verify_timed(e, "sema");
     for (int round = 0; round < 2; round++) {
+        stage_push(ST_FOLD);
         pass_fold(e);
-        pass_verify(e, "fold");
+        stage_pop();
+        verify_timed(e, "fold");
+        stage_push(ST_SIMPLIFY);
         pass_simplify(e);
-        pass_verify(e, "simplify");
+        stage_pop();
+        verify_timed(e, "simplify");
+        stage_push(ST_CSE);
         pass_cse(e);
-        pass_verify(e, "cse");
+        stage_pop();
+        verify_timed(e, "cse");
+        stage_push(ST_DCE);
         pass_dce(e);
-        pass_verify(e, "dce");
+        stage_pop();
+        verify_timed(e, "dce");
     }
     finish_args(e);
-    pass_verify(e, "args");
+    verify_timed(e, "args");
 }
 

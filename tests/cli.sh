@@ -45,6 +45,6 @@ $L "$src" -o /no/such/dir/x.o > "$t/bad4" 2>&1; rc=$?
 expect unwritable_output '[ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -q "error" "$t/bad4"' "rc $rc: $(cat "$t/bad4")"
 # equal kernels of two entries become one function (loopir.h's lk_key)
 $L tests/lth/cli_twins.lth -O0 --emit=ll -o "$t/twins.ll" 2> "$t/twins.err"
-na=$(grep -c '^define internal void @lethe_program_main\.step_a\.k[0-9a-z_]*(ptr' "$t/twins.ll")
-nb=$(grep -c '^define internal void @lethe_program_main\.step_b\.k[0-9a-z_]*(ptr' "$t/twins.ll")
+na=$(grep -c '^define hidden void @lethe_program_main\.step_a\.k[0-9a-z_]*(ptr' "$t/twins.ll")
+nb=$(grep -c '^define hidden void @lethe_program_main\.step_b\.k[0-9a-z_]*(ptr' "$t/twins.ll")
 expect kernels_shared '[ "$na" -gt 5 ] && [ "$nb" -eq 0 ]' "step_a defines $na kernel functions, step_b $nb (expected none: equal kernels): $(cat "$t/twins.err")"
