@@ -24,6 +24,13 @@ int lethe_verrf(char *err, int status, const char *fmt, va_list ap) {
     return status;
 }
 
+int lethe_cli_fail(const char *what, const char *msg, const char *hint) {
+    fprintf(stderr, "lethe: error: %s%s%s\n", what ? what : "", what ? ": " : "", msg);
+    if (hint)
+        fprintf(stderr, "---> HINT: %s\n", hint);
+    return 1;
+}
+
 int lethe_errf(char *err, int status, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -69,6 +69,10 @@ const char *lethe_status_name(int status);
 int lethe_errf(char *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int lethe_verrf(char *err, int status, const char *fmt, va_list ap);
 
+/* What a subcommand prints when it fails: "lethe: error: [what: ]msg" and,
+ * if hint is non-NULL, "---> HINT: hint"; returns 1 (the exit status). */
+int lethe_cli_fail(const char *what, const char *msg, const char *hint);
+
 /* ---- fatal checks ------------------------------------------------------ */
 
 /* Prints "lethe: error at file:line: msg" plus one "---> HINT: " line per

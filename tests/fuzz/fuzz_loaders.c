@@ -1,7 +1,7 @@
 /* fuzz_loaders.c: one libFuzzer target over every parser of untrusted bytes
  * in the runtime, all from memory buffers:
  *
- *   first byte % 5    target
+ *   first byte % 6    target
  *   0                 IDX images + labels (ds_parse_idx); the next two bytes
  *                     (little-endian) say where the image part ends
  *   1                 CIFAR-10 binary records (ds_parse_cifar10)
@@ -10,6 +10,12 @@
  *   3                 JSON (json_parse), the tree walked, written back with
  *                     the writer and parsed again: the same tree
  *   4                 gzip (ds_gunzip)
+ *   5                 GPT-2 BPE (bpe.h); the next byte's bit 0 picks:
+ *                     0: the rest is text for the tiny vocabulary of
+ *                        bpe_tiny_vocab.h (bit 1: <|endoftext|> allowed):
+ *                        the pieces tile it, decode(encode(x)) == x
+ *                     1: the rest is encoder.json, a NUL, vocab.bpe: refused
+ *                        cleanly or, if loaded, it round-trips text
  *
  * The rest of the input is the file. Failures must leave a NUL-terminated,
  * non-empty message and nothing allocated; successes must be internally
@@ -17,7 +23,7 @@
  *
  * Build and run (from the repository root):
  *   clang-19 -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime \
- *       tests/fuzz/fuzz_loaders.c runtime/{check,data,fsutil,json,safetensors}.c \
+ *       tests/fuzz/fuzz_loaders.c runtime/{bpe,check,data,fsutil,json,safetensors}.c \
  *       -lz -lm -o build/fuzz_loaders
  *   build/fuzz_loaders -max_total_time=300 -max_len=65536 \
  *       -dict=tests/fuzz/loaders.dict build/fuzz-corpus tests/fuzz/corpus_loaders
@@ -28,9 +34,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bpe.h"
 #include "data.h"
 #include "json.h"
 #include "safetensors.h"
+
+#include "bpe_tiny_vocab.h"
 
 /* Any violated expectation aborts, which libFuzzer and the replay test report. */
 #define FUZZ_EXPECT(cond)                                                      \
@@ -159,10 +168,42 @@ static void st_roundtrip(const st_file *f) {
     free(buf);
 }
 
+/* The pre-tokenizer tiles the text and decode(encode(text)) == text. */
+static void bpe_round_trip(bpe *b, const uint8_t *text, size_t n, int flags) {
+    for (size_t i = 0; i < n;) {
+        size_t end = bpe_piece_end(text, n, i);
+        FUZZ_EXPECT(end > i && end <= n);
+        i = end;
+    }
+    char err[LETHE_ERR_LEN];
+    bpe_ids ids = {0};
+    FUZZ_EXPECT(bpe_encode(b, text, n, flags, &ids, err) == 0);
+    FUZZ_EXPECT(ids.n <= n); /* every token stands for at least one byte */
+    uint8_t *back = NULL;
+    size_t len = 0;
+    FUZZ_EXPECT(bpe_decode(b, ids.ids, ids.n, &back, &len, err) == 0);
+    FUZZ_EXPECT(len == n && (n == 0 || !memcmp(back, text, n)));
+    free(back);
+    bpe_ids_free(&ids);
+}
+
+/* bpe_tiny_vocab.h's vocabulary, loaded once and kept */
+static bpe *tiny_bpe(void) {
+    static bpe *b;
+    if (!b) {
+        size_t elen, vlen;
+        char *enc = tiny_encoder_json(&elen), *voc = tiny_vocab_bpe(&vlen), err[LETHE_ERR_LEN];
+        FUZZ_EXPECT(bpe_load_mem(enc, elen, "tiny.json", voc, vlen, "tiny.bpe", &b, err) == 0);
+        free(enc);
+        free(voc);
+    }
+    return b;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1)
         return 0;
-    int target = data[0] % 5;
+    int target = data[0] % 6;
     data++;
     size--;
     char err[LETHE_ERR_LEN];
@@ -270,6 +311,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             check_error(rc, err);
             FUZZ_EXPECT(out == NULL);
         }
+        break;
+    }
+    case 5: {
+        if (size < 1)
+            return 0;
+        int mode = data[0];
+        data++;
+        size--;
+        if (!(mode & 1)) {
+            bpe_round_trip(tiny_bpe(), data, size, mode & 2 ? BPE_ALLOW_SPECIAL : 0);
+            break;
+        }
+        const uint8_t *nul = memchr(data, 0, size);
+        size_t elen = nul ? (size_t)(nul - data) : size;
+        const char *voc = nul ? (const char *)nul + 1 : "";
+        size_t vlen = nul ? size - elen - 1 : 0;
+        bpe *b = NULL;
+        int rc = bpe_load_mem((const char *)data, elen, "encoder.json", voc, vlen, "vocab.bpe", &b, err);
+        if (rc) {
+            check_error(rc, err);
+            FUZZ_EXPECT(b == NULL);
+            break;
+        }
+        static const char text[] = "hello world, it's 2026: caf\xc3\xa9 \xe6\x97\xa5 \xff\xfe <|endoftext|>\n\n";
+        bpe_round_trip(b, (const uint8_t *)text, sizeof text - 1, BPE_ALLOW_SPECIAL);
+        bpe_round_trip(b, (const uint8_t *)voc, vlen, 0);
+        bpe_free(b);
         break;
     }
     }

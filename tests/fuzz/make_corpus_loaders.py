@@ -4,7 +4,7 @@ tests/fuzz/corpus_loaders/ (seed_* files; crash reproducers found by the
 fuzzer are kept there too, under crash_* names, and never regenerated).
 
 Each file starts with the target byte (0 IDX, 1 CIFAR-10, 2 safetensors,
-3 JSON, 4 gzip) followed by the file's bytes. Deterministic: gzip mtime 0.
+3 JSON, 4 gzip, 5 BPE) followed by the file's bytes. Deterministic: gzip mtime 0.
 """
 import gzip
 import json
@@ -58,6 +58,21 @@ def safetensors(tensors, meta=None):
     return struct.pack("<Q", len(h)) + h + b"".join(blobs)
 
 
+def gpt2_alphabet(b):
+    """The character that stands for byte b in GPT-2's encoder.json and vocab.bpe."""
+    printable = lambda c: 0x21 <= c <= 0x7E or 0xA1 <= c <= 0xAC or c >= 0xAE
+    return chr(b) if printable(b) else chr(0x100 + sum(not printable(c) for c in range(b)))
+
+
+def bpe_vocab(merges):
+    """encoder.json, a NUL, vocab.bpe: the byte tokens, one per merge, <|endoftext|>."""
+    enc = lambda bs: "".join(gpt2_alphabet(c) for c in bs)
+    tokens = [enc(bytes([b])) for b in range(256)] + [enc(a + b) for a, b in merges] + ["<|endoftext|>"]
+    encoder = json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False).encode()
+    vocab = "#version: 0.2\n" + "".join(f"{enc(a)} {enc(b)}\n" for a, b in merges)
+    return encoder + b"\0" + vocab.encode()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     seeds = {}
@@ -106,6 +121,12 @@ def main():
     seeds["seed_json_numbers"] = bytes([3]) + b"[0, -0, 1.5e+10, -2E-3, 9223372036854775807, 9223372036854775808]"
     seeds["seed_gz_two_members"] = bytes([4]) + gz(b"hello ") + gz(b"world")
     seeds["seed_gz_plain"] = bytes([4]) + b"not compressed at all"
+    text = "hello world, I'm  here\n\n caf\u00e9 \u65e5\u672c 0000 \U0001F600 <|endoftext|>  ".encode() + b"\xff\xe2\x82 x"
+    seeds["seed_bpe_text"] = bytes([5, 0]) + text
+    seeds["seed_bpe_text_special"] = bytes([5, 2]) + text
+    merges = [(b"h", b"e"), (b"l", b"l"), (b"he", b"ll"), (b"hell", b"o"), (b" ", b"w"), (b"\xc3", b"\xa9")]
+    seeds["seed_bpe_vocab"] = bytes([5, 1]) + bpe_vocab(merges)
+    seeds["seed_bpe_vocab_truncated"] = bytes([5, 1]) + bpe_vocab(merges)[:-9]
     for name, data in seeds.items():
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)
