@@ -511,7 +511,14 @@ static Value call_list(Value list, Value *pos, int npos, Loc loc) {
         Value m = list.tree->vals[i];
         if (m.kind != V_MODULE)
             error_at(loc, "only a list of modules can be applied; element %d is %s", i, value_kind_name(&m));
+        /* every element is called from the same place: its index keeps the
+         * random streams (dropout, uniform_like) of the elements apart */
+        uint64_t salt = cur ? cur->stream_salt : 0;
+        if (cur)
+            cur->stream_salt = hash_bytes(&i, sizeof i, salt ^ 0x2545f491u);
         x = module_call(m, NULL, &x, 1, loc);
+        if (cur)
+            cur->stream_salt = salt;
     }
     return x;
 }

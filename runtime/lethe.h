@@ -69,6 +69,8 @@ void ts_clear(ts_store *s);
 /* Atomic safetensors file; `meta` is NULL or key/value pairs (NULL-terminated). */
 int ts_save(const ts_store *s, const char *path, const char *const *meta, char *err);
 int ts_load(ts_store *s, const char *path, char *err);           /* replaces the contents */
+/* "[2, 3]" into buf (for messages); returns buf. */
+const char *ts_shape_text(int rank, const int64_t *shape, char *buf, size_t n);
 /* Sum of squared differences over the float tensors the two share. */
 double ts_distance2(const ts_store *a, const ts_store *b);
 

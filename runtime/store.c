@@ -49,7 +49,7 @@ ts_tensor *ts_get(const ts_store *s, const char *name) {
     return NULL;
 }
 
-static const char *shape_text(int rank, const int64_t *shape, char *buf, size_t n) {
+const char *ts_shape_text(int rank, const int64_t *shape, char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < rank && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
@@ -67,7 +67,7 @@ ts_tensor *ts_put(ts_store *s, const char *name, int dtype, int rank, const int6
         if (!same) {
             char a[128], b[128];
             lethe_errf(err, LETHE_EFORMAT, "tensor %s is %s, but the program expects %s", name,
-                       shape_text(t->rank, t->shape, a, sizeof a), shape_text(rank, shape, b, sizeof b));
+                       ts_shape_text(t->rank, t->shape, a, sizeof a), ts_shape_text(rank, shape, b, sizeof b));
             return NULL;
         }
         return t;

@@ -1,0 +1,173 @@
+#!/usr/bin/python3
+"""bench_torch_gpt2.py: the PyTorch side of bench/run_gpt2.sh.
+
+    bench_torch_gpt2.py CONFIG ENTRY [--warmup N] [--steps N] [--threads N]
+
+CONFIG is gpt2 (124M: 12 layers, C = 768, 12 heads, vocabulary 50257, 1024
+positions) or tiny (2 layers, C = 64, 4 heads, vocabulary 512, 128
+positions: bench/gpt2_tiny.lth, for checking the harness). ENTRY names the
+pass as bench/gpt2.lth does, batch 4:
+
+  train_t64, train_t128   forward, backward and torch.optim.AdamW (lr 6e-4,
+                          weight decay 0.01) after clip_grad_norm_(1.0), T =
+                          64 or 128: graphs/train/adamw.lth's adamw_lm
+  eval_t128               the LM loss under no_grad, eval mode
+  embgrad_t128            the gradient of the LM loss with respect to the
+                          input embeddings (inputs_embeds), parameters frozen
+
+The model is GPT-2 in float32 written from Hugging Face's formulas, as
+tests/reference/make_gpt2_reference.py writes it in float64 (transformers is
+not in Debian): token + position embeddings, pre-LN blocks, causal
+multi-head attention with the masked scores at finfo.min, Conv1D layers (x @
+weight + bias, weight [in, out]), an MLP of 4C with gelu_new (PyTorch's
+fused tanh GELU, the same function), ln_f, the LM head tied to wte; the LM
+loss is HF's (labels = ids, -100 at padding; here every position is real).
+The settings that make it fastest (OpenBLAS's AVX-512 kernel, jemalloc,
+OMP_WAIT_POLICY=PASSIVE; PERF-ANCHORS) are the caller's environment.
+
+One process times one pass, so its peak resident memory (getrusage: the
+whole process) belongs to it alone. Prints one line of key=value pairs, like
+bench/bench_resnet.c.
+"""
+import argparse
+import math
+import os
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONFIGS = {"gpt2": (12, 768, 12, 50257, 1024), "tiny": (2, 64, 4, 512, 128)}
+ENTRIES = {"train_t64": ("train", 64), "train_t128": ("train", 128), "eval_t128": ("eval", 128),
+           "embgrad_t128": ("embgrad", 128)}
+BATCH = 4
+
+
+class Conv1D(nn.Module):
+    """HF's Conv1D: weight [in, out], x @ weight + bias."""
+
+    def __init__(self, fin, fout, std=0.02):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fin, fout) * std)
+        self.bias = nn.Parameter(torch.zeros(fout))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
+class Block(nn.Module):
+    def __init__(self, layers, c, heads):
+        super().__init__()
+        proj_std = 0.02 / math.sqrt(2 * layers)
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(c, eps=1e-5)
+        self.c_attn = Conv1D(c, 3 * c)
+        self.attn_proj = Conv1D(c, c, proj_std)
+        self.ln_2 = nn.LayerNorm(c, eps=1e-5)
+        self.c_fc = Conv1D(c, 4 * c)
+        self.mlp_proj = Conv1D(4 * c, c, proj_std)
+
+    def attn(self, x):
+        b, t, c = x.shape
+        hd = c // self.heads
+        q, k, v = self.c_attn(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, hd).transpose(1, 2) for z in (q, k, v))
+        s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        s = s.masked_fill(~causal, torch.finfo(s.dtype).min)
+        y = (s.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, c)
+        return self.attn_proj(y)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPT2(nn.Module):
+    def __init__(self, layers, c, heads, vocab, positions):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, c)
+        self.wpe = nn.Embedding(positions, c)
+        nn.init.normal_(self.wte.weight, std=0.02)
+        nn.init.normal_(self.wpe.weight, std=0.02)
+        self.h = nn.ModuleList(Block(layers, c, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(c, eps=1e-5)
+
+    def logits_from_embeds(self, e):
+        x = e + self.wpe.weight[: e.shape[1]]
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.t()
+
+
+def lm_loss(logits, idx, mask):
+    """HF's GPT2LMHeadModel loss: labels = idx, -100 where mask is 0."""
+    labels = idx.masked_fill(mask == 0, -100)[:, 1:]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config", choices=CONFIGS)
+    ap.add_argument("entry", choices=ENTRIES)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    # one thread per CPU, as the Lethe side; set explicitly because libgomp
+    # can settle on 1 in a container whatever the CPU count
+    torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
+    torch.manual_seed(0)
+    layers, c, heads, vocab, positions = CONFIGS[a.config]
+    mode, t = ENTRIES[a.entry]
+    model = GPT2(layers, c, heads, vocab, positions)
+    idx = torch.randint(0, vocab, (BATCH, t))
+    mask = torch.ones(BATCH, t)
+
+    if mode == "train":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = lm_loss(model.logits_from_embeds(model.wte(idx)), idx, mask)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            return loss
+    elif mode == "eval":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                return lm_loss(model.logits_from_embeds(model.wte(idx)), idx, mask)
+    else:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+        def step():
+            e = model.wte(idx).requires_grad_(True)
+            (g,) = torch.autograd.grad(lm_loss(model.logits_from_embeds(e), idx, mask), e)
+            return g
+
+    for _ in range(a.warmup):
+        step()
+    times, cpu = [], []
+    for _ in range(max(a.steps, 1)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = step()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    loss = " loss=%.4f" % out.item() if out.dim() == 0 else ""
+    print("entry=%s median_s=%.5f min_s=%.5f max_s=%.5f cpu_min_s=%.5f steps=%d threads=%d peak_rss_mb=%.1f%s"
+          % (a.entry, statistics.median(times), min(times), max(times), min(cpu), len(times), torch.get_num_threads(),
+             rss, loss))
+
+
+if __name__ == "__main__":
+    main()
