@@ -8,7 +8,12 @@ train (forward, backward and an SGD step with momentum 0.9 and weight decay
 5e-4, batch-norm in training mode), eval (forward under no_grad, eval mode)
 or gus (the gradient of the summed per-sample cross entropy with respect to
 the input, eval mode, parameters frozen: the Gaussian Unlearning Score
-pass); LAYOUT is nchw or cl (channels_last). The network is the CIFAR
+pass), or craft (one Witches' Brew step on CRAFT_POISONS poisons, eval
+mode: the poison batch's gradient over all parameters with
+create_graph=True, 1 - cosine against a target gradient computed once
+beforehand, its gradient with respect to the images, signed Adam and the
+projection onto the L-inf ball and the box; bench/craft.lth is the Lethe
+side); LAYOUT is nchw or cl (channels_last). The network is the CIFAR
 ResNet-18 of graphs/models/resnet18.lth (kuangliu/pytorch-cifar): a 3x3
 stem at stride 1 without max-pool, BasicBlocks [2, 2, 2, 2], global average
 pooling and a linear head, batch 128, 10 classes.
@@ -65,6 +70,40 @@ class ResNet18(nn.Module):
 
 
 CONFIGS = {"w64": (64, 3, 32), "w16": (16, 1, 28)}
+CRAFT_POISONS = 32   # the poison batch of bench/craft.lth
+
+
+def craft_step(model, channels, size, fmt):
+    """A Witches' Brew step as graphs/attacks/witches_brew.lth writes it
+    (augment = 0): eps 16/255 at pixel scale 1, the box [-1, 1], signed Adam
+    with lr 0.1, b1 0.9, b2 0.999 and 1e-8 in the denominator."""
+    model.eval()
+    params = list(model.parameters())
+    xt = torch.rand(1, channels, size, size).mul_(2).sub_(1).contiguous(memory_format=fmt)
+    adv = torch.randint(0, 10, (1,))
+    target_grad = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(xt), adv), params)]
+    target_norm = torch.sqrt(sum((g * g).sum() for g in target_grad))
+    x = torch.rand(CRAFT_POISONS, channels, size, size).mul_(2).sub_(1).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (CRAFT_POISONS,))
+    delta, m, v = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
+    eps, lr, b1, b2, t = 16.0 / 255, 0.1, 0.9, 0.999, [0]
+
+    def step():
+        d = delta.detach().requires_grad_(True)
+        poison_grad = torch.autograd.grad(F.cross_entropy(model(x + d), y), params, create_graph=True)
+        dot = sum((a * b).sum() for a, b in zip(target_grad, poison_grad))
+        loss = 1 - dot / (target_norm * torch.sqrt(sum((b * b).sum() for b in poison_grad)))
+        (g,) = torch.autograd.grad(loss, d)
+        with torch.no_grad():
+            s = g.sign()
+            m.mul_(b1).add_(s, alpha=1 - b1)
+            v.mul_(b2).addcmul_(s, s, value=1 - b2)
+            t[0] += 1
+            delta.sub_(lr * (m / (1 - b1 ** t[0])) / ((v / (1 - b2 ** t[0])).sqrt_() + 1e-8))
+            delta.clamp_(-eps, eps)
+            torch.maximum(torch.minimum(delta, 1 - x), -1 - x, out=delta)
+        return loss
+    return step
 
 
 def count_macs(model, x):
@@ -89,7 +128,7 @@ def count_macs(model, x):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config", choices=CONFIGS)
-    ap.add_argument("mode", choices=["train", "eval", "gus", "macs"])
+    ap.add_argument("mode", choices=["train", "eval", "gus", "craft", "macs"])
     ap.add_argument("layout", choices=["nchw", "cl"])
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
@@ -109,7 +148,9 @@ def main():
         print("macs_per_image=%d stem_macs_per_image=%d" % (macs, stem))
         return
 
-    if a.mode == "train":
+    if a.mode == "craft":
+        step = craft_step(model, channels, size, fmt)
+    elif a.mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 

@@ -11,10 +11,50 @@ import re
 import sys
 
 BATCH = 128
+CRAFT_POISONS = 32   # bench/craft.lth's poison batch
 
 
 def kv(text):
     return dict(re.findall(r"(\w+)=(\S+)", text))
+
+
+def craft_rows(p, runs, set_value):
+    """The crafting step (bench/craft.lth against bench_torch.py's craft
+    mode): poisons per second, ratio and peak RSS, per thread count; each
+    side's best round by median step."""
+    envs = [env for env in ("set/0", "set/1") if runs.get((env, "lethe", "craft_w16"))]
+    if not envs:
+        return
+    p("### Crafting: one Witches' Brew step, %d poisons, ResNet-18 width 16 on 1x28x28 (OPENBLAS_CORETYPE=%s)"
+      % (CRAFT_POISONS, set_value))
+    p("")
+    p("The gradient of 1 - cosine(target gradient, poison gradient) over all parameters with respect to the "
+      "images (second order; PyTorch: create_graph=True), then signed Adam and the projection.")
+    p("")
+    p("| threads | Lethe poisons/s | PyTorch poisons/s (NCHW / channels_last) | ratio | ratio of best steps "
+      "| Lethe peak RSS MiB | PyTorch peak RSS MiB |")
+    p("|---|---|---|---|---|---|---|")
+    for env in envs:
+        le = sorted(runs[(env, "lethe", "craft_w16")], key=lambda d: float(d["median_s"]))
+        to = {}
+        for d in runs.get((env, "torch", "craft_w16"), []):
+            if d["layout"] not in to or float(d["median_s"]) < float(to[d["layout"]]["median_s"]):
+                to[d["layout"]] = d
+        threads = le[0].get("threads", env.split("/")[1])
+        if not to:
+            p("| %s | %.1f | (missing) | | | %.0f | |" % (threads, CRAFT_POISONS / float(le[0]["median_s"]),
+                                                          float(le[0]["peak_rss_mb"])))
+            continue
+        ls = float(le[0]["median_s"])
+        ts = {k: float(v["median_s"]) for k, v in to.items()}
+        best = min(ts, key=ts.get)
+        tmin = min(float(v["min_s"]) for v in runs[(env, "torch", "craft_w16")])
+        lmin = min(float(d["min_s"]) for d in le)
+        p("| %s | %.1f | %.1f / %.1f | %.2f | %.2f | %.0f | %.0f |" % (
+            threads, CRAFT_POISONS / ls, CRAFT_POISONS / ts.get("nchw", float("nan")),
+            CRAFT_POISONS / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, float(le[0]["peak_rss_mb"]),
+            float(to[best]["peak_rss_mb"])))
+    p("")
 
 
 def main():
@@ -100,6 +140,7 @@ def main():
                     BATCH / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, lg,
                     100 * lg / pk, tg, 100 * tg / pk, float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
         p("")
+    craft_rows(p, runs, set_value)
     for cfg in ("w16", "w64"):
         lines = prof.get(cfg, [])
         head = [kv(x) for x in lines if x.startswith("P ")]

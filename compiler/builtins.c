@@ -41,6 +41,7 @@
     X(LAYERNORM, "layernorm", "x,gamma,beta,eps=")              \
     X(SOFTMAX, "softmax", "x,axis=") X(LOG_SOFTMAX, "log_softmax", "x,axis=") \
     X(CAUSAL_MASK, "causal_mask", "x")                          \
+    X(DROPOUT, "dropout", "x,p")                                \
     X(DOT, "dot", "a,b") X(COSINE, "cosine", "a,b")             \
     X(ZEROS_LIKE, "zeros_like", "t") X(ONES_LIKE, "ones_like", "t") \
     X(NORMAL_LIKE, "normal_like", "t,std=,mean=")               \
@@ -946,6 +947,22 @@ Value builtin_call(int id, Value *pos, int npos, const char **kwnames, Value *kw
         Node *row = g_iota(g, DT_I32, s, r - 2, loc), *col = g_iota(g, DT_I32, s, r - 1, loc);
         return v_tensor(g_where(g, g_binary(g, OP_GE, row, col, loc), x, scalar_like(g, -INFINITY, x, loc), loc));
     }
+    case B_DROPOUT: {
+        /* inverted dropout (torch.nn.functional.dropout): zero each element
+         * with probability p, scale the others by 1 / (1 - p); the identity
+         * under `eval` and at p = 0, so evaluation entries carry no noise */
+        double p = value_as_double(&a[1], loc, "p");
+        if (!(p >= 0 && p < 1))
+            error_at(loc, "dropout: p must be a compile-time number in [0, 1), not %g", p);
+        g = G(loc, "dropout");
+        Node *x = need_float(N(a[0], loc, "x"), loc, "dropout");
+        if (!cur->train || p == 0)
+            return a[0];
+        Node *u = make_rand(x, (double[]){1}, call_site_stream(loc), loc);
+        Node *keep = g_binary(g, OP_GE, u, scalar_like(g, p, u, loc), loc);
+        return v_tensor(g_where(g, keep, g_binary(g, OP_MUL, x, scalar_like(g, 1 / (1 - p), x, loc), loc),
+                                scalar_like(g, 0, x, loc), loc));
+    }
     case B_DOT: return v_tensor(tree_dot(a[0], a[1], loc));
     case B_RANGE: {
         int64_t n = value_as_int(&a[0], loc, "range(n)");
@@ -1024,8 +1041,9 @@ Value builtin_call(int id, Value *pos, int npos, const char **kwnames, Value *kw
     case B_L2:
     case B_BOX:
         for (int i = 0; i < np; i++) {
-            bool constraint = id == B_LINF || id == B_L2 || id == B_BOX;   /* bounds may be runtime scalars */
-            if (given[i] && !(constraint && a[i].kind == V_TENSOR && a[i].node->shape.rank == 0))
+            /* constraint bounds may be runtime tensors (per channel, per element): sema_entry.c checks their shapes */
+            bool constraint = id == B_LINF || id == B_L2 || id == B_BOX;
+            if (given[i] && !(constraint && a[i].kind == V_TENSOR))
                 value_as_double(&a[i], a[i].loc.file ? a[i].loc : loc, xfmt("'%s' of %s", params[i].name, what));
         }
         return spec(table[id].name, a, params, np, loc);

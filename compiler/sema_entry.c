@@ -102,7 +102,8 @@ static void finish_entry(Entry *e) {
         if (sorted[i].in)
             sorted[i].in->attr.arg = i;
     }
-    memcpy(e->args.data, sorted, sizeof(EntryArg) * (size_t)n);
+    if (n > 0)   /* an entry without arguments (init_model of a model without params) has no array */
+        memcpy(e->args.data, sorted, sizeof(EntryArg) * (size_t)n);
     for (int i = 0; i < e->g->nodes.len; i++)
         if (e->g->nodes.data[i]->op == OP_RAND_NORMAL || e->g->nodes.data[i]->op == OP_RAND_UNIFORM)
             e->uses_rng = true;
@@ -136,11 +137,15 @@ typedef struct StateSlot {
     Loc wloc;
 } StateSlot;
 static VEC(StateSlot) state_slots;
+/* 1 + the slot of the tensor an objective's minimize/maximize has stepped:
+ * a later write would silently undo the projection, so it is an error */
+static int optimised_slot;
 
 /* forget the previous compilation's arena pointers */
 void sema_entry_reset(void) {
     memset(&state_slots, 0, sizeof state_slots);
     memset(&arg_order, 0, sizeof arg_order);
+    optimised_slot = 0;
 }
 
 /* The current value of a state slot: its last write in this step, or the
@@ -233,6 +238,9 @@ static void assign(Value target, Value value, Loc loc, const Expr *texpr) {
     Node *v = value_as_node(value, loc, "the assigned value");
     if (target.state_slot) {
         StateSlot *s = &state_slots.data[target.state_slot - 1];
+        if (target.state_slot == optimised_slot)
+            error_at(texpr->loc, "'%s' is written after its minimize/maximize statement; write the step before it, "
+                                 "so that 'within' projects it", s->name);
         EntryArg *a = &cur->e->args.data[s->arg];
         s->pending = conform(v, a->dtype, a->shape, xfmt("state '%s'", s->name), loc);
         s->wloc = loc;
@@ -331,19 +339,49 @@ static Value bind_entry_param(Env *dims, const Param *p, Value v, bool given, Lo
 /* ---------------------------------------------------------------------------
  * rules and objectives */
 
+/* A constraint bound must broadcast to the `over` tensor: a scalar, a
+ * per-channel [C, 1, 1] or a full-size bound, never one of another shape. */
+static Node *constraint_bound(Value v, const Node *x, const char *what, Loc loc) {
+    Node *b = value_as_node(v, loc, "a constraint bound");
+    bool ok = b->shape.rank <= x->shape.rank;
+    for (int i = 0; ok && i < b->shape.rank; i++) {
+        int64_t bd = b->shape.dim[b->shape.rank - 1 - i], xd = x->shape.dim[x->shape.rank - 1 - i];
+        ok = bd == xd || bd == 1;
+    }
+    if (!ok) {
+        diag_note(b->loc, "%s comes from here", type_str(b->dtype, b->shape));
+        error_at(loc, "the bound of %s is %s, which does not match the optimised tensor %s", what, type_str(b->dtype, b->shape),
+                 type_str(x->dtype, x->shape));
+    }
+    if (b->dtype != x->dtype)
+        b = g_cast(cur->g, b, x->dtype, loc);
+    return b;
+}
+
+/* Project x onto the constraint `spec`; a list of constraints is applied in
+ * order (`within [linf(eps), box(lo - x0, hi - x0)]`). */
 static Value constrain(Value spec, Node *x, Loc loc) {
     Graph *g = cur->g;
+    if (spec.kind == V_TREE && spec.tree->is_list) {
+        Value r = v_tensor(x);
+        for (int i = 0; i < spec.tree->n; i++)
+            r = constrain(spec.tree->vals[i], r.node, loc);
+        return r;
+    }
     if (spec.kind != V_SPEC)
-        error_at(loc, "'within' takes a constraint: linf(eps), l2(eps) or box(lo, hi)");
+        error_at(loc, "'within' takes a constraint: linf(eps), l2(eps) or box(lo, hi), or a list of them");
     Tree *a = spec.tree;
-    Node *arg0 = a->n > 0 ? value_as_node(a->vals[0], loc, "a constraint bound") : NULL;
+    const char *what = xfmt("%s(...)", spec.s);
+    Node *arg0 = a->n > 0 ? constraint_bound(a->vals[0], x, what, loc) : NULL;
     if (!strcmp(spec.s, "linf"))
         return v_tensor(g_binary(g, OP_MIN, g_binary(g, OP_MAX, x, g_unary(g, OP_NEG, arg0, loc), loc), arg0, loc));
     if (!strcmp(spec.s, "box")) {
-        Node *hi = value_as_node(a->vals[1], loc, "a constraint bound");
+        Node *hi = constraint_bound(a->vals[1], x, what, loc);
         return v_tensor(g_binary(g, OP_MIN, g_binary(g, OP_MAX, x, arg0, loc), hi, loc));
     }
     if (!strcmp(spec.s, "l2")) {
+        if (arg0->shape.rank != 0)
+            error_at(loc, "l2(eps) takes a scalar radius, not %s", type_str(arg0->dtype, arg0->shape));
         uint32_t all = x->shape.rank ? (1u << x->shape.rank) - 1 : 0;
         Node *nrm = g_unary(g, OP_SQRT, g_reduce(g, OP_SUM, g_binary(g, OP_MUL, x, x, loc), all, false, loc), loc);
         Node *tiny = g_scalar(g, 1e-12, x->dtype, loc);
@@ -354,34 +392,48 @@ static Value constrain(Value spec, Node *x, Loc loc) {
     unreachable();
 }
 
+/* `minimize f over x within C`. The objective's own statements may write x
+ * before this statement (`x <- x - lr * step`, with any optimiser state
+ * they keep): then that write is the step and `within` projects it. Without
+ * such a write the step is signed gradient descent (ascent for maximize)
+ * with the runtime scalar `lr`. Either way the step reports `loss` and
+ * writes d f / d x to the output `grad`. */
 static void trace_optimize(Env *env, const Stmt *s, const Decl *d) {
     Graph *g = cur->g;
     Node *loss = value_as_node(eval(env, s->value), s->value->loc, "the objective");
     if (loss->shape.rank != 0 || (loss->dtype != DT_F32 && loss->dtype != DT_F64))
         error_at(s->value->loc, "the objective must be a float scalar, not %s", type_str(loss->dtype, loss->shape));
     Value over;
-    if (!env_lookup(env, s->name, &over) || !over.state_slot)
-        error_at(s->name_loc, "'%s' must be a tensor parameter of the objective", s->name);
-    Node *x = over.node, *gx;
+    bool is_param = false;
+    for (int i = 0; i < d->nparams; i++)
+        is_param |= !strcmp(d->params[i].name, s->name);
+    if (!is_param || !env_lookup(env, s->name, &over) || !over.state_slot)
+        error_at(s->name_loc, "'%s' must be a tensor parameter of the objective (the input it optimises, such as "
+                              "delta: f32[P, C, H, W])", s->name);
+    StateSlot *slot = &state_slots.data[over.state_slot - 1];
+    Node *x = entry_input(slot->arg, s->loc), *gx;
     autodiff(g, &loss, NULL, 1, &x, 1, &gx, s->loc);
-    Value lrv;
-    Node *lr;
-    if (env_lookup(env, "lr", &lrv))
-        lr = value_as_node(lrv, s->loc, "lr");
-    else {
-        int arg = entry_add_arg("lr", "lr", "", 4 /* LETHE_SCALAR */, x->dtype, shape_scalar(), order_key(ORDER_SCALAR, arg_seq++));
-        cur->e->args.data[arg].scalar_default = 0.01;
-        lr = entry_input(arg, s->loc);
+    Node *next = slot->pending;
+    if (!next) {
+        Value lrv;
+        Node *lr;
+        if (env_lookup(env, "lr", &lrv))
+            lr = value_as_node(lrv, s->loc, "lr");
+        else {
+            int arg = entry_add_arg("lr", "lr", "", 4 /* LETHE_SCALAR */, x->dtype, shape_scalar(), order_key(ORDER_SCALAR, arg_seq++));
+            cur->e->args.data[arg].scalar_default = 0.01;
+            lr = entry_input(arg, s->loc);
+        }
+        Node *step = g_binary(g, OP_MUL, lr, g_unary(g, OP_SIGN, gx, s->loc), s->loc);
+        next = g_binary(g, s->kind == ST_MINIMIZE ? OP_SUB : OP_ADD, x, step, s->loc);
     }
-    Node *step = g_binary(g, OP_MUL, lr, g_unary(g, OP_SIGN, gx, s->loc), s->loc);
-    Node *next = g_binary(g, s->kind == ST_MINIMIZE ? OP_SUB : OP_ADD, x, step, s->loc);
     Value nv = v_tensor(next);
     if (s->within)
         nv = constrain(eval(env, s->within), next, s->within->loc);
     assign(over, nv, s->loc, s->value);
+    optimised_slot = over.state_slot;
     add_output("loss", v_tensor(loss), s->loc);
     add_output("grad", v_tensor(gx), s->loc);
-    (void)d;
 }
 
 static void trace_stmts(const Decl *d, Env *env) {
@@ -393,8 +445,8 @@ static void trace_stmts(const Decl *d, Env *env) {
             env_bind(env, s->name, eval(env, s->value));
             break;
         case ST_STATE: {
-            if (d->kind != D_RULE)
-                error_at(s->loc, "'state' is only allowed in a rule");
+            if (d->kind != D_RULE && d->kind != D_OBJECTIVE)
+                error_at(s->loc, "'state' is only allowed in a rule or an objective");
             bool saved = cur->train;
             cur->train = false;   /* an initializer never updates running statistics */
             Value init = eval(env, s->value);
@@ -404,7 +456,7 @@ static void trace_stmts(const Decl *d, Env *env) {
         }
         case ST_ASSIGN: {
             if (d->kind != D_RULE && d->kind != D_OBJECTIVE)
-                error_at(s->loc, "'<-' is only allowed in a rule");
+                error_at(s->loc, "'<-' is only allowed in a rule or an objective");
             Value target = eval(env, s->target);
             Value value = eval(env, s->value);
             assign(target, value, s->loc, s->target);
@@ -543,6 +595,7 @@ void sema_instantiate(const char *name, const Decl *d, Value *pos, int npos, con
     Entry *e = new_entry(name, kind, loc, &t);
     t.in_rule = d->kind != D_FN;
     state_slots.len = 0;
+    optimised_slot = 0;
     const char *over = d->kind == D_OBJECTIVE ? over_name(d) : NULL;
     Env *env = env_new(sema_globals());
     Env *dims = env_new(env);
@@ -563,6 +616,6 @@ void sema_instantiate(const char *name, const Decl *d, Value *pos, int npos, con
     cur = NULL;
     if (nmodels && (extras & SEMA_INIT_MODEL))
         add_model_init(name, models, nmodels, loc);
-    if (d->kind == D_RULE && (extras & SEMA_INIT_STATE))
+    if (d->kind != D_FN && (extras & SEMA_INIT_STATE))
         add_state_init(name, d, b.vals, b.given, b.locs, loc);
 }

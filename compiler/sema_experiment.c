@@ -9,6 +9,9 @@
  *   eval.logits, eval.loss_each, eval.input_grad    the fns eval_logits,
  *                                                   eval_loss_each and
  *                                                   eval_input_grad (graphs/eval.lth)
+ *   poison.step, poison.step.init_state             an attack objective named by
+ *   poison.surrogate (+ .init_state)                `poison = ...`, and the rule its
+ *                                                   `surrogate = ...` names (docs/attacks.md)
  *
  * and writes the plan (what the runtime executes: epochs, batch sizes,
  * budgets, poison, seeds, each method's data streams and hyperparameters) as
@@ -73,8 +76,11 @@ static void put_key(CharVec *out, const char *key) {
     vec_push(out, ':');
 }
 
-/* Any experiment expression as JSON, without evaluating it: names and
- * strings are strings, calls {"call", "args", "kwargs"}. */
+static double const_num(const Expr *x, const char *what);
+
+/* Any experiment expression as JSON: names and strings are strings,
+ * arithmetic on numbers (`16/255`) its value, calls {"call", "args",
+ * "kwargs"}. */
 static void put_expr(CharVec *out, const Expr *e) {
     switch (e->kind) {
     case EX_INT: put(out, xfmt("%lld", (long long)e->ival)); return;
@@ -89,6 +95,9 @@ static void put_expr(CharVec *out, const Expr *e) {
             return;
         }
         break;
+    case EX_BINARY:   /* arithmetic on numbers: `eps = 16/255` */
+        put_num(out, const_num(e, "an experiment value"));
+        return;
     case EX_LIST:
         vec_push(out, '[');
         for (int i = 0; i < e->nitems; i++) {
@@ -326,15 +335,20 @@ static const Decl *rule_decl(const char *name) {
     return d && d->kind == D_RULE ? d : NULL;
 }
 
-static void train_rule(Ctx *c, const Expr *x) {
-    const char *name = call_name(x, "the training rule");
+/* `key = rule(...)` instantiated as the entry `entry`: `what` names the key in errors. */
+static void rule_call_entry(Ctx *c, const Expr *x, const char *what, const char *entry, int inits) {
+    const char *name = call_name(x, what);
     const Decl *d = rule_decl(name);
     if (!d)
         error_at(x->loc, sema_global(name) ? "'%s' is not a rule" : "unknown rule '%s' (is its file imported?)", name);
     NameVec kwn = {0};
     ValueVec kwv = {0};
     call_kwargs(x, &kwn, &kwv);
-    rule_entry(c, d, kwn, kwv, "train", SEMA_INIT_MODEL | SEMA_INIT_STATE, x->loc);
+    rule_entry(c, d, kwn, kwv, entry, inits, x->loc);
+}
+
+static void train_rule(Ctx *c, const Expr *x) {
+    rule_call_entry(c, x, "the training rule", "train", SEMA_INIT_MODEL | SEMA_INIT_STATE);
 }
 
 /* A method is one rule repeated until the budget is spent, or a schedule of
@@ -414,6 +428,194 @@ static void method_entry(Ctx *c, const Expr *x, const char *name) {
         vec_push(&c->json, '}');
     }
     vec_push(&c->json, ']');
+}
+
+/* An attack objective as the poison stage:
+ *   poison = witches_brew(eps = 16/255, restarts = 8, steps = 250, budget = 1%, batch = 32)
+ * The objective becomes the entry `poison.step` (and `poison.init_state`);
+ * the stage feeds its parameters by name (docs/attacks.md): the model, the
+ * data records `poison` (a batch of `batch` poison samples, clean) and
+ * `target` (the target test sample with the adversarial label), the tensor
+ * it optimises (one edit per poison sample), and the data set's
+ * normalisation `pixel_lo`, `pixel_hi`, `pixel_std` (f32[C, 1, 1]: the image
+ * box and the pixel scale on the normalised inputs). The rest of the call is
+ * the objective's hyperparameters or the stage's plan: restarts, steps,
+ * budget (share of the training set), batch, target (test index, -1: drawn
+ * per seed), adv (adversarial class, -1: drawn), schedule (of `lr`:
+ * multistep, cosine, constant) and surrogate (a rule). */
+static const char *const poison_plan_args[] = {"restarts", "steps", "budget", "batch", "target", "adv"};
+
+static const char *objective_over(const Decl *d) {
+    for (int i = 0; i < d->nstmts; i++)
+        if (d->stmts[i]->kind == ST_MINIMIZE || d->stmts[i]->kind == ST_MAXIMIZE)
+            return d->stmts[i]->name;
+    error_at(d->loc, "objective '%s' has no minimize or maximize statement", d->name);
+}
+
+/* The training set's size, for an objective that reads the whole clean set
+ * as one batch (Gradient Canceling): the data set's `n` must be written. */
+static int64_t train_size(Ctx *c, Loc loc) {
+    const Expr *dx = find(c->exp, "data")->value;
+    for (int i = 0; dx->kind == EX_CALL && i < dx->nargs; i++)
+        if (dx->args[i].name && !strcmp(dx->args[i].name, "n"))
+            return const_int(dx->args[i].value, "a sample count");
+    if (!strcmp(c->data.name, "synthetic"))
+        return 2000;   /* synthetic()'s default (runtime/plan.c) */
+    error_at(loc, "this objective reads the whole clean training set as one batch: give its size, as %s(n = 1000)", c->data.name);
+}
+
+/* `surrogate = rule(...)`: the model the poisons are crafted against is the
+ * clean model after one pass of this rule over the training set (GradPC). */
+static void surrogate_entry(Ctx *c, const Expr *x) {
+    put_key(&c->json, "surrogate");
+    vec_push(&c->json, '{');
+    rule_call_entry(c, x, "the surrogate rule", "poison.surrogate", SEMA_INIT_STATE);
+    vec_push(&c->json, '}');
+}
+
+static void poison_entry(Ctx *c, const Expr *x, const Decl *d) {
+    NameVec kwn = {0}, hn = {0};
+    ValueVec kwv = {0}, hv = {0};
+    /* every argument but the surrogate rule is a number */
+    const char *schedule = "multistep";
+    Expr call = *x;
+    call.args = xalloc(sizeof(Arg) * (size_t)(x->nargs + 1));
+    call.nargs = 0;
+    for (int i = 0; i < x->nargs; i++) {
+        const Expr *v = x->args[i].value;
+        if (x->args[i].name && !strcmp(x->args[i].name, "surrogate")) {
+            surrogate_entry(c, v);
+            continue;
+        }
+        if (x->args[i].name && !strcmp(x->args[i].name, "schedule")) {
+            if (v->kind != EX_NAME || (strcmp(v->sval, "multistep") && strcmp(v->sval, "cosine") && strcmp(v->sval, "constant")))
+                error_at(v->loc, "the attack's learning-rate schedule is multistep (divided by 10 at 37.5%%, 62.5%% and 87.5%% "
+                                 "of the steps), cosine or constant");
+            schedule = v->sval;
+            continue;
+        }
+        /* `eps = 16/255` divides integers (to 0): almost surely not what was meant */
+        if (v->kind == EX_BINARY && v->op == BO_DIV && v->a->kind == EX_INT && v->b->kind == EX_INT && v->b->ival &&
+            v->a->ival % v->b->ival)
+            error_at(v->loc, "%lld/%lld divides integers (giving %lld); write %lld.0 / %lld", (long long)v->a->ival,
+                     (long long)v->b->ival, (long long)(v->a->ival / v->b->ival), (long long)v->a->ival, (long long)v->b->ival);
+        call.args[call.nargs++] = x->args[i];
+    }
+    call_kwargs(&call, &kwn, &kwv);
+    double plan[6] = {1, 250, 0.01, 32, -1, -1};
+    for (int i = 0; i < kwn.len; i++) {
+        size_t k = 0;
+        while (k < 6 && strcmp(poison_plan_args[k], kwn.data[i]))
+            k++;
+        if (k == 6) {
+            vec_push(&hn, kwn.data[i]);
+            vec_push(&hv, kwv.data[i]);
+            continue;
+        }
+        plan[k] = value_as_double(&kwv.data[i], kwv.data[i].loc, kwn.data[i]);
+        bool ok = k == 2 ? plan[k] > 0 && plan[k] < 1 : k >= 4 ? plan[k] >= -1 && plan[k] == floor(plan[k])
+                                                       : plan[k] >= 1 && plan[k] == floor(plan[k]);
+        if (k == 5 && ok && plan[k] >= c->data.classes)
+            ok = false;
+        if (!ok)
+            error_at(kwv.data[i].loc, "%s", k == 2 ? "the poison budget is a share of the training set in (0, 1), such as 1%"
+                                        : k == 4   ? "target is the index of a test sample (or -1: drawn per seed)"
+                                        : k == 5   ? xfmt("adv is a class in 0..%d (or -1: drawn per seed)", c->data.classes - 1)
+                                                   : xfmt("'%s' must be a positive integer", poison_plan_args[k]));
+    }
+    for (size_t k = 0; k < 6; k++) {
+        put_key(&c->json, poison_plan_args[k]);
+        put_num(&c->json, plan[k]);
+    }
+    const char *over = objective_over(d);
+    put_key(&c->json, "over");
+    put_str(&c->json, over);
+    bool added = false;
+    for (int p = 0; p < d->nparams; p++)
+        added |= d->params[p].type->kind == TY_DATA && !strcmp(d->params[p].name, "added");
+    put_key(&c->json, "schedule");
+    put_str(&c->json, schedule);
+    put_key(&c->json, "mode");   /* edits of the poison samples, or added samples */
+    put_str(&c->json, added ? "added" : "edit");
+    put_key(&c->json, "entry");
+    put_str(&c->json, "poison.step");
+    put_key(&c->json, "args");   /* runtime hyperparameters given in the call */
+    vec_push(&c->json, '{');
+    NameVec inst_n = {0};
+    ValueVec inst_v = {0};
+    for (int i = 0; i < hn.len; i++) {
+        bool scalar = is_scalar_value(&hv.data[i]);
+        for (int p = 0; p < d->nparams; p++)
+            if (!strcmp(d->params[p].name, hn.data[i])) {
+                const TypeExpr *t = d->params[p].type;
+                if (t->kind == TY_MODEL || t->kind == TY_DATA || !strcmp(hn.data[i], over))
+                    error_at(hv.data[i].loc, "'%s' is supplied by the poison stage", hn.data[i]);
+                scalar &= t->kind != TY_INT;   /* compile-time: used by lethec already */
+            }
+        if (scalar) {
+            put_key(&c->json, hn.data[i]);
+            put_num(&c->json, value_as_double(&hv.data[i], hv.data[i].loc, "a hyperparameter"));
+        } else {   /* compile-time values shape the entry; runtime numbers stay runtime scalars */
+            vec_push(&inst_n, hn.data[i]);
+            vec_push(&inst_v, hv.data[i]);
+        }
+    }
+    vec_push(&c->json, '}');
+    /* the parameters the stage feeds, bound at the poison batch size */
+    int64_t pb = (int64_t)plan[3], one = 1;
+    int64_t chan[3] = {c->data.c, 1, 1};
+    CharVec models = {0};
+    for (int p = 0; p < d->nparams; p++) {
+        const Param *pp = &d->params[p];
+        const TypeExpr *t = pp->type;
+        const char *n = pp->name;
+        Value v;
+        if (t->kind == TY_MODEL) {
+            v = model_value(c);
+            put_key(&models, n);
+            put_str(&models, t->frozen ? "original" : "model");
+        } else if (t->kind == TY_DATA) {
+            if (!strcmp(n, "poison") || !strcmp(n, "added"))
+                v = batch_value(c, pb, x->loc);
+            else if (!strcmp(n, "target"))
+                v = batch_value(c, one, x->loc);
+            else if (!strcmp(n, "clean"))
+                v = batch_value(c, train_size(c, pp->loc), x->loc);
+            else
+                error_at(pp->loc, "the poison stage feeds the data records 'poison', 'added', 'target' and 'clean', not '%s'", n);
+        } else if (!strcmp(n, over))
+            v = x_type(c, pb, x->loc);
+        else if (!strcmp(n, "pixel_lo") || !strcmp(n, "pixel_hi") || !strcmp(n, "pixel_std"))
+            v = type_value(DT_F32, 3, chan, x->loc);
+        else if (t->kind == TY_TENSOR && t->rank > 0)
+            error_at(pp->loc, "the poison stage cannot feed '%s': it feeds the model, its data records, the optimised "
+                              "tensor '%s' and pixel_lo, pixel_hi, pixel_std", n, over);
+        else
+            continue;
+        vec_push(&inst_n, n);
+        vec_push(&inst_v, v);
+    }
+    vec_push(&models, 0);
+    put_key(&c->json, "models");
+    put(&c->json, xfmt("{%s}", models.data));
+    sema_instantiate("poison.step", d, NULL, 0, inst_n.data, inst_v.data, inst_n.len, x->loc, SEMA_INIT_STATE);
+}
+
+static void poison_stage(Ctx *c, const ExpEntry *e) {
+    const char *name = call_name(e->value, "the poison");
+    if (!strcmp(name, "gaussian"))
+        return;   /* the runtime's own generator (plan "poison") */
+    const Decl *d = sema_global(name);
+    if (!d || d->kind != D_OBJECTIVE)
+        error_at(e->value->loc, d ? "'%s' is not an objective: a poison is gaussian(...) or an attack objective"
+                                  : "unknown poison '%s' (gaussian(...), or an objective such as witches_brew: is its file "
+                                    "imported?)", name);
+    put_key(&c->json, "attack");
+    vec_push(&c->json, '{');
+    put_key(&c->json, "name");
+    put_str(&c->json, name);
+    poison_entry(c, e->value, d);
+    vec_push(&c->json, '}');
 }
 
 static void eval_entry(Ctx *c, const char *fn, const char *entry) {
@@ -537,6 +739,9 @@ const char *experiment_compile(const Decl *exp) {
         put_budgets(&c, un);
         vec_push(&c.json, '}');
     }
+    const ExpEntry *po = find(exp, "poison");
+    if (po)
+        poison_stage(&c, po);
     eval_entry(&c, "eval_logits", "eval.logits");
     eval_entry(&c, "eval_loss_each", "eval.loss_each");
     eval_entry(&c, "eval_input_grad", "eval.input_grad");

@@ -720,6 +720,27 @@ int ds_subset(const lethe_dataset *src, const int64_t *idx, int64_t k, lethe_dat
     return LETHE_OK;
 }
 
+int ds_append(lethe_dataset *ds, const float *x, const int32_t *y, int64_t k, int64_t first_id, char *err) {
+    if (k < 0)
+        return lethe_errf(err, LETHE_EARG, "%s: cannot append %" PRId64 " samples", ds->source, k);
+    lethe_dataset out;
+    int rc = ds_alloc(&out, ds->n + k, ds->rank, ds->c, ds->h, ds->w, ds->num_classes, ds->source, err);
+    if (rc)
+        return rc;
+    memcpy(out.x, ds->x, (size_t)(ds->n * ds->d) * sizeof(float));
+    memcpy(out.x + ds->n * ds->d, x, (size_t)(k * ds->d) * sizeof(float));
+    memcpy(out.y, ds->y, (size_t)ds->n * sizeof(int32_t));
+    memcpy(out.y + ds->n, y, (size_t)k * sizeof(int32_t));
+    memcpy(out.id, ds->id, (size_t)ds->n * sizeof(int64_t));
+    for (int64_t i = 0; i < k; i++)
+        out.id[ds->n + i] = first_id + i;
+    out.normalized = ds->normalized;
+    memcpy(out.pad, ds->pad, sizeof out.pad);
+    ds_free(ds);
+    *ds = out;
+    return LETHE_OK;
+}
+
 int ds_split(const lethe_dataset *src, int64_t n_first, uint64_t seed, lethe_dataset *a, lethe_dataset *b,
              char *err) {
     memset(a, 0, sizeof *a);

@@ -173,6 +173,9 @@ int ds_mask_from_indices(int64_t n, const int64_t *idx, int64_t k, uint8_t **mas
 
 /* out = the samples src[idx[0..k)] (copied; ids kept). */
 int ds_subset(const lethe_dataset *src, const int64_t *idx, int64_t k, lethe_dataset *out, char *err);
+/* Adds k samples (x: k * d values, y: k labels) at the end, with ids
+ * first_id, first_id + 1, ... (added poisons). */
+int ds_append(lethe_dataset *ds, const float *x, const int32_t *y, int64_t k, int64_t first_id, char *err);
 /* Seeded split: a gets n_first samples, b the rest (DS_STREAM_SUBSET permutation). */
 int ds_split(const lethe_dataset *src, int64_t n_first, uint64_t seed, lethe_dataset *a, lethe_dataset *b,
              char *err);

@@ -156,8 +156,36 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
     }
     if (!p->nbudgets)
         p->budgets[p->nbudgets++] = 0.1;
-    const json_value *poison = get(root, "poison");
-    if (poison) {
+    const json_value *poison = get(root, "poison"), *attack = get(root, "attack");
+    if (!rc && attack && attack->type == JSON_OBJECT) {
+        plan_attack *a = &p->attack;
+        p->has_attack = 1;
+        rc = parse_rule(attack, &a->step, err);
+        copy_str(a->name, sizeof a->name, get(attack, "name"));
+        copy_str(a->over, sizeof a->over, get(attack, "over"));
+        snprintf(a->step.rule, sizeof a->step.rule, "%s", a->name);
+        if (!rc) rc = get_int(attack, "restarts", 1, &a->restarts, err);
+        if (!rc) rc = get_int(attack, "steps", 250, &a->steps, err);
+        if (!rc) rc = get_int(attack, "batch", 32, &a->batch, err);
+        if (!rc) rc = get_int(attack, "target", -1, &a->target, err);
+        if (!rc) rc = get_int(attack, "adv", -1, &a->adv, err);
+        const json_value *mode = get(attack, "mode"), *sur = get(attack, "surrogate");
+        a->added = mode && mode->type == JSON_STRING && !strcmp(mode->str, "added");
+        const json_value *sch = get(attack, "schedule");
+        const char *sn = sch && sch->type == JSON_STRING ? sch->str : "multistep";
+        a->schedule = !strcmp(sn, "cosine") ? ATTACK_LR_COSINE : !strcmp(sn, "constant") ? ATTACK_LR_CONSTANT : ATTACK_LR_MULTISTEP;
+        if (!rc && a->schedule == ATTACK_LR_MULTISTEP && strcmp(sn, "multistep"))
+            rc = lethe_errf(err, LETHE_EFORMAT, "attack %s: unknown learning-rate schedule '%s'", a->name, sn);
+        if (!rc && sur) {
+            a->has_surrogate = 1;
+            rc = parse_rule(sur, &a->surrogate, err);
+        }
+        const json_value *b = get(attack, "budget");
+        a->budget = b && b->type == JSON_NUMBER ? b->num : 0.01;
+        if (!rc && (a->restarts < 1 || a->steps < 1 || a->batch < 1 || !a->over[0] || !a->step.entry[0] ||
+                    !(a->budget > 0 && a->budget < 1) || a->target < -1 || a->adv < -1 || a->adv >= p->classes))
+            rc = lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: attack %s has a malformed plan", a->name);
+    } else if (poison) {
         if (strcmp(call_name(poison), "gaussian") && !rc)
             rc = lethe_errf(err, LETHE_EFORMAT, "unknown poison '%s' (this runtime knows gaussian(fraction, eps))",
                             call_name(poison));

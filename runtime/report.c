@@ -1,14 +1,30 @@
 /* report.c: `lethe report DIR`, the results of a run folder as a table
- * (mean +- std over seeds, per method and budget) and two plots drawn with
- * gnuplot: the ROC curves of the Gaussian test on a log false-positive axis,
- * and test accuracy against TPR at FPR 0.01 per method (the paper's Figure 2).
- * The table goes to stdout and to DIR/table.md and DIR/table.csv.
+ * (mean +- std over seeds, per method and budget) and plots drawn with
+ * gnuplot into DIR/plots: the ROC curves of the Gaussian test on a log
+ * false-positive axis (roc), test accuracy against TPR at FPR 0.01 and
+ * against the Gaussian Unlearning Score per method (acc_vs_tpr, acc_vs_gus:
+ * the paper's Figure 2), and, when the records carry an attack's success
+ * measure, one bar per method (attack_success). The table goes to stdout and
+ * to DIR/table.md and DIR/table.csv.
+ *
+ * Record fields read (results.jsonl, one JSON object a line): method, budget,
+ * experiment, accuracy, gus, tpr_at_fpr, loss_mia, budget_used, param_shift,
+ * seconds, roc, and, from attack experiments, attack_success (a number: the
+ * attack's success measure for that model, e.g. 1 if the target was flipped,
+ * or the share of trigger prompts that give the adversarial label) with
+ * attack_measure (a string: what that number is, the bar chart's axis).
+ * A plot whose fields no record has is not drawn.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "fsutil.h"
 #include "json.h"
@@ -22,7 +38,7 @@ typedef struct Group {
     double budget;                 /* -1: no budget (original, retrain) */
     int n;
     double acc[MAX_SEEDS], gus[MAX_SEEDS], tpr[MAX_SEEDS], tpr2[MAX_SEEDS], mia[MAX_SEEDS], used[MAX_SEEDS],
-        shift[MAX_SEEDS], secs[MAX_SEEDS];
+        shift[MAX_SEEDS], secs[MAX_SEEDS], attack[MAX_SEEDS];
     double roc_fpr[ROC_POINTS], roc_tpr[ROC_POINTS];
     int roc_n, roc_count;
 } Group;
@@ -31,6 +47,8 @@ typedef struct Report {
     Group g[MAX_GROUPS];
     int ng;
     char experiment[128];
+    char attack_measure[96];       /* what attack_success measures (from the records), "" if unsaid */
+    int has_attack;                /* some record has attack_success */
     long bad;
 } Report;
 
@@ -63,6 +81,9 @@ static int on_record(const char *line, size_t len, long lineno, void *user) {
     }
     if (e && e->type == JSON_STRING)
         snprintf(r->experiment, sizeof r->experiment, "%s", e->str);
+    const json_value *measure = json_obj_get(rec, "attack_measure");
+    if (measure && measure->type == JSON_STRING)
+        snprintf(r->attack_measure, sizeof r->attack_measure, "%s", measure->str);
     if (!strcmp(m->str, "original") || isnan(budget))
         budget = -1;
     Group *g = NULL;
@@ -85,6 +106,8 @@ static int on_record(const char *line, size_t len, long lineno, void *user) {
         g->used[k] = num(rec, "budget_used");
         g->shift[k] = num(rec, "param_shift");
         g->secs[k] = num(rec, "seconds");
+        g->attack[k] = num(rec, "attack_success");
+        r->has_attack |= !isnan(g->attack[k]);
         const json_value *roc = json_obj_get(rec, "roc");
         if (roc && roc->type == JSON_ARRAY && roc->len <= ROC_POINTS) {
             g->roc_n = (int)roc->len;
@@ -164,47 +187,85 @@ static int cmp_group(const void *a, const void *b) {
     return (x->budget > y->budget) - (x->budget < y->budget);
 }
 
+/* A column of the markdown table: a per-seed field of every group. */
+typedef struct Column {
+    const char *head;
+    size_t offset;     /* of the Group's double[MAX_SEEDS] */
+    double scale;
+    int decimals;
+} Column;
+
+static const double *column_values(const Group *g, const Column *c) {
+    return (const double *)((const char *)g + c->offset);
+}
+
+/* A column no record fills (the Gaussian scores of an attack experiment, the
+ * attack's success of a Gaussian one) is left out of the markdown table. */
+static int column_filled(const Report *r, const Column *c) {
+    for (int i = 0; i < r->ng; i++)
+        for (int k = 0; k < r->g[i].n; k++)
+            if (!isnan(column_values(&r->g[i], c)[k]))
+                return 1;
+    return 0;
+}
+
 static int write_tables(const Report *r, const char *dir, char *err) {
-    static const char *const head[] = {"method", "budget", "seeds", "test acc %", "GUS", "TPR@1% (-I)", "TPR@1% (abs I)",
-                                       "loss MIA TPR@1%", "budget used %", "param shift", "seconds"};
+    static const Column cols[] = {
+        {"test acc %", offsetof(Group, acc), 100, 2},           {"GUS", offsetof(Group, gus), 1, 3},
+        {"TPR@1% (-I)", offsetof(Group, tpr), 1, 3},           {"TPR@1% (abs I)", offsetof(Group, tpr2), 1, 3},
+        {"loss MIA TPR@1%", offsetof(Group, mia), 1, 3},       {"budget used %", offsetof(Group, used), 100, 2},
+        {"param shift", offsetof(Group, shift), 1, 3},         {"seconds", offsetof(Group, secs), 1, 1},
+        {"attack success", offsetof(Group, attack), 1, 3},
+    };
+    enum { NCOLS = sizeof cols / sizeof cols[0] };
+    int shown[NCOLS];
+    for (int j = 0; j < NCOLS; j++)
+        shown[j] = column_filled(r, &cols[j]);
     char *md = NULL, *csv = NULL;
     size_t mdn = 0, csvn = 0;
     FILE *fm = open_memstream(&md, &mdn), *fc = open_memstream(&csv, &csvn);
     if (!fm || !fc)
         return lethe_errf(err, LETHE_ENOMEM, "out of memory");
-    fprintf(fm, "| %s |", head[0]);
-    for (size_t i = 1; i < sizeof head / sizeof head[0]; i++)
-        fprintf(fm, " %s |", head[i]);
-    fprintf(fm, "\n|");
-    for (size_t i = 0; i < sizeof head / sizeof head[0]; i++)
-        fprintf(fm, "---|");
+    fprintf(fm, "| method | budget | seeds |");
+    for (int j = 0; j < NCOLS; j++)
+        if (shown[j])
+            fprintf(fm, " %s |", cols[j].head);
+    fprintf(fm, "\n|---|---|---|");
+    for (int j = 0; j < NCOLS; j++)
+        if (shown[j])
+            fprintf(fm, "---|");
     fprintf(fm, "\n");
     fprintf(fc, "method,budget,seeds,acc_mean,acc_std,gus_mean,gus_std,tpr_neg_mean,tpr_neg_std,tpr_two_sided_mean,"
-                "tpr_two_sided_std,mia_tpr_mean,mia_tpr_std,budget_used_mean,param_shift_mean,seconds_mean\n");
+                "tpr_two_sided_std,mia_tpr_mean,mia_tpr_std,budget_used_mean,param_shift_mean,seconds_mean%s\n",
+            r->has_attack ? ",attack_success_mean,attack_success_std" : "");
     for (int i = 0; i < r->ng; i++) {
         const Group *g = &r->g[i];
-        char c[8][64], b[32];
-        cell(c[0], 64, g->acc, g->n, 100, 2);
-        cell(c[1], 64, g->gus, g->n, 1, 3);
-        cell(c[2], 64, g->tpr, g->n, 1, 3);
-        cell(c[3], 64, g->tpr2, g->n, 1, 3);
-        cell(c[4], 64, g->mia, g->n, 1, 3);
-        cell(c[5], 64, g->used, g->n, 100, 2);
-        cell(c[6], 64, g->shift, g->n, 1, 3);
-        cell(c[7], 64, g->secs, g->n, 1, 1);
-        fprintf(fm, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", g->method, budget_text(g->budget, b, sizeof b),
-                g->n, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]);
-        fprintf(fc, "%s,%g,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", g->method,
+        char c[64], b[32];
+        fprintf(fm, "| %s | %s | %d |", g->method, budget_text(g->budget, b, sizeof b), g->n);
+        for (int j = 0; j < NCOLS; j++)
+            if (shown[j]) {
+                cell(c, sizeof c, column_values(g, &cols[j]), g->n, cols[j].scale, cols[j].decimals);
+                fprintf(fm, " %s |", c);
+            }
+        fprintf(fm, "\n");
+        fprintf(fc, "%s,%g,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g", g->method,
                 g->budget < 0 ? NAN : g->budget, g->n, mean_of(g->acc, g->n), std_of(g->acc, g->n), mean_of(g->gus, g->n),
                 std_of(g->gus, g->n), mean_of(g->tpr, g->n), std_of(g->tpr, g->n), mean_of(g->tpr2, g->n),
                 std_of(g->tpr2, g->n), mean_of(g->mia, g->n), std_of(g->mia, g->n), mean_of(g->used, g->n),
                 mean_of(g->shift, g->n), mean_of(g->secs, g->n));
+        if (r->has_attack)
+            fprintf(fc, ",%.6g,%.6g", mean_of(g->attack, g->n), std_of(g->attack, g->n));
+        fprintf(fc, "\n");
     }
     fclose(fm);
     fclose(fc);
-    printf("\n%s: mean +- std over seeds. TPR at FPR 1%% of the Gaussian test against fresh-noise nulls: one-sided on -I "
-           "(memorisation makes I negative) and two-sided on |I|\n\n%s\n",
-           r->experiment[0] ? r->experiment : dir, md);
+    printf("\n%s: mean +- std over seeds.", r->experiment[0] ? r->experiment : dir);
+    if (shown[2] || shown[3])   /* the TPR columns */
+        printf(" TPR at FPR 1%% of the Gaussian test against fresh-noise nulls: one-sided on -I (memorisation makes I "
+               "negative) and two-sided on |I|.");
+    if (shown[NCOLS - 1])
+        printf(" Attack success: %s.", r->attack_measure[0] ? r->attack_measure : "the attack's own measure");
+    printf("\n\n%s\n", md);
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/table.md", dir);
     int rc = fs_write_atomic(path, md, mdn, err);
@@ -216,97 +277,402 @@ static int write_tables(const Report *r, const char *dir, char *err) {
     return rc;
 }
 
-static int write_text(const char *path, FILE **f) {
-    *f = fopen(path, "w");
-    return *f != NULL;
+/* ---- plots ------------------------------------------------------------------
+ *
+ * gnuplot draws; a missing gnuplot only skips the plots, with a note. Read as
+ * a newcomer reads them, the plots must not mislead, hence:
+ *  - every method keeps one style in every plot of every report: its own
+ *    colour, point type and dash type (the paper's methods by a fixed table,
+ *    others after them), so ten curves stay apart in colour and in grey;
+ *  - the original model (poisoned, before unlearning: what every method
+ *    starts from) is the black diamond or the thick black line, says so in
+ *    the key, and its accuracy and score are drawn as dotted guides, so a
+ *    method that sits on them has not moved;
+ *  - names are printed literally (noenhanced: gnuplot's enhanced text would
+ *    turn neggrad_plus into "neggrad" with a subscript "plus");
+ *  - points are named by the key beside the plot, not by labels that pile on
+ *    each other where methods agree.
+ * gnuplot runs in a fresh folder beside plots/ and the files are renamed into
+ * place afterwards, so plots/ never holds half a picture; plots.gp uses
+ * relative names and redraws everything when run inside plots/. */
+
+typedef struct Style {
+    const char *color;
+    int point;     /* gnuplot pointtype */
+    int dash;      /* gnuplot dashtype */
+    double width;  /* line width */
+    double size;   /* point size */
+} Style;
+
+static const char *const paper_methods[] = {"gd", "ngd", "ga", "neggrad_plus", "cfk", "euk", "scrub", "ssd"};
+static const char *const palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                                      "#e377c2", "#bcbd22", "#17becf", "#000080", "#800000", "#006400"};
+/* filled and open circles, squares, triangles, a filled diamond, then plus,
+ * cross and star; 12 (the open diamond) is the original's */
+static const int point_types[] = {7, 5, 9, 11, 6, 4, 8, 10, 13, 1, 2, 3};
+enum { NPAPER = sizeof paper_methods / sizeof paper_methods[0], NPALETTE = sizeof palette / sizeof palette[0],
+       NPOINTS = sizeof point_types / sizeof point_types[0], NDASHES = 5 };
+
+static int is_paper_method(const char *m) {
+    for (int i = 0; i < NPAPER; i++)
+        if (!strcmp(m, paper_methods[i]))
+            return i;
+    return -1;
 }
 
-/* gnuplot draws; a missing gnuplot only skips the plots, with a note. */
-/* A scatter plot of test accuracy (column 3, std in 5 of acc_tpr.dat)
- * against column xcol (std in xerr), labelled by method, into
- * <pdir>/<name>.<ext>. */
-static void accuracy_plot(FILE *gp, const char *pdir, const char *ext, const char *name, const char *against,
-                          const char *budget, const char *xrange, const char *xlabel, int xcol, int xerr) {
-    fprintf(gp, "set output '%s/%s.%s'\nset title 'Test accuracy against %s (budget %s)'\nset xrange %s\nset autoscale y\n"
-                "set xlabel '%s'\nset ylabel 'test accuracy (%%)'\nset key off\n",
-            pdir, name, ext, against, budget, xrange, xlabel);
-    fprintf(gp, "plot '%s/acc_tpr.dat' using %d:3:%d:5 with xyerrorbars pt 7 ps 1.5, '' using %d:3:1 with labels offset 1,1\n",
-            pdir, xcol, xerr, xcol);
+static Style style_of(const Report *r, const char *method) {
+    if (!strcmp(method, "original"))
+        return (Style){"#000000", 12, 1, 3.5, 3};
+    if (!strcmp(method, "retrain"))
+        return (Style){"#7f7f7f", 7, 1, 2.5, 1.6};
+    int j = is_paper_method(method);
+    if (j < 0) { /* after the paper's methods, in report order */
+        j = NPAPER;
+        for (int i = 0; i < r->ng && strcmp(r->g[i].method, method); i++) {
+            int first = 1;
+            for (int k = 0; k < i && first; k++)
+                first = strcmp(r->g[k].method, r->g[i].method) != 0;
+            if (first && rank_of(&r->g[i]) == 2 && is_paper_method(r->g[i].method) < 0)
+                j++;
+        }
+    }
+    return (Style){palette[j % NPALETTE], point_types[j % NPOINTS], 1 + j % NDASHES, 2, 1.6};
 }
 
-static int draw(const Report *r, const char *dir, char *err) {
-    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "lethe: note: gnuplot is not installed, so no plots (apt-get install gnuplot-nox)\n");
-        return LETHE_OK;
+/* A gnuplot single-quoted string: quotes doubled, control bytes as '?'. */
+static void gp_str(FILE *gp, const char *s) {
+    fputc('\'', gp);
+    for (; *s; s++) {
+        if (*s == '\'')
+            fputc('\'', gp);
+        fputc((unsigned char)*s < 0x20 ? '?' : *s, gp);
     }
-    char pdir[PATH_MAX + 16], path[PATH_MAX + 64];
-    snprintf(pdir, sizeof pdir, "%s/plots", dir);
-    int rc = fs_mkdir_p(pdir, 0755, err);
-    if (rc)
-        return rc;
-    /* the largest budget per method: its ROC curve and its accuracy/TPR point */
-    double top = -1;
-    for (int i = 0; i < r->ng; i++)
-        if (r->g[i].budget > top)
-            top = r->g[i].budget;
-    FILE *roc, *pts, *gp;
-    snprintf(path, sizeof path, "%s/roc.dat", pdir);
-    if (!write_text(path, &roc))
-        return lethe_errf(err, LETHE_EIO, "cannot write %s", path);
-    snprintf(path, sizeof path, "%s/acc_tpr.dat", pdir);
-    if (!write_text(path, &pts)) {
-        fclose(roc);
-        return lethe_errf(err, LETHE_EIO, "cannot write %s", path);
-    }
+    fputc('\'', gp);
+}
+
+static const char *key_title(const char *method) {
+    if (!strcmp(method, "original"))
+        return "original (poisoned)";
+    if (!strcmp(method, "retrain"))
+        return "retrain (no poisons)";
+    return method;
+}
+
+/* The groups a plot shows: original, retrain and every method at the largest budget. */
+typedef struct Shown {
+    const Group *g[MAX_GROUPS];
+    int n;
+    double budget;
+} Shown;
+
+/* Columns of points.dat, one index block per shown group. */
+enum { COL_TPR = 1, COL_ACC, COL_TPR_STD, COL_ACC_STD, COL_GUS, COL_GUS_STD, COL_ATTACK, COL_ATTACK_STD };
+
+static double column_mean(const Group *g, int col) {
+    return col == COL_TPR ? mean_of(g->tpr, g->n)
+         : col == COL_GUS ? mean_of(g->gus, g->n)
+         : col == COL_ATTACK ? mean_of(g->attack, g->n)
+                             : 100 * mean_of(g->acc, g->n);
+}
+
+static void terminal(FILE *gp, int svg, const char *name) {
+    fprintf(gp, "reset\nset terminal %s noenhanced\nset output '%s.%s'\nset grid\n",
+            svg ? "svg size 810,540 dynamic" : "pngcairo size 1080,720", name, svg ? "svg" : "png");
+}
+
+static void key_outside(FILE *gp) { fprintf(gp, "set key outside right top vertical Left reverse samplen 2.5\n"); }
+
+/* ROC curves of the shown groups (roc.dat, one block per group with curves). */
+static int roc_plot(FILE *gp, const Report *r, const Shown *s, int svg, const char *budget) {
     int curves = 0;
-    char titles[MAX_GROUPS][96];
-    for (int i = 0; i < r->ng; i++) {
-        const Group *g = &r->g[i];
-        if (g->budget >= 0 && g->budget != top)
+    for (int i = 0; i < s->n; i++)
+        curves += s->g[i]->roc_count > 0;
+    if (!curves)
+        return 0;
+    terminal(gp, svg, "roc");
+    fprintf(gp, "set title 'Gaussian poisoning test: ROC of -I (budget %s)'\nset logscale x\nset xrange [0.001:1]\n"
+                "set yrange [0:1]\nset xlabel 'false positive rate'\nset ylabel 'true positive rate'\n", budget);
+    key_outside(gp);
+    fprintf(gp, "plot x title 'chance' with lines dashtype 3 lc rgb '#b0b0b0'");
+    int block = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (!s->g[i]->roc_count)
             continue;
+        Style st = style_of(r, s->g[i]->method);
+        fprintf(gp, ", \\\n  'roc.dat' index %d with lines lw %g dt %d lc rgb '%s' title ", block++, st.width, st.dash,
+                st.color);
+        gp_str(gp, key_title(s->g[i]->method));
+    }
+    fprintf(gp, "\n");
+    return 1;
+}
+
+/* Test accuracy against column xcol of points.dat, one point with error bars per group. */
+static int accuracy_plot(FILE *gp, const Report *r, const Shown *s, int svg, const char *name, const char *title,
+                         const char *xlabel, int xcol, int xerr, const char *budget) {
+    int points = 0;
+    const Group *orig = NULL;
+    for (int i = 0; i < s->n; i++)
+        if (isfinite(column_mean(s->g[i], xcol)) && isfinite(column_mean(s->g[i], COL_ACC))) {
+            points++;
+            if (!strcmp(s->g[i]->method, "original"))
+                orig = s->g[i];
+        }
+    if (!points)
+        return 0;
+    terminal(gp, svg, name);
+    /* autoscaled with a margin: a point at TPR 0 (retrain) is not cut in half by the axis */
+    fprintf(gp, "set title 'Test accuracy against %s (budget %s)'\nset offsets graph 0.04, graph 0.04, graph 0.06, graph 0.06\n"
+                "set xlabel '%s'\nset ylabel 'test accuracy (%%)'\n",
+            title, budget, xlabel);
+    key_outside(gp);
+    if (orig) {
+        double x = column_mean(orig, xcol), y = column_mean(orig, COL_ACC);
+        fprintf(gp, "set arrow from %.9g, graph 0 to %.9g, graph 1 nohead back dt 3 lw 1.5 lc rgb '#000000'\n", x, x);
+        fprintf(gp, "set arrow from graph 0, first %.9g to graph 1, first %.9g nohead back dt 3 lw 1.5 lc rgb '#000000'\n",
+                y, y);
+    }
+    /* the original is an open diamond drawn last, around the methods that did
+     * not move from it; its key entry comes first all the same */
+    Style os = style_of(r, "original");
+    if (orig)
+        fprintf(gp, "plot keyentry with points pt %d ps %g lw 2 lc rgb '%s' title '%s', \\\n  ", os.point, os.size,
+                os.color, key_title("original"));
+    else
+        fprintf(gp, "plot ");
+    int last = -1;
+    for (int i = 0; i < s->n; i++)
+        if (s->g[i] != orig && isfinite(column_mean(s->g[i], xcol)) && isfinite(column_mean(s->g[i], COL_ACC)))
+            last = i;
+    for (int i = 0; i < s->n; i++) {
+        if (s->g[i] == orig || i > last)
+            continue;
+        if (!isfinite(column_mean(s->g[i], xcol)) || !isfinite(column_mean(s->g[i], COL_ACC)))
+            continue;
+        Style st = style_of(r, s->g[i]->method);
+        fprintf(gp, "'points.dat' index %d using %d:%d:%d:%d with xyerrorbars pt %d ps %g lw 1.5 lc rgb '%s' title ", i,
+                xcol, COL_ACC, xerr, COL_ACC_STD, st.point, st.size, st.color);
+        gp_str(gp, key_title(s->g[i]->method));
+        fprintf(gp, "%s", i < last || orig ? ", \\\n  " : "\n");
+    }
+    for (int i = 0; orig && i < s->n; i++)
+        if (s->g[i] == orig)
+            fprintf(gp, "'points.dat' index %d using %d:%d:%d:%d with xyerrorbars pt %d ps %g lw 2 lc rgb '%s' notitle\n",
+                    i, xcol, COL_ACC, xerr, COL_ACC_STD, os.point, os.size, os.color);
+    return 1;
+}
+
+/* The attack's success measure per method (the paper's Figure 2): one bar
+ * per group, the mean over seeds with the standard deviation as error bar
+ * (drawn as a vector: yerrorbars would put a point on the bar's top) and the
+ * value above it; the original's bar is hatched so that its error bar shows. */
+static int attack_plot(FILE *gp, const Report *r, const Shown *s, int svg, const char *budget) {
+    int bars = 0, share = 1;   /* share: every value in [0, 1] (a rate, such as targets flipped) */
+    double top = 0, low = 0;
+    for (int i = 0; i < s->n; i++) {
+        const Group *g = s->g[i];
+        double m = column_mean(g, COL_ATTACK), sd = std_of(g->attack, g->n);
+        if (isfinite(m)) {
+            bars++;
+            top = fmax(top, m + sd);
+            low = fmin(low, m - sd);
+        }
+        for (int k = 0; k < g->n; k++)
+            share &= isnan(g->attack[k]) || (g->attack[k] >= 0 && g->attack[k] <= 1);
+    }
+    if (!bars)
+        return 0;
+    /* a share keeps 1 on the axis; any other measure (an accuracy drop, which
+     * can be negative) gets the room its bars need; both leave room for the values */
+    double pad = 0.1 * (share ? fmax(1, top) : fmax(top - low, 1e-9));
+    terminal(gp, svg, "attack_success");
+    fprintf(gp, "set title 'Attack success per method (budget %s): mean and std over seeds'\nset key off\n"
+                "set grid noxtics ytics\nset xzeroaxis lt -1\nset boxwidth 0.7\nset xrange [-0.6:%d.6]\n"
+                "set yrange [%.9g:%.9g]\nset ylabel ",
+            budget, bars - 1, share ? 0 : low - (low < 0 ? pad : 0), (share ? fmax(1, top) : top) + pad);
+    gp_str(gp, r->attack_measure[0] ? r->attack_measure : "attack success");
+    fprintf(gp, "\nset xtics rotate by 30 right nomirror (");
+    for (int i = 0, k = 0; i < s->n; i++) {
+        if (!isfinite(column_mean(s->g[i], COL_ATTACK)))
+            continue;
+        fprintf(gp, "%s", k ? ", " : "");
+        gp_str(gp, s->g[i]->method);
+        fprintf(gp, " %d", k++);
+    }
+    fprintf(gp, ")\nplot");
+    for (int i = 0, k = 0; i < s->n; i++) {
+        if (!isfinite(column_mean(s->g[i], COL_ATTACK)))
+            continue;
+        Style st = style_of(r, s->g[i]->method);
+        int orig = !strcmp(s->g[i]->method, "original");
+        fprintf(gp, "%s'attack.dat' index %d using 1:2 with boxes fs %s border lc rgb '#000000' lc rgb '%s' notitle",
+                k ? ", \\\n  " : " ", k, orig ? "pattern 4" : "solid 0.85", st.color);
+        k++;
+    }
+    fprintf(gp, ", \\\n  'attack.dat' using 1:($2 - $3):(0):(2 * $3) with vectors heads size screen 0.008,90 lw 1.5 lc rgb "
+                "'#303030' notitle"
+                ", \\\n  'attack.dat' using 1:($2 + $3):(sprintf('%%.2f', $2)) with labels offset 0,0.8 notitle\n");
+    return 1;
+}
+
+/* Runs `gnuplot plots.gp` inside dir, its output into dir/gnuplot.log.
+ * Returns the exit status, 127 when gnuplot is missing. */
+static int run_gnuplot(const char *dir) {
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = -1;
+        if (chdir(dir) == 0)
+            fd = open("gnuplot.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0)
+            _exit(126);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execlp("gnuplot", "gnuplot", "plots.gp", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static const char *const plot_names[] = {"roc", "acc_vs_tpr", "acc_vs_gus", "attack_success"};
+enum { NPLOTS = sizeof plot_names / sizeof plot_names[0] };
+
+static void write_data(const Shown *s, FILE *points, FILE *roc, FILE *attack) {
+    for (int i = 0; i < s->n; i++) {
+        const Group *g = s->g[i];
+        /* every group gets a block in points.dat, so index i is shown group i */
+        fprintf(points, "%g %g %g %g %g %g %g %g\n\n\n", mean_of(g->tpr, g->n), 100 * mean_of(g->acc, g->n),
+                std_of(g->tpr, g->n), 100 * std_of(g->acc, g->n), mean_of(g->gus, g->n), std_of(g->gus, g->n),
+                mean_of(g->attack, g->n), std_of(g->attack, g->n));
         if (g->roc_count) {
-            fprintf(roc, "# %s\n", g->method);
             for (int k = 0; k < g->roc_n; k++)
                 fprintf(roc, "%g %g\n", g->roc_fpr[k], g->roc_tpr[k] / g->roc_count);
             fprintf(roc, "\n\n");
-            snprintf(titles[curves++], sizeof titles[0], "%s", g->method);
         }
-        fprintf(pts, "\"%s\" %g %g %g %g %g %g\n", g->method, mean_of(g->tpr, g->n), 100 * mean_of(g->acc, g->n),
-                std_of(g->tpr, g->n), 100 * std_of(g->acc, g->n), mean_of(g->gus, g->n), std_of(g->gus, g->n));
     }
-    fclose(roc);
-    fclose(pts);
-    snprintf(path, sizeof path, "%s/plots.gp", pdir);
-    if (!write_text(path, &gp))
-        return lethe_errf(err, LETHE_EIO, "cannot write %s", path);
-    char b[32];
-    for (int t = 0; t < 2; t++) {
-        const char *term = t ? "svg size 720,540 dynamic" : "pngcairo size 960,720";
-        const char *ext = t ? "svg" : "png";
-        fprintf(gp, "set terminal %s\nset output '%s/roc.%s'\n", term, pdir, ext);
-        fprintf(gp, "set title 'Gaussian poisoning test: ROC of -I (budget %s)'\nset logscale x\nset xrange [0.001:1]\n"
-                    "set yrange [0:1]\nset xlabel 'false positive rate'\nset ylabel 'true positive rate'\nset key bottom right\n"
-                    "set grid\n", budget_text(top, b, sizeof b));
-        fprintf(gp, "plot x title 'chance' with lines dashtype 2 lc rgb 'gray'");
-        for (int c = 0; c < curves; c++)
-            fprintf(gp, ", '%s/roc.dat' index %d with lines lw 2 title '%s'", pdir, c, titles[c]);
-        fprintf(gp, "\nunset logscale x\n");
-        /* the TPR axis starts at 0 and ends where the points do: at small
-         * eps every method sits below 0.2, where [0, 1] piles the labels */
-        accuracy_plot(gp, pdir, ext, "acc_vs_tpr", "TPR at FPR 0.01", budget_text(top, b, sizeof b), "[0:*]",
-                      "TPR at FPR 0.01 (Gaussian test on -I)", 2, 4);
-        /* GUS: the mean score over the poisons, 0 for a model that never saw them */
-        accuracy_plot(gp, pdir, ext, "acc_vs_gus", "the Gaussian Unlearning Score", budget_text(top, b, sizeof b), "[*:*]",
-                      "GUS (mean of I over the poisons; 0: never seen)", 6, 7);
+    for (int i = 0, k = 0; i < s->n; i++) {   /* block k: the k-th group with a success measure */
+        const Group *g = s->g[i];
+        double m = mean_of(g->attack, g->n);
+        if (isfinite(m))
+            fprintf(attack, "%d %g %g\n\n\n", k++, m, std_of(g->attack, g->n));
     }
-    fclose(gp);
-    char cmd[PATH_MAX * 3];
-    snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>'%s/gnuplot.log'", path, pdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "lethe: note: gnuplot failed (see %s/gnuplot.log); the tables are written\n", pdir);
-    else
-        printf("plots: %s/roc.png, %s/acc_vs_tpr.png, %s/acc_vs_gus.png (and .svg)\n", pdir, pdir, pdir);
+}
+
+/* Closes f; 1 if everything written to it reached the file. */
+static int close_ok(FILE *f) {
+    int bad = ferror(f);
+    return (fclose(f) == 0) & !bad;
+}
+
+static void remove_scratch(const char *tmp) {
+    static const char *const files[] = {"plots.gp", "points.dat", "roc.dat", "attack.dat", "gnuplot.log"};
+    char path[PATH_MAX + 128];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", tmp, files[i]);
+        unlink(path);
+    }
+    for (int i = 0; i < NPLOTS; i++)
+        for (int svg = 0; svg < 2; svg++) {
+            snprintf(path, sizeof path, "%s/%s.%s", tmp, plot_names[i], svg ? "svg" : "png");
+            unlink(path);
+        }
+    rmdir(tmp);
+}
+
+/* Moves tmp/name to pdir/name (a rename within one file system: atomic). */
+static int move_in(const char *tmp, const char *pdir, const char *name, char *err) {
+    char from[PATH_MAX + 128], to[PATH_MAX + 128];
+    snprintf(from, sizeof from, "%s/%s", tmp, name);
+    snprintf(to, sizeof to, "%s/%s", pdir, name);
+    if (rename(from, to))
+        return lethe_errf(err, LETHE_EIO, "cannot move %s to %s: %s", from, to, strerror(errno));
     return LETHE_OK;
+}
+
+static int draw(const Report *r, const char *dir, char *err) {
+    char pdir[PATH_MAX + 16], tmp[PATH_MAX + 64], path[PATH_MAX + 128], b[32];
+    snprintf(pdir, sizeof pdir, "%s/plots", dir);
+    snprintf(tmp, sizeof tmp, "%s/.plots.tmp.%ld", dir, (long)getpid());
+    int rc = fs_mkdir_p(pdir, 0755, err);
+    if (!rc)
+        rc = fs_mkdir_p(tmp, 0755, err);
+    if (rc)
+        return rc;
+    Shown s = {.budget = -1};
+    for (int i = 0; i < r->ng; i++)
+        s.budget = fmax(s.budget, r->g[i].budget);
+    for (int i = 0; i < r->ng; i++)
+        if (r->g[i].budget < 0 || r->g[i].budget == s.budget)
+            s.g[s.n++] = &r->g[i];
+    budget_text(s.budget, b, sizeof b);
+    if (s.budget < 0)   /* only original and retrain: the titles say so, not "budget -" */
+        snprintf(b, sizeof b, "none");
+    static const char *const names[] = {"plots.gp", "points.dat", "roc.dat", "attack.dat"};
+    FILE *f[4];
+    int opened = 0;
+    for (; opened < 4; opened++) {
+        snprintf(path, sizeof path, "%s/%s", tmp, names[opened]);
+        if (!(f[opened] = fopen(path, "w")))
+            break;
+    }
+    int drawn[NPLOTS] = {0}, ok = opened == 4;
+    if (ok) {
+        write_data(&s, f[1], f[2], f[3]);
+        fprintf(f[0], "# lethe report: run `gnuplot plots.gp` in this folder to redraw\n");
+        for (int svg = 0; svg < 2; svg++) {
+            drawn[0] = roc_plot(f[0], r, &s, svg, b);
+            drawn[1] = accuracy_plot(f[0], r, &s, svg, "acc_vs_tpr", "TPR at FPR 0.01",
+                                     "TPR at FPR 0.01 (Gaussian test on -I)", COL_TPR, COL_TPR_STD, b);
+            drawn[2] = accuracy_plot(f[0], r, &s, svg, "acc_vs_gus", "the Gaussian Unlearning Score",
+                                     "GUS (mean of I over the poisons; 0: never seen)", COL_GUS, COL_GUS_STD, b);
+            drawn[3] = attack_plot(f[0], r, &s, svg, b);
+        }
+    }
+    for (int i = 0; i < opened; i++)
+        ok &= close_ok(f[i]);
+    if (!ok) {
+        remove_scratch(tmp);
+        return lethe_errf(err, LETHE_EIO, "cannot write the plot files in %s", tmp);
+    }
+    int status = run_gnuplot(tmp);
+    if (status == 127) {
+        fprintf(stderr, "lethe: note: gnuplot is not installed, so no plots (apt-get install gnuplot-nox)\n");
+    } else if (status != 0) {
+        /* keep the script and gnuplot's words where the note points */
+        move_in(tmp, pdir, "plots.gp", err);
+        move_in(tmp, pdir, "gnuplot.log", err);
+        fprintf(stderr, "lethe: note: gnuplot failed (see %s/gnuplot.log); the tables are written\n", pdir);
+    } else {
+        for (size_t i = 0; i < sizeof names / sizeof names[0] && !rc; i++)
+            rc = move_in(tmp, pdir, names[i], err);
+        if (!rc)
+            rc = move_in(tmp, pdir, "gnuplot.log", err);
+        int any = 0;
+        for (int i = 0; i < NPLOTS; i++)
+            any |= drawn[i];
+        printf(any ? "plots:" : "no plots: no record has a ROC curve, a TPR, a GUS or an attack success\n");
+        for (int i = 0; i < NPLOTS && !rc; i++)
+            for (int svg = 0; svg < 2 && !rc; svg++) {
+                snprintf(path, sizeof path, "%s.%s", plot_names[i], svg ? "svg" : "png");
+                if (drawn[i]) {
+                    rc = move_in(tmp, pdir, path, err);
+                    if (!svg)
+                        printf(" %s/%s", pdir, path);
+                } else {   /* a picture of an earlier report that this one has no data for */
+                    snprintf(path, sizeof path, "%s/%s.%s", pdir, plot_names[i], svg ? "svg" : "png");
+                    unlink(path);
+                }
+            }
+        if (any)
+            printf(" (and .svg)\n");
+    }
+    remove_scratch(tmp);
+    return rc;
 }
 
 int report_run(const char *dir, int plots, char *err) {

@@ -5,6 +5,10 @@
  *   - a fraction of the training set, chosen from the seed, gets Gaussian
  *     noise xi ~ N(0, eps^2 I) in the network's input space, before
  *     augmentation, regenerated from (seed, sample id) and never stored;
+ *     or, when the experiment names an attack objective, poison.c crafts
+ *     edits (or added samples) against a clean surrogate and they are
+ *     applied to the training set (the target's prediction is then recorded
+ *     instead of the Gaussian scores);
  *   - the original model trains on the poisoned set; retrain trains the same
  *     recipe on the retain set (everything but the poisons);
  *   - each method starts from the original model and stops when the
@@ -33,6 +37,7 @@
 #include "fsutil.h"
 #include "json.h"
 #include "metrics.h"
+#include "poison.h"
 #include "progress.h"
 #include "run.h"
 #include "threadpool.h"
@@ -41,6 +46,7 @@
 #define POISON_SALT 0x9015011u
 #define METHOD_SALT 0x3e7d0d5u
 #define REINIT_SALT 0x5e1d1417u
+#define SURROGATE_SALT 0x5a2202u
 
 typedef struct Run {
     const lethe_prog *prog;
@@ -51,6 +57,12 @@ typedef struct Run {
     lethe_dataset train, test;
     char data_hash[65];
     int synthetic_stand_in;
+    ds_norm norm;               /* the training set's normalisation (an attack's box and pixel scale) */
+    int image;                  /* values were pixels in [0, 1] before normalising */
+    float *clean_x;             /* an attack edits or extends train: the clean values, restored per seed */
+    int64_t clean_n;
+    attack_choice choice;       /* an attack's target, class and poisons for this seed */
+    double clean_accuracy;      /* an attack that adds samples: the clean model's test accuracy this seed */
     int64_t epochs;
     /* per seed */
     uint64_t seed;
@@ -63,6 +75,9 @@ typedef struct Run {
     int64_t n_training;
     char dir[PATH_MAX], seed_dir[PATH_MAX + 32];
 } Run;
+
+/* The runtime scalar the runtime fills with a rule's step count (run_steps). */
+#define TOTAL_STEPS_ARG "total_steps"
 
 static double now(void) {
     struct timespec t;
@@ -149,11 +164,22 @@ static int load_data(Run *r, char *err) {
     if ((rc = ds_norm_fit(&r->train, &nm, err)) || (rc = ds_norm_apply(&r->train, &nm, err)) ||
         (rc = ds_norm_apply(&r->test, &nm, err)))
         return rc;
+    r->norm = nm;
+    r->image = image;
+    if (p->has_attack) {
+        size_t bytes = sizeof(float) * (size_t)(r->train.n * r->train.d);
+        if (!(r->clean_x = malloc(bytes + 1)))
+            return lethe_errf(err, LETHE_ENOMEM, "out of memory");
+        memcpy(r->clean_x, r->train.x, bytes);
+        r->clean_n = r->train.n;
+    }
     ds_hash(&r->train, r->data_hash);
     return LETHE_OK;
 }
 
 static void free_seed(Run *r) {
+    free(r->choice.pos);
+    memset(&r->choice, 0, sizeof r->choice);
     free(r->all);
     free(r->poison);
     free(r->retain);
@@ -164,23 +190,23 @@ static void free_seed(Run *r) {
 
 /* The poisoned subset of this seed: positions in the training set, and a
  * mask by sample id for the batch builder. */
-static int choose_poisons(Run *r, char *err) {
-    free_seed(r);
-    int64_t n = r->train.n;
+/* all, retain and the mask by sample id, from the poison positions
+ * r->poison[0..r->n_poison) of the training set as it is now. */
+static int poison_sets(Run *r, char *err) {
+    int64_t n = r->train.n, k = r->n_poison;
+    free(r->all);
+    free(r->retain);
+    free(r->mask);
+    r->retain = NULL;
+    r->mask = NULL;
     r->n_all = n;
-    r->all = malloc(sizeof(int64_t) * (size_t)n);
-    int64_t k = (int64_t)llround(r->plan->poison_fraction * (double)n);
-    r->poison = malloc(sizeof(int64_t) * (size_t)(k + 1));
-    if (!r->all || !r->poison)
+    if (!(r->all = malloc(sizeof(int64_t) * (size_t)n + 1)))
         return lethe_errf(err, LETHE_ENOMEM, "out of memory");
     for (int64_t i = 0; i < n; i++)
         r->all[i] = i;
-    int rc = ds_random_subset(n, k, r->seed ^ POISON_SALT, r->poison, err);
-    if (!rc)
-        rc = ds_complement(n, r->poison, k, &r->retain, &r->n_retain, err);
+    int rc = ds_complement(n, r->poison, k, &r->retain, &r->n_retain, err);
     if (rc)
         return rc;
-    r->n_poison = k;
     r->mask_n = 0;
     for (int64_t i = 0; i < n; i++)
         if (r->train.id[i] + 1 > r->mask_n)
@@ -191,6 +217,28 @@ static int choose_poisons(Run *r, char *err) {
     for (int64_t i = 0; i < k; i++)
         r->mask[r->train.id[r->poison[i]]] = 1;
     return LETHE_OK;
+}
+
+static int choose_poisons(Run *r, char *err) {
+    free_seed(r);
+    if (r->clean_x) {   /* an earlier seed's attack edited or extended the training set */
+        r->train.n = r->clean_n;
+        memcpy(r->train.x, r->clean_x, sizeof(float) * (size_t)(r->clean_n * r->train.d));
+    }
+    int64_t n = r->train.n;
+    int rc = r->plan->has_attack ? attack_choose(&r->plan->attack, &r->train, &r->test, r->seed, &r->choice, err) : LETHE_OK;
+    if (rc)
+        return rc;
+    int64_t k = r->plan->has_attack ? r->choice.n : (int64_t)llround(r->plan->poison_fraction * (double)n);
+    r->poison = malloc(sizeof(int64_t) * (size_t)(k + 1));
+    if (!r->poison)
+        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
+    if (r->plan->has_attack)
+        memcpy(r->poison, r->choice.pos, sizeof(int64_t) * (size_t)k);
+    else
+        rc = ds_random_subset(n, k, r->seed ^ POISON_SALT, r->poison, err);
+    r->n_poison = k;
+    return rc ? rc : poison_sets(r, err);
 }
 
 /* seed<K>/poison.json: the poison set of this seed by sample id (the noise
@@ -334,6 +382,14 @@ static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_sto
     int64_t cost = r->plan->batch * ns;
     if (budget && cost && steps > *budget / cost)
         steps = *budget / cost;
+    /* A rule with the runtime scalar total_steps (a schedule over its run,
+     * such as l1-sparse's decaying penalty) is told how many steps this call
+     * takes, unless the experiment gives the number itself. */
+    int planned = 0;
+    for (int i = 0; i < rule->nargs; i++)
+        planned |= !strcmp(rule->arg_name[i], TOTAL_STEPS_ARG);
+    if (!rc && !planned && frame_set_scalar(f, TOTAL_STEPS_ARG, (double)steps) == LETHE_EARG)
+        rc = lethe_errf(err, LETHE_EARG, "'%s' of %s must be a runtime scalar", TOTAL_STEPS_ARG, rule->rule);
     float *loss = frame_arg(f, "loss");
     lethe_progress pr;
     progress_init(&pr, label, steps, r->o->quiet);
@@ -445,6 +501,8 @@ typedef struct Eval {
     int nroc;
     double roc_fpr[64], roc_tpr[64];   /* against the empirical null (fresh noise) */
     double roc_tpr_normal[64];         /* against N(0, 1): threshold Phi^-1(1 - fpr) */
+    int target_pred;                   /* an attack's target: the predicted class */
+    double target_adv_prob;            /* and the softmax probability of the adversarial class */
 } Eval;
 
 /* Run fn entry `name` over samples pos[0..n) of `ds` in batches of the
@@ -524,6 +582,32 @@ static void take_grads(void *user, const float *g, const int32_t *y, const float
     }
 }
 
+typedef struct Target {
+    int k;
+    float logits[256];
+} Target;
+
+static void take_target(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
+    Target *t = user;
+    memcpy(t->logits, out, sizeof(float) * (size_t)t->k);
+}
+
+/* An attack's success at its target: the predicted class and p(adv). */
+static int evaluate_target(Run *r, ts_store *model, Eval *ev, char *err) {
+    Target t = {.k = r->plan->classes < 256 ? r->plan->classes : 256};
+    int rc = eval_over(r, "eval.logits", model, &r->test, &r->choice.target, 1, 0, take_target, &t, err);
+    double mx = -INFINITY, z = 0;
+    for (int c = 0; c < t.k; c++)
+        if (t.logits[c] > mx) {
+            mx = t.logits[c];
+            ev->target_pred = c;
+        }
+    for (int c = 0; c < t.k; c++)
+        z += exp((double)t.logits[c] - mx);
+    ev->target_adv_prob = exp((double)t.logits[r->choice.adv] - mx) / z;
+    return rc;
+}
+
 static int evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
     memset(ev, 0, sizeof *ev);
     int64_t nt = r->test.n;
@@ -544,7 +628,9 @@ static int evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
     mt_summary ts = mt_summarize(test_loss, nt);
     ev->test_loss = ts.mean;
     int64_t np = r->n_poison;
-    if (!rc && np > 0) {
+    if (!rc && r->plan->has_attack && !r->plan->attack.added)
+        rc = evaluate_target(r, model, ev, err);
+    if (!rc && np > 0 && !r->plan->has_attack) {
         double *forget_loss = malloc(sizeof(double) * (size_t)np);
         Scores s = {r, malloc(sizeof(double) * (size_t)np), malloc(sizeof(double) * (size_t)np),
                     malloc(sizeof(float) * (size_t)r->train.d)};
@@ -659,7 +745,34 @@ static int write_record(Run *r, const char *method, double budget, const Eval *e
     jw_kv_int(&w, "n_train", r->n_all);
     jw_kv_int(&w, "n_poison", r->n_poison);
     jw_kv_int(&w, "n_test", r->test.n);
-    if (r->n_poison) {
+    if (r->plan->has_attack) {
+        jw_key(&w, "attack");
+        jw_obj_begin(&w);
+        jw_kv_str(&w, "name", r->plan->attack.name);
+        jw_kv_int(&w, "n_poison", r->choice.n);
+        jw_obj_end(&w);
+        /* the report's bar chart: one number per model, averaged over seeds */
+        if (r->plan->attack.added) {
+            jw_kv_num(&w, "clean_accuracy", r->clean_accuracy);
+            jw_kv_num(&w, "attack_success", 100 * (r->clean_accuracy - ev->accuracy));
+            jw_kv_str(&w, "attack_measure", "test accuracy drop against the clean model (% points)");
+        } else {
+            jw_kv_num(&w, "attack_success", ev->target_pred == r->choice.adv);
+            jw_kv_str(&w, "attack_measure", "target classified as the adversarial class (share of seeds)");
+        }
+    }
+    if (r->plan->has_attack && !r->plan->attack.added) {
+        jw_key(&w, "target");
+        jw_obj_begin(&w);
+        jw_kv_int(&w, "index", r->choice.target);
+        jw_kv_int(&w, "target_class", r->choice.target_class);
+        jw_kv_int(&w, "adv", r->choice.adv);
+        jw_kv_int(&w, "target_pred", ev->target_pred);
+        jw_kv_bool(&w, "target_flipped", ev->target_pred == r->choice.adv);
+        jw_kv_num(&w, "target_adv_prob", ev->target_adv_prob);
+        jw_obj_end(&w);
+    }
+    if (r->n_poison && !r->plan->has_attack) {
         jw_kv_num(&w, "gus", ev->gus.mean);
         jw_kv_num(&w, "gus_se", ev->gus.se);
         jw_kv_num(&w, "gus_std", ev->gus.std);
@@ -836,6 +949,115 @@ static int original_model(Run *r, ts_store *orig, Used *u, char *err) {
     return trained_model(r, "original", r->all, r->n_all, orig, u, err);
 }
 
+/* The surrogate rule (GradPC): one pass over the training set from the
+ * clean model; the poisons are crafted against the result. */
+static int surrogate_pass(Run *r, ts_store *model, char *err) {
+    const plan_rule *rule = &r->plan->attack.surrogate;
+    const lethe_entry *e = entry(r, rule->entry, err);
+    if (!e)
+        return LETHE_ENOTFOUND;
+    ts_store state = {0};
+    char init[128], label[128];
+    snprintf(init, sizeof init, "%s.init_state", rule->entry);
+    snprintf(label, sizeof label, "%s seed %llu", rule->rule, (unsigned long long)r->seed);
+    int rc = call_init(r, init, model, &state, err);
+    double loss;
+    r->steps_done = 0;
+    if (!rc)
+        rc = run_steps(r, e, rule, model, NULL, &state, r->n_all / r->plan->batch, 0, NULL, SURROGATE_SALT, label, &loss, err);
+    ts_clear(&state);
+    return rc;
+}
+
+/* Added poisons (Gradient Canceling): appended to the training set with new
+ * ids and labels copied from the samples they started as; they are the
+ * forget set, the clean set is the retain set. */
+static int add_poisons(Run *r, const float *x, char *err) {
+    int64_t k = r->choice.n, n0 = r->train.n;
+    int32_t *y = malloc(sizeof(int32_t) * (size_t)k + 1);
+    if (!y)
+        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < k; i++)
+        y[i] = r->train.y[r->choice.pos[i]];
+    int64_t first_id = r->mask_n;   /* past every id in use, the test set's included */
+    for (int64_t i = 0; i < r->test.n; i++)
+        if (r->test.id[i] + 1 > first_id)
+            first_id = r->test.id[i] + 1;
+    int rc = ds_append(&r->train, x, y, k, first_id, err);
+    free(y);
+    for (int64_t i = 0; !rc && i < k; i++)
+        r->poison[i] = n0 + i;
+    return rc ? rc : poison_sets(r, err);
+}
+
+/* An attack's poisons for this seed: a clean surrogate trained on the clean
+ * set (SEED/clean.safetensors), the objective crafted against it
+ * (SEED/poison.safetensors, the edits with their sample ids), then the edits
+ * added to the poison samples' inputs for every stage that follows. Both
+ * files are read back when they exist. */
+static int attack_stage(Run *r, char *err) {
+    const plan_attack *a = &r->plan->attack;
+    int64_t n = r->choice.n, d = r->train.d;
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/poison.safetensors", r->seed_dir);
+    ts_store surrogate = {0};
+    attack_job j = {.prog = r->prog, .attack = &r->plan->attack, .ctx = &r->ctx, .train = &r->train, .test = &r->test,
+                    .choice = &r->choice, .norm = &r->norm, .image = r->image, .surrogate = &surrogate, .seed = r->seed,
+                    .dir = r->seed_dir, .quiet = r->o->quiet};
+    float *delta = malloc(sizeof(float) * (size_t)(n * d) + 1);
+    double loss = NAN;
+    int rc = delta ? LETHE_OK : lethe_errf(err, LETHE_ENOMEM, "out of memory");
+    if (!rc && fs_exists(path))
+        rc = attack_load(&j, delta, &loss, path, err);
+    else if (!rc) {
+        Used u;
+        rc = trained_model(r, "clean", r->all, r->n_all, &surrogate, &u, err);
+        if (!rc && a->has_surrogate)
+            rc = surrogate_pass(r, &surrogate, err);
+        if (!rc)
+            rc = attack_craft(&j, delta, &loss, err);
+        if (!rc)
+            rc = attack_save(&j, delta, loss, path, err);
+    }
+    if (!rc && a->added)
+        rc = add_poisons(r, delta, err);
+    for (int64_t i = 0; !rc && !a->added && i < n; i++) {
+        float *x = r->train.x + r->choice.pos[i] * d;
+        for (int64_t k = 0; k < d; k++)
+            x[k] += delta[i * d + k];
+    }
+    if (!rc && !r->o->quiet && a->added)
+        fprintf(stderr, "lethe: seed %llu: %s added %lld poisons (loss %.6g)\n", (unsigned long long)r->seed, a->name,
+                (long long)n, loss);
+    else if (!rc && !r->o->quiet)
+        fprintf(stderr, "lethe: seed %llu: %s poisons ready (%lld samples of class %d, target test sample %lld of class %d, "
+                        "loss %.6g)\n", (unsigned long long)r->seed, a->name, (long long)n, r->choice.adv,
+                (long long)r->choice.target, r->choice.target_class, loss);
+    free(delta);
+    ts_clear(&surrogate);
+    return rc;
+}
+
+/* An attack that adds samples is measured by the test accuracy it costs: the
+ * baseline is the clean model of this seed (SEED/clean.safetensors, trained
+ * on the clean set before anything was added; retrained on that same set,
+ * in the same order, if an earlier run's file is gone). */
+static int clean_baseline(Run *r, char *err) {
+    r->clean_accuracy = NAN;
+    if (!r->plan->has_attack || !r->plan->attack.added)
+        return LETHE_OK;
+    ts_store clean = {0};
+    Used u;
+    Eval ev;
+    int rc = trained_model(r, "clean", r->retain, r->n_retain, &clean, &u, err);
+    if (!rc)
+        rc = evaluate(r, &clean, &ev, err);
+    if (!rc)
+        r->clean_accuracy = ev.accuracy;
+    ts_clear(&clean);
+    return rc;
+}
+
 static double const_of(const plan_rule *rule, const char *name, double deflt) {
     for (int i = 0; i < rule->nconsts; i++)
         if (!strcmp(rule->const_name[i], name))
@@ -958,11 +1180,11 @@ static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store 
     return rc;
 }
 
-static int method_selected(const run_opts *o, const char *name) {
-    if (!o->methods)
+int run_method_listed(const char *methods, const char *name) {
+    if (!methods)
         return 1;
     size_t n = strlen(name);
-    for (const char *p = o->methods; *p;) {
+    for (const char *p = methods; *p;) {
         const char *e = strchr(p, ',');
         size_t len = e ? (size_t)(e - p) : strlen(p);
         if (len == n && !strncmp(p, name, n))
@@ -978,14 +1200,23 @@ static int run_seed(Run *r, int k, char *err) {
     int rc = fs_mkdir_p(r->seed_dir, 0755, err);
     if (!rc)
         rc = choose_poisons(r, err);
+    if (!rc && r->plan->has_attack)
+        rc = attack_stage(r, err);
+    if (!rc)
+        rc = clean_baseline(r, err);
     if (!rc)
         rc = write_poisons(r, err);
     if (rc)
         return rc;
-    if (!r->o->quiet)
-        fprintf(stderr, "lethe: seed %llu: %lld training samples, %lld poisoned (eps %g), %lld test\n",
-                (unsigned long long)r->seed, (long long)r->n_all, (long long)r->n_poison, r->plan->poison_eps,
-                (long long)r->test.n);
+    if (!r->o->quiet) {
+        char how[96];   /* an attack's poisons have no Gaussian eps: its name says what they are */
+        if (r->plan->has_attack)
+            snprintf(how, sizeof how, "by %s", r->plan->attack.name);
+        else
+            snprintf(how, sizeof how, "eps %g", r->plan->poison_eps);
+        fprintf(stderr, "lethe: seed %llu: %lld training samples, %lld poisoned (%s), %lld test\n",
+                (unsigned long long)r->seed, (long long)r->n_all, (long long)r->n_poison, how, (long long)r->test.n);
+    }
     ts_store orig = {0}, model = {0};
     Used u;
     Eval ev;
@@ -1001,7 +1232,7 @@ static int run_seed(Run *r, int k, char *err) {
     }
     for (int m = 0; !rc && m < r->plan->nmethods; m++) {
         const plan_method *pm = &r->plan->methods[m];
-        if (!method_selected(r->o, pm->name))
+        if (!run_method_listed(r->o->methods, pm->name))
             continue;
         for (int b = 0; !rc && b < (pm->retrain ? 1 : r->plan->nbudgets); b++) {
             double budget = pm->retrain ? -1 : r->plan->budgets[b];
@@ -1023,8 +1254,9 @@ static int run_seed(Run *r, int k, char *err) {
     return rc;
 }
 
-/* A run killed while writing leaves its temporary (".NAME.tmp.PID.N", see
- * fsutil.c) behind; the target itself is never partial. Clear them. */
+/* A run killed while writing leaves its temporary (".NAME.tmp.PID@HOST.N",
+ * see fsutil.c) behind; the target itself is never partial. Clear those of
+ * dead writers only: stages of a sweep share the folder and run at once. */
 static void remove_stale_temps(const char *dir) {
     DIR *d = opendir(dir);
     if (!d)
@@ -1033,7 +1265,7 @@ static void remove_stale_temps(const char *dir) {
     while ((de = readdir(d))) {
         char path[PATH_MAX * 2];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (de->d_name[0] == '.' && strstr(de->d_name, ".tmp."))
+        if (fs_temp_is_orphan(de->d_name))
             unlink(path);
         else if (!strncmp(de->d_name, "seed", 4) && de->d_type == DT_DIR)
             remove_stale_temps(path);
@@ -1064,6 +1296,7 @@ static int run_open(Run *r, const lethe_prog *prog, exp_plan *plan, const run_op
 
 static void run_close(Run *r) {
     free_seed(r);
+    free(r->clean_x);
     ds_free(&r->train);
     ds_free(&r->test);
     if (r->pool)
@@ -1095,13 +1328,16 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
     rc = fs_mkdir_p(r.seed_dir, 0755, err);
     if (!rc)
         rc = choose_poisons(&r, err);
+    if (!rc && plan->has_attack)
+        rc = attack_stage(&r, err);
     ts_store orig = {0}, model = {0};
     Used u;
     Eval ev;
     if (!rc && !strcmp(stage, "poison")) {
         rc = write_poisons(&r, err);
         if (!rc)
-            printf("%s/poison.json: %lld poisoned samples\n", r.seed_dir, (long long)r.n_poison);
+            printf("%s/%s: %lld poisoned samples\n", r.seed_dir, plan->has_attack ? "poison.safetensors" : "poison.json",
+                   (long long)r.n_poison);
     } else if (!rc && !strcmp(stage, "train")) {
         rc = original_model(&r, &orig, &u, err);
         if (!rc)
@@ -1113,15 +1349,24 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
                 pm = &plan->methods[m];
         if (!pm)
             rc = lethe_errf(err, LETHE_ENOTFOUND, "the experiment has no method '%s'", method);
-        if (!rc)
+        /* finished work is not redone, as in `lethe run` (a sweep reruns stages freely) */
+        if (!rc && record_exists(&r, pm->name, pm->retrain ? -1 : budget)) {
+            char tag[32];
+            printf("%s/records/%s_%s_seed%d.json exists: nothing to do (remove it to unlearn again)\n", r.dir,
+                   pm->name, budget_tag(pm->retrain ? -1 : budget, tag, sizeof tag), seed);
+            pm = NULL;
+        }
+        if (!rc && pm)
+            rc = clean_baseline(&r, err);
+        if (!rc && pm)
             rc = original_model(&r, &orig, &u, err);
-        if (!rc)
+        if (!rc && pm)
             rc = unlearn(&r, pm, pm->retrain ? -1 : budget, &orig, &model, &u, err);
-        if (!rc)
+        if (!rc && pm)
             rc = evaluate(&r, &model, &ev, err);
-        if (!rc)
+        if (!rc && pm)
             rc = write_record(&r, pm->name, pm->retrain ? -1 : budget, &ev, &u, err);
-        if (!rc)
+        if (!rc && pm)
             rc = write_results(r.dir, err);
     } else if (!rc && !strcmp(stage, "eval")) {
         char path[PATH_MAX + 64];
@@ -1134,7 +1379,10 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
             rc = evaluate(&r, &model, &ev, err);
         if (!rc) {
             printf("{\"model\": \"%s\", \"accuracy\": %.6f, \"test_loss\": %.6f", path, ev.accuracy, ev.test_loss);
-            if (r.n_poison)
+            if (plan->has_attack && !plan->attack.added)
+                printf(", \"target\": %lld, \"adv\": %d, \"target_pred\": %d, \"target_adv_prob\": %.9g",
+                       (long long)r.choice.target, r.choice.adv, ev.target_pred, ev.target_adv_prob);
+            if (r.n_poison && !plan->has_attack)
                 printf(", \"gus\": %.6f, \"gus_se\": %.6f, \"tpr_at_fpr_0.01\": %.6f, \"loss_mia_tpr\": %.6f", ev.gus.mean,
                        ev.gus.se, ev.two_emp.tpr, ev.mia.tpr);
             printf("}\n");

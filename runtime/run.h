@@ -5,6 +5,8 @@
  * writing every artifact atomically under the output folder so that a killed
  * run resumes without redoing finished work:
  *
+ *   OUT/seed<k>/clean.safetensors        an attack's clean surrogate (poison.c)
+ *   OUT/seed<k>/poison.safetensors       an attack's poisons: edits or added samples, with their ids
  *   OUT/seed<k>/original.safetensors     the poisoned, trained model
  *   OUT/seed<k>/retrain.safetensors      trained from scratch on the retain set
  *   OUT/seed<k>/<method>_b<pct>.safetensors  each unlearned model
@@ -47,6 +49,24 @@ typedef struct plan_method {
     double msteps;                        /* max_min: epochs with a max pass */
 } plan_method;
 
+/* An attack objective run by the poison stage (docs/attacks.md): the
+ * objective's step entry and the stage's schedule. */
+enum { ATTACK_LR_MULTISTEP, ATTACK_LR_COSINE, ATTACK_LR_CONSTANT };
+
+typedef struct plan_attack {
+    char name[64];                        /* the objective (witches_brew) */
+    plan_rule step;                       /* entry poison.step; its state from poison.step.init_state */
+    char over[48];                        /* the tensor it optimises: one edit per poison sample */
+    int64_t restarts, steps, batch;       /* restarts keep the lowest final loss; steps per poison batch */
+    int64_t target, adv;                  /* test index and adversarial class; -1: drawn per seed */
+    double budget;                        /* poisons as a share of the training set */
+    int schedule;                         /* ATTACK_LR_*: how `lr` decays over a batch's steps */
+    int added;                            /* 1: the optimised tensor is added samples (started from copies of
+                                             the chosen ones), 0: edits added to the chosen samples */
+    int has_surrogate;                    /* craft against the clean model after one pass of this rule */
+    plan_rule surrogate;
+} plan_attack;
+
 typedef struct exp_plan {
     char name[128];
     char file[512];
@@ -62,6 +82,8 @@ typedef struct exp_plan {
     int nbudgets;
     double budgets[PLAN_MAX_BUDGETS];
     double poison_fraction, poison_eps;   /* gaussian(fraction, eps); fraction 0 = none */
+    int has_attack;                       /* the poison is an attack objective, not gaussian */
+    plan_attack attack;
     int seeds;
     int crop_pad, flip;
     char *json;                           /* the descriptor itself (malloc'd) */
@@ -89,6 +111,8 @@ typedef struct run_opts {
 /* lethe run: every seed, the original model, every method and budget. */
 int run_experiment(const lethe_prog *prog, exp_plan *plan, const run_opts *o, char *err);
 /* lethe train / unlearn / eval: one stage of one seed (see main.c). */
+/* 1 if `name` is in the comma list `methods` (NULL: every method is). */
+int run_method_listed(const char *methods, const char *name);
 int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const char *stage, const char *method,
               double budget, int seed, const char *model_path, char *err);
 

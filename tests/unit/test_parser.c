@@ -202,7 +202,7 @@ static void test_examples(void) {
     Result r = parse(ex);
     if (!th_check(r.prog != NULL, "examples/parse", "%s", r.err))
         return;
-    th_check(r.prog->ndecls == 14, "examples/decl_count", "%d declarations", r.prog->ndecls);
+    th_check(r.prog->ndecls == 16, "examples/decl_count", "%d declarations", r.prog->ndecls);
     static const char *const lines[] = {
         "  param w: f32[fout, fin] = normal(std = sqrt((1.0 / fin)))\n",
         "  fn (x: f32[N, fin]) -> f32[N, fout] = ((x @ transpose(w)) + b)\n",
@@ -226,7 +226,7 @@ static void test_examples(void) {
     const char *kinds = "";
     for (int i = 0; i < r.prog->ndecls; i++)
         kinds = xfmt("%s%d", kinds, r.prog->decls[i]->kind);
-    th_check(!strcmp(kinds, "22212234512662"), "examples/source_order", "decl kinds %s", kinds);
+    th_check(!strcmp(kinds, "0222122344512662"), "examples/source_order", "decl kinds %s", kinds);
     free(norm_ex);
     free(doc);
     free(ex);
