@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,33 @@ static int fsync_dir(const char *dir) {
     return 0;
 }
 
+/* The host name as temp names carry it: no '/' and no '.', so that the
+ * name still parses (shortened at the first dot, as `hostname -s`). */
+static void this_host(char *host, size_t n) {
+    if (gethostname(host, n) != 0)
+        host[0] = 0;
+    host[n - 1] = 0;
+    host[strcspn(host, "./")] = 0;
+    if (!host[0])
+        snprintf(host, n, "localhost");
+}
+
+int fs_temp_is_orphan(const char *name) {
+    const char *t = strstr(name, ".tmp.");
+    if (name[0] != '.' || !t)
+        return 0;
+    char *end;
+    long pid = strtol(t + 5, &end, 10);
+    if (*end != '@')        /* a temp from before host names: its writer is long gone */
+        return 1;
+    char host[64];
+    this_host(host, sizeof host);
+    size_t hl = strlen(host);
+    if (strncmp(end + 1, host, hl) || end[1 + hl] != '.')
+        return 0;           /* another machine's writer: it may be alive */
+    return pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
 int fs_atomic_begin(fs_atomic *a, const char *path, char *err) {
     memset(a, 0, sizeof *a);
     a->fd = -1;
@@ -52,7 +80,7 @@ int fs_atomic_begin(fs_atomic *a, const char *path, char *err) {
     char *dir = dir_of(path);
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     a->path = strdup(path);
-    size_t tlen = strlen(dir) + strlen(base) + 64;
+    size_t tlen = strlen(dir) + strlen(base) + 128;
     a->tmp = malloc(tlen);
     if (!dir || !a->path || !a->tmp) {
         free(dir);
@@ -62,9 +90,13 @@ int fs_atomic_begin(fs_atomic *a, const char *path, char *err) {
         return lethe_errf(err, LETHE_ENOMEM, "%s: out of memory", path);
     }
     /* O_EXCL makes a clash with another writer's temp file impossible; the
-     * pid + counter make one unlikely, so a few tries always suffice. */
+     * pid + counter make one unlikely, so a few tries always suffice. The
+     * host and pid tell a later run whether the writer is still alive
+     * (fs_temp_is_orphan). */
+    char host[64];
+    this_host(host, sizeof host);
     for (int attempt = 0; attempt < 100 && a->fd < 0; attempt++) {
-        snprintf(a->tmp, tlen, "%s/.%s.tmp.%ld.%u", dir, base, (long)getpid(),
+        snprintf(a->tmp, tlen, "%s/.%s.tmp.%ld@%s.%u", dir, base, (long)getpid(), host,
                  atomic_fetch_add(&tmp_counter, 1));
         a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (a->fd < 0 && errno != EEXIST)

@@ -5,7 +5,7 @@
  * one is expected. Hence:
  *
  *  - Whole files are written ATOMICALLY: the bytes go to a temporary file in
- *    the same directory (".<name>.tmp.<pid>.<n>", so rename(2) never crosses
+ *    the same directory (".<name>.tmp.<pid>@<host>.<n>", so rename(2) never crosses
  *    a file system), which is fsync'd, then renamed over the target, then the
  *    directory is fsync'd. Readers see the old file or the new one, never a
  *    mix. On any failure the temporary file is removed and the target is
@@ -57,6 +57,12 @@ int fs_atomic_begin(fs_atomic *a, const char *path, char *err);
 void fs_atomic_write(fs_atomic *a, const void *data, size_t n);
 int fs_atomic_commit(fs_atomic *a, char *err);
 void fs_atomic_abort(fs_atomic *a);
+/* 1 if `name` (a file name, no folder) is a temporary file of fs_atomic_begin
+ * whose writer is dead: written on this host by a process that no longer
+ * exists. Temporaries of live writers and of other hosts (a shared folder of
+ * a cluster) are not orphans, so concurrent stages never delete each
+ * other's files. */
+int fs_temp_is_orphan(const char *name);
 
 /* ---- directories and whole-file reads ----------------------------------- */
 

@@ -160,6 +160,10 @@ bad = [k for k in keys if a.get(k) != b.get(k)]
 print("differ:", bad) if bad else None
 sys.exit(1 if bad else 0)
 PY
+before=$(stat -c %Y.%s "$work/s/seed0/gd_b10.safetensors" "$work/s/records/gd_b10_seed0.json" 2>&1)
+stage unlearn --method gd --budget 10% > "$work/s_again.log" 2>&1 && grep -q "exists: nothing to do" "$work/s_again.log" &&
+    [ "$before" = "$(stat -c %Y.%s "$work/s/seed0/gd_b10.safetensors" "$work/s/records/gd_b10_seed0.json" 2>&1)" ] &&
+    echo "PASS e2e.stage_unlearn_done_is_skipped" || echo "FAIL e2e.stage_unlearn_done_is_skipped: $(cat "$work/s_again.log")"
 stage eval --model "$work/s/seed0/gd_b10.safetensors" > "$work/s_eval.log" 2> "$work/s_eval.err" &&
     python3 - "$work/a/records/gd_b10_seed0.json" "$work/s_eval.log" <<'PY' && echo "PASS e2e.stage_eval" || echo "FAIL e2e.stage_eval: $(cat "$work/s_eval.log" "$work/s_eval.err")"
 import json, sys

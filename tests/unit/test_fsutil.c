@@ -130,6 +130,38 @@ static void test_atomic_kill(void) {
     free(new);
 }
 
+/* Which temporary files a later run may delete: only those of dead writers
+ * on this host (sweep stages share a folder and run at once). */
+static void test_temp_orphans(void) {
+    char host[64] = "";
+    gethostname(host, sizeof host);
+    host[sizeof host - 1] = 0;
+    host[strcspn(host, "./")] = 0;
+    pid_t dead = fork();
+    if (dead == 0)
+        _exit(0);
+    waitpid(dead, NULL, 0);
+    char mine[256], gone[256], other[256];
+    snprintf(mine, sizeof mine, ".model.safetensors.tmp.%ld@%s.3", (long)getpid(), host);
+    snprintf(gone, sizeof gone, ".model.safetensors.tmp.%ld@%s.0", (long)dead, host);
+    snprintf(other, sizeof other, ".model.safetensors.tmp.%ld@%s-not-this-one.0", (long)dead, host);
+    th_check(!fs_temp_is_orphan(mine), "fsutil_temp_live_writer_kept", "%s called an orphan", mine);
+    th_check(fs_temp_is_orphan(gone), "fsutil_temp_dead_writer_orphan", "%s not called an orphan", gone);
+    th_check(!fs_temp_is_orphan(other), "fsutil_temp_other_host_kept", "%s called an orphan", other);
+    th_check(fs_temp_is_orphan(".model.safetensors.tmp.12.0"), "fsutil_temp_old_name_orphan", "old-style name kept");
+    th_check(!fs_temp_is_orphan("model.safetensors") && !fs_temp_is_orphan(".hidden"), "fsutil_temp_not_a_temp",
+             "an ordinary file called an orphan");
+    /* the names fs_atomic_begin really makes: a live one is not an orphan */
+    char path[600], err[LETHE_ERR_LEN];
+    snprintf(path, sizeof path, "%s/live.bin", dir);
+    fs_atomic a;
+    int ok = fs_atomic_begin(&a, path, err) == 0;
+    const char *base = ok ? strrchr(a.tmp, '/') + 1 : "";
+    th_check(ok && !fs_temp_is_orphan(base), "fsutil_temp_own_name_kept", "%s: %s", base, ok ? "called an orphan" : err);
+    if (ok)
+        fs_atomic_abort(&a);
+}
+
 static void test_mkdir_read(void) {
     char p[700], err[LETHE_ERR_LEN];
     snprintf(p, sizeof p, "%s/a/b/c/", dir);
@@ -321,6 +353,7 @@ int main(void) {
     }
     test_atomic_write();
     test_atomic_kill();
+    test_temp_orphans();
     test_mkdir_read();
     test_sha256();
     test_jsonl();
