@@ -6,11 +6,12 @@
  * Loads the program through runtime/lethe.h, initialises the model with
  * ENTRY.init_model (and the rule state with ENTRY.init_state) from a fixed
  * seed, fills the inputs with a fixed pseudo-random batch (x uniform in
- * [-1, 1), labels in [0, 10)), runs N warm-up calls and then N timed calls
- * on a thread pool of --threads threads (default: one per CPU; OpenBLAS gets
- * the same count). One process times one entry, so its peak resident memory
- * (getrusage, the whole process: program, model, state, frame, workspace,
- * OpenBLAS buffers) belongs to that configuration alone.
+ * [-1, 1), labels or token ids in [0, 10), a mask (GPT-2's) all 1), runs
+ * N warm-up calls and then N timed calls on a thread pool of --threads
+ * threads (default: one per CPU; OpenBLAS gets the same count). One process
+ * times one entry, so its peak resident memory (getrusage, the whole
+ * process: program, model, state, frame, workspace, OpenBLAS buffers)
+ * belongs to that configuration alone.
  *
  * Prints one line of key=value pairs (the median, min and max seconds per
  * call, the least process CPU time of a call, the peak RSS in MiB and the
@@ -31,6 +32,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "lethe.h"
 #include "threadpool.h"
 
@@ -50,32 +52,6 @@ typedef struct kprofile {
     const kprofile_entry *entries;
 } kprofile;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* CPU time of the whole process (all threads, spinning included) */
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint32_t rng_next(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 32);
-}
-
 static void fill_inputs(lethe_frame *f) {
     const lethe_entry *e = f->e;
     for (int i = 0; i < e->nargs; i++) {
@@ -85,9 +61,11 @@ static void fill_inputs(lethe_frame *f) {
         int64_t n = 1;
         for (int d = 0; d < a->rank; d++)
             n *= a->shape[d];
+        size_t len = strlen(a->name);
+        int is_mask = len >= 4 && !strcmp(a->name + len - 4, "mask");   /* GPT-2's padding mask: all real tokens */
         if (a->dtype == LETHE_F32)
             for (int64_t j = 0; j < n; j++)
-                ((float *)f->args[i])[j] = (float)(rng_next() / 2147483648.0 - 1.0);
+                ((float *)f->args[i])[j] = is_mask ? 1.0f : rng_uniform();
         else if (a->dtype == LETHE_I32)
             for (int64_t j = 0; j < n; j++)
                 ((int32_t *)f->args[i])[j] = (int32_t)(rng_next() % 10);
@@ -236,13 +214,13 @@ int main(int argc, char **argv) {
     double total = 0;
     for (int i = 0; i < steps; i++) {
         ctx.counter = (uint64_t)i;
-        double t0 = now_s(), c0 = cpu_s();
+        double t0 = now_s(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         if (frame_call(f, &ctx, err)) {
             fprintf(stderr, "bench_resnet: %s\n", err);
             return 1;
         }
         t[i] = now_s() - t0;
-        cpu[i] = cpu_s() - c0;
+        cpu[i] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         total += t[i];
         kstats_step(&ks);
     }

@@ -245,6 +245,64 @@ double *th_f64(th_frame *f, const char *arg) { return arg_ptr(f, arg, LETHE_F64)
 float *th_f32(th_frame *f, const char *arg) { return arg_ptr(f, arg, LETHE_F32); }
 int32_t *th_i32(th_frame *f, const char *arg) { return arg_ptr(f, arg, LETHE_I32); }
 
+static bool ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && !strcmp(s + n - k, suf);
+}
+
+void th_fill_args(th_frame *f, unsigned kinds, int classes, uint64_t *seed) {
+    const lethe_entry *e = f->entry;
+    for (int i = 0; i < e->nargs; i++) {
+        const lethe_arg *a = &e->args[i];
+        double lo = -1, hi = 1;
+        if (a->kind == LETHE_SCALAR || a->kind == LETHE_OUTPUT || !(kinds & (1u << a->kind)))
+            continue;
+        if (a->dtype == LETHE_I32)
+            lo = 0, hi = classes;
+        else if (ends_with(a->name, "gamma"))
+            lo = 0.6, hi = 1.4;
+        else if (ends_with(a->name, "beta") || ends_with(a->name, ".b") || ends_with(a->name, "mean"))
+            lo = -0.3, hi = 0.3;
+        else if (ends_with(a->name, "var"))
+            lo = 0.5, hi = 1.5;
+        else if (a->kind == LETHE_PARAM)
+            lo = -0.6, hi = 0.6;
+        th_fill(f->args[i], a->dtype, th_arg_numel(a), lo, hi, (*seed)++);
+    }
+}
+
+int th_copy_by_name(th_frame *to, const th_frame *from, unsigned kinds) {
+    int missing = 0;
+    for (int i = 0; i < to->entry->nargs; i++) {
+        const lethe_arg *a = &to->entry->args[i];
+        if (!(kinds & (1u << a->kind)))
+            continue;
+        int j = th_arg(from->entry, a->name);
+        if (j < 0 || from->entry->args[j].dtype != a->dtype || th_arg_numel(&from->entry->args[j]) != th_arg_numel(a)) {
+            missing++;
+            continue;
+        }
+        memcpy(to->args[i], from->args[j], (size_t)th_arg_numel(a) * th_dtype_size(a->dtype));
+    }
+    return missing;
+}
+
+double th_fd_err(const double *g, const double *fd, int64_t n, int64_t *at) {
+    double mx = 0, worst = 0;
+    for (int64_t j = 0; j < n; j++)
+        mx = fmax(mx, fabs(fd[j]));
+    double floor = mx > 0 ? 0.1 * mx : 1e-6;
+    *at = 0;
+    for (int64_t j = 0; j < n; j++) {
+        double e = fabs(g[j] - fd[j]) / fmax(fabs(fd[j]), floor);
+        if (!(e <= worst)) {
+            worst = e;
+            *at = j;
+        }
+    }
+    return worst;
+}
+
 void th_fill(void *buf, int dtype, int64_t n, double lo, double hi, uint64_t seed) {
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
     for (int64_t i = 0; i < n; i++) {

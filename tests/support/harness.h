@@ -63,6 +63,22 @@ int32_t *th_i32(th_frame *f, const char *arg);
 /* Deterministic data: uniform in [lo, hi) from a small xorshift stream, with
  * no exact zeros. Works for f32/f64/i32 (i32: integers in [lo, hi)). */
 void th_fill(void *buf, int dtype, int64_t n, double lo, double hi, uint64_t seed);
+/* Fill every tensor argument of f whose kind is in `kinds` (a mask of
+ * 1u << LETHE_*) at a scale that keeps a network's activations O(1):
+ * labels (i32) in [0, classes), batch-norm gamma in [0.6, 1.4), beta, biases
+ * and running means in [-0.3, 0.3), running variances in [0.5, 1.5),
+ * parameters in [-0.6, 0.6), everything else in [-1, 1); each tensor from
+ * seed *seed, which is advanced. */
+void th_fill_args(th_frame *f, unsigned kinds, int classes, uint64_t *seed);
+/* Copy every argument of `to` whose kind is in `kinds` from the argument of
+ * `from` with the same name, dtype and size; returns how many it could not
+ * find there. */
+int th_copy_by_name(th_frame *to, const th_frame *from, unsigned kinds);
+/* The worst error of a gradient g against finite differences fd: |g - fd|
+ * relative to |fd|, with a floor of a tenth of the largest |fd| (so that
+ * entries near 0 are judged against the gradient's scale); *at is where. */
+double th_fd_err(const double *g, const double *fd, int64_t n, int64_t *at);
+#define TH_INPUT_KINDS (~(1u << LETHE_SCALAR | 1u << LETHE_OUTPUT))
 /* max |a-b| / max(|b|, floor) over n elements of a dtype */
 double th_max_rel_err(const void *a, const void *b, int dtype, int64_t n, double floor);
 

@@ -39,20 +39,6 @@ static void poison(th_frame *f) {
             memset(f->args[i], 0xFF, (size_t)th_arg_numel(&f->entry->args[i]) * th_dtype_size(f->entry->args[i].dtype));
 }
 
-/* copy every argument of `to` that `from` has under the same name, shape
- * and dtype (kinds in `mask`) */
-static void copy_by_name(th_frame *to, th_frame *from, unsigned mask) {
-    for (int i = 0; i < to->entry->nargs; i++) {
-        const lethe_arg *a = &to->entry->args[i];
-        if (!(mask & (1u << a->kind)))
-            continue;
-        int j = th_arg(from->entry, a->name);
-        if (j < 0 || from->entry->args[j].dtype != a->dtype || th_arg_numel(&from->entry->args[j]) != th_arg_numel(a))
-            continue;
-        memcpy(to->args[i], from->args[j], (size_t)th_arg_numel(a) * th_dtype_size(a->dtype));
-    }
-}
-
 /* Runtime hyperparameters of the SGD steps: not the defaults, so that the
  * scalars are really read */
 static void set_scalars(th_frame *f) {
@@ -104,12 +90,12 @@ static th_frame *run_steps(const lethe_program *p, const char *entry, const char
         th_frame *fi = th_frame_new(ei);
         poison(fi);
         rc |= th_call(fi, &ctx);
-        copy_by_name(f, fi, 1u << LETHE_PARAM | 1u << LETHE_BUFFER);
+        th_copy_by_name(f, fi, 1u << LETHE_PARAM | 1u << LETHE_BUFFER);
         th_frame *fs = th_frame_new(es);
         poison(fs);
-        copy_by_name(fs, f, 1u << LETHE_PARAM | 1u << LETHE_BUFFER);
+        th_copy_by_name(fs, f, 1u << LETHE_PARAM | 1u << LETHE_BUFFER);
         rc |= th_call(fs, &ctx);
-        copy_by_name(f, fs, 1u << LETHE_STATE);
+        th_copy_by_name(f, fs, 1u << LETHE_STATE);
         th_frame_free(fi);
         th_frame_free(fs);
     }

@@ -33,11 +33,6 @@ static const double FD_H = 1e-6, TOL = 1e-6;
 static const lethe_program *P;
 static uint64_t next_seed = 11;
 
-static bool ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), k = strlen(suf);
-    return n >= k && !strcmp(s + n - k, suf);
-}
-
 /* Fill the workspace and every output with 0xFF bytes (NaN, -1, 255) so that
  * a kernel that reads memory it did not write shows up. */
 static void poison(th_frame *f) {
@@ -45,60 +40,6 @@ static void poison(th_frame *f) {
     for (int i = 0; i < f->entry->nargs; i++)
         if (f->entry->args[i].kind == LETHE_OUTPUT)
             memset(f->args[i], 0xFF, (size_t)th_arg_numel(&f->entry->args[i]) * th_dtype_size(f->entry->args[i].dtype));
-}
-
-/* Fill every tensor an entry reads: model parameters at a scale that keeps
- * activations O(1), inputs in [-1, 1), labels in [0, classes). */
-static void fill_all(th_frame *f, int classes) {
-    const lethe_entry *e = f->entry;
-    for (int i = 0; i < e->nargs; i++) {
-        const lethe_arg *a = &e->args[i];
-        double lo = -1, hi = 1;
-        if (a->kind == LETHE_SCALAR || a->kind == LETHE_OUTPUT)
-            continue;
-        if (a->dtype == LETHE_I32)
-            lo = 0, hi = classes;
-        else if (ends_with(a->name, "gamma"))
-            lo = 0.6, hi = 1.4;
-        else if (ends_with(a->name, "beta") || ends_with(a->name, ".b") || ends_with(a->name, "mean"))
-            lo = -0.3, hi = 0.3;
-        else if (ends_with(a->name, "var"))
-            lo = 0.5, hi = 1.5;
-        else if (a->kind == LETHE_PARAM)
-            lo = -0.6, hi = 0.6;
-        th_fill(f->args[i], a->dtype, th_arg_numel(a), lo, hi, next_seed++);
-    }
-}
-
-/* copy every argument g reads from f (same names) */
-static bool copy_inputs(th_frame *g, th_frame *f) {
-    for (int i = 0; i < g->entry->nargs; i++) {
-        const lethe_arg *a = &g->entry->args[i];
-        if (a->kind == LETHE_OUTPUT)
-            continue;
-        int j = th_arg(f->entry, a->name);
-        if (j < 0 || th_arg_numel(&f->entry->args[j]) != th_arg_numel(a) || f->entry->args[j].dtype != a->dtype)
-            return false;
-        memcpy(g->args[i], f->args[j], (size_t)th_arg_numel(a) * th_dtype_size(a->dtype));
-    }
-    return true;
-}
-
-/* error of a gradient against finite differences (see the top) */
-static double fd_err(const double *g, const double *fd, int64_t n, int64_t *at) {
-    double mx = 0, worst = 0;
-    for (int64_t j = 0; j < n; j++)
-        mx = fmax(mx, fabs(fd[j]));
-    double floor = mx > 0 ? 0.1 * mx : 1e-6;
-    *at = 0;
-    for (int64_t j = 0; j < n; j++) {
-        double e = fabs(g[j] - fd[j]) / fmax(fabs(fd[j]), floor);
-        if (!(e <= worst)) {
-            worst = e;
-            *at = j;
-        }
-    }
-    return worst;
 }
 
 static void report(const char *name, double worst, double tol, int64_t n, const char *what, int64_t at, double got, double want) {
@@ -182,9 +123,9 @@ static void second_order_case(const char *name, const char *fe, const char *ge, 
     th_frame *ff = th_frame_new(ef), *fg = th_frame_new(eg);
     poison(ff);
     poison(fg);
-    fill_all(ff, classes);
+    th_fill_args(ff, TH_INPUT_KINDS, classes, &next_seed);
     int xi = th_arg(ef, wrt);
-    if (!copy_inputs(fg, ff) || xi < 0 || th_arg(eg, "out") < 0 ||
+    if (th_copy_by_name(fg, ff, ~(1u << LETHE_OUTPUT)) || xi < 0 || th_arg(eg, "out") < 0 ||
         th_arg_numel(&eg->args[th_arg(eg, "out")]) != th_arg_numel(&ef->args[xi])) {
         th_fail(name, "%s and %s do not have matching arguments", fe, ge);
         goto done;
@@ -223,7 +164,7 @@ static void second_order_case(const char *name, const char *fe, const char *ge, 
         th_fail(name, "the first-order quantity is %g", f0);
     else {
         int64_t at;
-        double worst = fd_err(g, fd, n, &at);
+        double worst = th_fd_err(g, fd, n, &at);
         report(name, worst, TOL, n, wrt, at, g[at], fd[at]);
     }
     free(fd);
@@ -248,7 +189,7 @@ static void objective_case(void) {
     }
     th_frame *f = th_frame_new(e);
     poison(f);
-    fill_all(f, 3);
+    th_fill_args(f, TH_INPUT_KINDS, 3, &next_seed);
     int64_t n = th_arg_numel(&e->args[th_arg(e, "delta")]);
     double *delta = th_f64(f, "delta"), *base = malloc(sizeof(double) * (size_t)n), *g = malloc(sizeof(double) * (size_t)n);
     double *fd = malloc(sizeof(double) * (size_t)n);
@@ -289,7 +230,7 @@ static void objective_case(void) {
         th_fail(name, "1 - cosine = %g is outside (0, 2)", loss0);
     else {
         int64_t at;
-        double worst = fd_err(g, fd, n, &at);
+        double worst = th_fd_err(g, fd, n, &at);
         report(name, worst, TOL, n, "delta", at, g[at], fd[at]);
         char sn[200], pn[300];
         snprintf(sn, sizeof sn, "%s.step", name);
