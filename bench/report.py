@@ -18,6 +18,37 @@ def kv(text):
     return dict(re.findall(r"(\w+)=(\S+)", text))
 
 
+def kernel_lines(lines):
+    """(ms, kernel name, what it computes) of each "K " line of a profile."""
+    ks = []
+    for x in lines:
+        if x.startswith("K "):
+            f = x.split()
+            ks.append((float(f[1]), f[5], x.split("| ", 1)[1] if "| " in x else ""))
+    return ks
+
+
+def profile_table(p, entry, ks, nkernels):
+    """Where a step's time goes: per kernel kind, then the slowest kernels."""
+    total = sum(k[0] for k in ks)
+    p("### Where the time goes: %s, 1 thread, CPU time per step" % entry)
+    p("")
+    p("Sum of the kernels' minima over the timed steps: %.1f ms (%d kernels)." % (total, nkernels))
+    p("")
+    p("| kernel kind | ms | share |")
+    p("|---|---|---|")
+    by = collections.defaultdict(float)
+    for ms, name, _ in ks:
+        by[name.split("_", 1)[1] if "_" in name else name] += ms
+    for kind, ms in sorted(by.items(), key=lambda x: -x[1]):
+        if ms >= 0.005 * total:
+            p("| %s | %.1f | %.1f%% |" % (kind, ms, 100 * ms / total))
+    p("")
+    p("Slowest kernels: " + "; ".join("%s %.2f ms (%s)" % (name, ms, what[:60])
+                                      for ms, name, what in sorted(ks, key=lambda k: -k[0])[:8]) + ".")
+    p("")
+
+
 def craft_rows(p, runs, set_value):
     """The crafting step (bench/craft.lth against bench_torch.py's craft
     mode): poisons per second, ratio and peak RSS, per thread count; each
@@ -144,32 +175,9 @@ def main():
     for cfg in ("w16", "w64"):
         lines = prof.get(cfg, [])
         head = [kv(x) for x in lines if x.startswith("P ")]
-        ks = []
-        for x in lines:
-            if not x.startswith("K "):
-                continue
-            f = x.split()
-            ks.append((float(f[1]), f[5], x.split("| ", 1)[1] if "| " in x else ""))
-        if not ks:
-            continue
-        total = sum(k[0] for k in ks)
-        p("### Where the time goes: train_%s, 1 thread, CPU time per step" % cfg)
-        p("")
-        p("Sum of the kernels' minima over the timed steps: %.1f ms (%d kernels)." % (
-            total, int(head[0]["kernels"]) if head else len(ks)))
-        p("")
-        p("| kernel kind | ms | share |")
-        p("|---|---|---|")
-        by = collections.defaultdict(float)
-        for ms, name, _ in ks:
-            by[name.split("_", 1)[1] if "_" in name else name] += ms
-        for kind, ms in sorted(by.items(), key=lambda x: -x[1]):
-            if ms >= 0.005 * total:
-                p("| %s | %.1f | %.1f%% |" % (kind, ms, 100 * ms / total))
-        p("")
-        p("Slowest kernels: " + "; ".join("%s %.2f ms (%s)" % (name, ms, what[:60])
-                                          for ms, name, what in sorted(ks, key=lambda k: -k[0])[:8]) + ".")
-        p("")
+        ks = kernel_lines(lines)
+        if ks:
+            profile_table(p, "train_%s" % cfg, ks, int(head[0]["kernels"]) if head else len(ks))
     print("\n".join(out))
 
 

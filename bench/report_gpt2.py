@@ -15,6 +15,8 @@ import collections
 import re
 import sys
 
+from report import kernel_lines, profile_table  # bench/report.py, beside this file
+
 BATCH = 4
 CONFIGS = {"gpt2": (12, 768, 12, 50257), "tiny": (2, 64, 4, 512)}
 PASSES = (("train_t64", 64, 3, "training step (AdamW), T = 64"),
@@ -94,29 +96,9 @@ def main():
                 f / ts / 1e9, 100 * f / ts / 1e9 / pk, float(le[0]["peak_rss_mb"]), float(to[0]["peak_rss_mb"]),
                 "%.3f (%.0f)" % (anchor, tokens / anchor) if anchor else "-"))
         p("")
-    ks = []
-    for x in prof:
-        if x.startswith("K "):
-            f = x.split()
-            ks.append((float(f[1]), f[5], x.split("| ", 1)[1] if "| " in x else ""))
+    ks = kernel_lines(prof)
     if ks:
-        total = sum(k[0] for k in ks)
-        p("### Where the time goes: train_t64, 1 thread, CPU time per step")
-        p("")
-        p("Sum of the kernels' minima over the timed steps: %.1f ms (%d kernels)." % (total, len(ks)))
-        p("")
-        p("| kernel kind | ms | share |")
-        p("|---|---|---|")
-        by = collections.defaultdict(float)
-        for ms, name, _ in ks:
-            by[name.split("_", 1)[1] if "_" in name else name] += ms
-        for kind, ms in sorted(by.items(), key=lambda x: -x[1]):
-            if ms >= 0.005 * total:
-                p("| %s | %.1f | %.1f%% |" % (kind, ms, 100 * ms / total))
-        p("")
-        p("Slowest kernels: " + "; ".join("%s %.2f ms (%s)" % (name, ms, what[:60])
-                                          for ms, name, what in sorted(ks, key=lambda k: -k[0])[:8]) + ".")
-        p("")
+        profile_table(p, "train_t64", ks, len(ks))
     print("\n".join(out))
 
 

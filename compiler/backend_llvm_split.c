@@ -30,6 +30,7 @@
  * per module and reported on the calling thread after the join.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <stddef.h>
@@ -316,8 +317,15 @@ char *ll_link_objects(LLVMMemoryBufferRef *objs, int n, EmitKind kind, const cha
     char *err = NULL;
     int made = 0;
     for (; made < n && !err; made++) {
-        tmp[made] = xfmt("%s/lethec-XXXXXX.o", dir);
-        int fd = mkstemps(tmp[made], 2);
+        /* pid + a per-process sequence + O_EXCL: never another run's file */
+        static unsigned seq;
+        int fd = -1;
+        for (int attempt = 0; attempt < 100 && fd < 0; attempt++) {
+            tmp[made] = xfmt("%s/lethec-%ld-%u.o", dir, (long)getpid(), __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED));
+            fd = open(tmp[made], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            if (fd < 0 && errno != EEXIST)
+                break;
+        }
         if (fd < 0) {
             *hint = "set TMPDIR to a writable directory";
             err = xfmt("cannot create a temporary file in %s: %s", dir, strerror(errno));

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "safetensors.h"
 
 int th_failures;
 
@@ -268,6 +269,45 @@ void th_fill_args(th_frame *f, unsigned kinds, int classes, uint64_t *seed) {
         else if (a->kind == LETHE_PARAM)
             lo = -0.6, hi = 0.6;
         th_fill(f->args[i], a->dtype, th_arg_numel(a), lo, hi, (*seed)++);
+    }
+}
+
+void th_worst_add(th_worst *w, double err, const char *what) {
+    if (!(err <= w->err)) {
+        w->err = err;
+        snprintf(w->what, sizeof w->what, "%.199s", what);
+    }
+}
+
+double *th_ref_f64(const st_file *f, const char *what, const char *name, int64_t *n) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) {
+        printf("# %s: no tensor %s in the reference\n", what, name);
+        return NULL;
+    }
+    *n = st_numel(t);
+    double *v = malloc((size_t)(*n + 1) * sizeof *v);
+    char err[LETHE_ERR_LEN];
+    if (st_read_as(t, ST_F64, v, *n, err)) {
+        printf("# %s\n", err);
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+void th_copy_model(th_frame *dst, const th_frame *src, const char *binding) {
+    const lethe_entry *de = dst->entry, *se = src->entry;
+    for (int i = 0; i < de->nargs; i++) {
+        const lethe_arg *d = &de->args[i];
+        if (d->kind != LETHE_PARAM && d->kind != LETHE_BUFFER)
+            continue;
+        for (int j = 0; j < se->nargs; j++) {
+            const lethe_arg *a = &se->args[j];
+            int of_model = binding ? !strcmp(a->binding, binding) : (a->access & LETHE_WRITE) != 0;
+            if ((a->kind == LETHE_PARAM || a->kind == LETHE_BUFFER) && of_model && !strcmp(a->path, d->path))
+                memcpy(dst->args[i], src->args[j], (size_t)th_arg_numel(d) * th_dtype_size(d->dtype));
+        }
     }
 }
 

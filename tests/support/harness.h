@@ -78,6 +78,24 @@ int th_copy_by_name(th_frame *to, const th_frame *from, unsigned kinds);
  * relative to |fd|, with a floor of a tenth of the largest |fd| (so that
  * entries near 0 are judged against the gradient's scale); *at is where. */
 double th_fd_err(const double *g, const double *fd, int64_t n, int64_t *at);
+/* Copy a model's parameters and buffers from src into every parameter and
+ * buffer of dst with the same leaf path (all of dst's models: a frozen
+ * original gets them too). The model in src is the one bound to `binding`
+ * ("m"), or with binding NULL the one src writes (a rule's or init_model's). */
+void th_copy_model(th_frame *dst, const th_frame *src, const char *binding);
+/* The reference tensor `name` of a safetensors file as f64 (malloc'd, one
+ * spare element), its element count in *n; NULL, with a "# " line naming
+ * `what` (the file), if it is absent or unreadable. */
+struct st_file;
+double *th_ref_f64(const struct st_file *f, const char *what, const char *name, int64_t *n);
+/* The worst error of a check over its tensors (NaN counts as worst), where,
+ * and how many tensors were missing. */
+typedef struct th_worst {
+    double err;
+    char what[200];
+    int missing;
+} th_worst;
+void th_worst_add(th_worst *w, double err, const char *what);
 #define TH_INPUT_KINDS (~(1u << LETHE_SCALAR | 1u << LETHE_OUTPUT))
 /* max |a-b| / max(|b|, floor) over n elements of a dtype */
 double th_max_rel_err(const void *a, const void *b, int dtype, int64_t n, double floor);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "harness.h"
 
 static const char *const program = "tests/lth/train.lth";   /* an MLP and a CNN: GEMMs, convolutions, tasks */
@@ -45,19 +46,6 @@ static void compare_programs(const lethe_program *one, const lethe_program *spli
     }
 }
 
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)len + 1);
-    *n = fread(s, 1, (size_t)len, f);
-    fclose(f);
-    return s;
-}
-
 /* the object of `flags_a` and of `flags_b` are the same bytes */
 static void same_object(const char *name, const char *flags_a, const char *flags_b) {
     char args[2048], pa[600], pb[600];
@@ -68,7 +56,10 @@ static void same_object(const char *name, const char *flags_a, const char *flags
     snprintf(args, sizeof args, "%s --emit=obj -o '%s' %s", program, pb, flags_b);
     int rcb = th_run_lethec(args, NULL);
     size_t na = 0, nb = 0;
-    char *a = read_file(pa, &na), *b = read_file(pb, &nb);
+    uint8_t *a = NULL, *b = NULL;
+    char err[LETHE_ERR_LEN];
+    fs_read_file(pa, SIZE_MAX, &a, &na, err);
+    fs_read_file(pb, SIZE_MAX, &b, &nb, err);
     th_check(rca == 0 && rcb == 0 && a && b && na == nb && !memcmp(a, b, na), name,
              "lethec exited %d and %d; objects of %zu and %zu bytes%s", rca, rcb, na, nb,
              a && b && na == nb ? " that differ" : "");

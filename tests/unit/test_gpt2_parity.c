@@ -65,20 +65,7 @@ static const Mode modes[] = {
     {"f64", "--f64 -O0", 1e-6, 1e-6, 1e-6, 1e-6},
 };
 
-typedef struct Worst {
-    double err;
-    char what[200];
-    int missing;
-} Worst;
-
-static void worst_add(Worst *w, double err, const char *what) {
-    if (!(err <= w->err)) {   /* NaN counts as worst */
-        w->err = err;
-        snprintf(w->what, sizeof w->what, "%.199s", what);
-    }
-}
-
-static void report(const char *name, Worst *w, double tol) {
+static void report(const char *name, th_worst *w, double tol) {
     char line[400];
     if (w->missing) {
         th_fail(name, "a reference or an output is missing (see above)");
@@ -91,30 +78,12 @@ static void report(const char *name, Worst *w, double tol) {
         th_fail(line, "above tolerance");
 }
 
-/* the reference tensor `name` as f64 (malloc'd), NULL if absent */
-static double *ref_get(const st_file *ref, const char *name, int64_t *n) {
-    const st_tensor *t = st_find(ref, name);
-    if (!t) {
-        printf("# no tensor %s in the reference\n", name);
-        return NULL;
-    }
-    *n = st_numel(t);
-    double *v = malloc((size_t)(*n + 1) * sizeof *v);
-    char err[LETHE_ERR_LEN];
-    if (st_read_as(t, ST_F64, v, *n, err)) {
-        printf("# %s\n", err);
-        free(v);
-        return NULL;
-    }
-    return v;
-}
-
 /* lethe values p (dtype dt, n elements) against the reference `name`, over
  * the elements [lo, hi) (the denominator over the whole reference tensor) */
 static void cmp_range(const st_file *ref, const char *name, const void *p, int dt, int64_t n, int64_t lo, int64_t hi,
-                      Worst *w) {
+                      th_worst *w) {
     int64_t m = 0;
-    double *b = ref_get(ref, name, &m);
+    double *b = th_ref_f64(ref, "gpt2_tiny_ref", name, &m);
     if (!b || !p || m != n) {
         if (b)
             printf("# %s has %lld elements, lethe %lld\n", name, (long long)m, (long long)n);
@@ -131,16 +100,16 @@ static void cmp_range(const st_file *ref, const char *name, const void *p, int d
             d = isnan(e) || e > d ? e : d;
         amax = fmax(amax, fabs(b[i]));
     }
-    worst_add(w, d / fmax(amax, 1e-30), name);
+    th_worst_add(w, d / fmax(amax, 1e-30), name);
     free(b);
 }
 
-static void cmp(const st_file *ref, const char *name, const void *p, int dt, int64_t n, Worst *w) {
+static void cmp(const st_file *ref, const char *name, const void *p, int dt, int64_t n, th_worst *w) {
     cmp_range(ref, name, p, dt, n, 0, n, w);
 }
 
 /* an output argument of a called frame against the reference `name` */
-static void cmp_out(const st_file *ref, const char *name, lethe_frame *f, const char *arg, Worst *w) {
+static void cmp_out(const st_file *ref, const char *name, lethe_frame *f, const char *arg, th_worst *w) {
     int i = th_arg(f->e, arg);
     if (i < 0) {
         printf("# entry %s has no output %s\n", f->e->name, arg);
@@ -206,7 +175,7 @@ static void check_probe(const Mode *mode, const lethe_program *p, const char *en
         th_fail(name, "cannot run it: %s", err);
         goto out;
     }
-    Worst wl = {0}, wloss = {0}, we = {0}, wg = {0};
+    th_worst wl = {0}, wloss = {0}, we = {0}, wg = {0};
     snprintf(name, sizeof name, "%slogits", pfx);
     cmp_out(ref, name, f, "out.0", &wl);
     snprintf(name, sizeof name, "%s", *pfx ? "cls_loss" : "lm_loss");
@@ -290,8 +259,8 @@ static void check_adamw(const Mode *mode, const lethe_program *p, const st_file 
     }
     long steps = (long)meta_num(ref, "adamw_steps");
     int64_t nl = 0;
-    double *ref_loss = ref_get(ref, "adamw_loss", &nl);
-    Worst wl = {0}, wp = {0}, wk = {0};
+    double *ref_loss = th_ref_f64(ref, "gpt2_tiny_ref", "adamw_loss", &nl);
+    th_worst wl = {0}, wp = {0}, wk = {0};
     if (!ref_loss || nl != steps) {
         th_fail(name, "the reference has no adamw_loss for %ld steps", steps);
         free(ref_loss);
@@ -307,7 +276,7 @@ static void check_adamw(const Mode *mode, const lethe_program *p, const st_file 
         double loss = lethe_elem_f64(f->args[li], e->args[li].dtype, 0);
         char what[64];
         snprintf(what, sizeof what, "step %ld", k + 1);
-        worst_add(&wl, fabs(loss - ref_loss[k]) / fabs(ref_loss[k]), what);
+        th_worst_add(&wl, fabs(loss - ref_loss[k]) / fabs(ref_loss[k]), what);
     }
     free(ref_loss);
     for (int i = 0; i < s.n; i++) {

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "harness.h"
 #include "hf.h"
 #include "lethe.h"
@@ -71,19 +72,6 @@ static int stores_equal(const ts_store *a, const ts_store *b) {
             memcmp(a->t[i].data, b->t[i].data, a->t[i].nbytes))
             return 0;
     return 1;
-}
-
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    *n = fread(buf, 1, (size_t)len, f);
-    fclose(f);
-    return buf;
 }
 
 /* writes the HF file's tensors to `path`, renamed by prefix, dropping `drop`,
@@ -170,7 +158,9 @@ int main(void) {
         th_check(!rc && stores_equal(&s, &back), "hf round trip: load(save(load(file))) bit-identical", "%s", err);
         rc = hf_save(&back, path2, &hf_gpt2, "", err);
         size_t n1 = 0, n2 = 0;
-        char *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
+        uint8_t *b1 = NULL, *b2 = NULL;
+        fs_read_file(path, SIZE_MAX, &b1, &n1, err);
+        fs_read_file(path2, SIZE_MAX, &b2, &n2, err);
         th_check(!rc && b1 && b2 && n1 == n2 && !memcmp(b1, b2, n1), "hf save: the same store writes the same bytes",
                  "%zu vs %zu bytes", n1, n2);
         free(b1);
@@ -264,7 +254,8 @@ int main(void) {
                      (const char *const[]){"wte.weight is [64, 32] in the file, [65, 32] in the model", NULL});
 
         size_t n = 0;
-        char *bytes = slurp(HF_FILE, &n);
+        uint8_t *bytes = NULL;
+        fs_read_file(HF_FILE, SIZE_MAX, &bytes, &n, err);
         snprintf(path, sizeof path, "%s/truncated.safetensors", tmp);
         FILE *f = fopen(path, "wb");
         if (f && bytes) {

@@ -351,39 +351,7 @@ typedef struct Ref {
     const char *name;
 } Ref;
 
-/* reference tensor `name` as f64 (malloc'd), its element count in *n; NULL if absent */
-static double *ref_get(Ref *r, const char *name, int64_t *n) {
-    const st_tensor *t = st_find(r->f, name);
-    if (!t) {
-        printf("# %s: no tensor %s in the reference\n", r->name, name);
-        return NULL;
-    }
-    *n = st_numel(t);
-    double *v = malloc((size_t)(*n + 1) * sizeof *v);
-    char err[LETHE_ERR_LEN];
-    if (st_read_as(t, ST_F64, v, *n, err)) {
-        printf("# %s\n", err);
-        free(v);
-        return NULL;
-    }
-    return v;
-}
-
-/* the worst error of a check over its tensors */
-typedef struct Worst {
-    double err;
-    char what[200];
-    int missing;
-} Worst;
-
-static void worst_add(Worst *w, double err, const char *what) {
-    if (!(err <= w->err)) {   /* NaN counts as worst */
-        w->err = err;
-        snprintf(w->what, sizeof w->what, "%.199s", what);
-    }
-}
-
-static void report(const char *cfg, const char *check, Worst *w, double tol) {
+static void report(const char *cfg, const char *check, th_worst *w, double tol) {
     char name[400];
     if (w->missing) {
         th_fail(cfg, "%s: reference or output missing (see above)", check);
@@ -398,9 +366,9 @@ static void report(const char *cfg, const char *check, Worst *w, double tol) {
 }
 
 /* a whole tensor: lethe a[n] against the reference `name` */
-static void cmp_full(Ref *r, const char *name, View a, int64_t n, Worst *w, const char *what) {
+static void cmp_full(Ref *r, const char *name, View a, int64_t n, th_worst *w, const char *what) {
     int64_t m;
-    double *b = ref_get(r, name, &m);
+    double *b = th_ref_f64(r->f, r->name, name, &m);
     if (!b || m != n) {
         if (b)
             printf("# %s: %s has %lld elements, lethe %lld\n", r->name, name, (long long)m, (long long)n);
@@ -414,7 +382,7 @@ static void cmp_full(Ref *r, const char *name, View a, int64_t n, Worst *w, cons
         d = isnan(e) || e > d ? e : d;
         amax = fmax(amax, fabs(b[i]));
     }
-    worst_add(w, d / fmax(amax, 1e-30), what);
+    th_worst_add(w, d / fmax(amax, 1e-30), what);
     free(b);
 }
 
@@ -422,13 +390,13 @@ static void cmp_full(Ref *r, const char *name, View a, int64_t n, Worst *w, cons
  * the samples "<kind>/<path>" and the norm and max-abs in stats/<path> at
  * [inorm, inorm + 1] */
 static void cmp_sampled(Ref *r, const char *kind, const char *path, const Tensor *t, const Tensor *base,
-                        int64_t kmax, int inorm, Worst *w) {
+                        int64_t kmax, int inorm, th_worst *w) {
     char name[256];
     snprintf(name, sizeof name, "%s/%s", kind, path);
     int64_t m = 0, ns = 0;
-    double *b = ref_get(r, name, &m);
+    double *b = th_ref_f64(r->f, r->name, name, &m);
     snprintf(name, sizeof name, "stats/%s", path);
-    double *st = ref_get(r, name, &ns);
+    double *st = th_ref_f64(r->f, r->name, name, &ns);
     int64_t *pos = malloc((size_t)(kmax < t->n ? kmax : t->n) * sizeof *pos + 8);
     int64_t k = positions(path, t->n, kmax, pos);
     if (!b || !st || m != k || ns < inorm + 2) {
@@ -450,26 +418,26 @@ static void cmp_sampled(Ref *r, const char *kind, const char *path, const Tensor
     double e1 = d / fmax(amax, 1e-30), e2 = fabs(sqrt(ss) - norm) / fmax(norm, 1e-30);
     char what[200];
     snprintf(what, sizeof what, "%.150s%s", path, e2 > e1 ? " (norm)" : "");
-    worst_add(w, isnan(e2) || e2 > e1 ? e2 : e1, what);
+    th_worst_add(w, isnan(e2) || e2 > e1 ? e2 : e1, what);
     free(b), free(st), free(pos);
 }
 
-static void cmp_scalar(Ref *r, const char *name, int64_t idx, double a, Worst *w, const char *what) {
+static void cmp_scalar(Ref *r, const char *name, int64_t idx, double a, th_worst *w, const char *what) {
     int64_t m;
-    double *b = ref_get(r, name, &m);
+    double *b = th_ref_f64(r->f, r->name, name, &m);
     if (!b || idx >= m) {
         w->missing = 1;
         free(b);
         return;
     }
-    worst_add(w, fabs(a - b[idx]) / fmax(fabs(b[idx]), 1e-30), what);
+    th_worst_add(w, fabs(a - b[idx]) / fmax(fabs(b[idx]), 1e-30), what);
     free(b);
 }
 
 /* sum and sum of squares of n values against stats entry [sum, sumsq] */
-static void cmp_stats(Ref *r, const char *name, View a, int64_t n, Worst *w, const char *what) {
+static void cmp_stats(Ref *r, const char *name, View a, int64_t n, th_worst *w, const char *what) {
     int64_t ns;
-    double *st = ref_get(r, name, &ns), s = 0, ss = 0;
+    double *st = th_ref_f64(r->f, r->name, name, &ns), s = 0, ss = 0;
     if (!st || ns < 2) {
         w->missing = 1;
         free(st);
@@ -479,7 +447,7 @@ static void cmp_stats(Ref *r, const char *name, View a, int64_t n, Worst *w, con
         double v = lethe_elem_f64(a.p, a.dtype, i);
         s += v, ss += v * v;
     }
-    worst_add(w, fmax(fabs(s - st[0]) / fmax(fabs(st[0]), 1), fabs(ss - st[1]) / fmax(st[1], 1e-30)), what);
+    th_worst_add(w, fmax(fabs(s - st[0]) / fmax(fabs(st[0]), 1), fabs(ss - st[1]) / fmax(st[1], 1e-30)), what);
     free(st);
 }
 
@@ -571,7 +539,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
 
     /* formula: names, shapes, initial values and the batch agree with the reference */
     {
-        Worst w = {0};
+        th_worst w = {0};
         snprintf(cname, sizeof cname, "%s formula", C);
         model_fill(&model);
         model_fill(&p0);
@@ -600,7 +568,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
     /* train-mode forward and input gradient; the step with lr = 0, wd = 0 from
      * v = 0 for the gradients */
     {
-        Worst wl = {0}, wloss = {0}, wx = {0}, wg = {0};
+        th_worst wl = {0}, wloss = {0}, wx = {0}, wg = {0};
         if (call(&c, probe, &run)) {
             th_fail(C, "%s failed", probe->name);
             goto out;
@@ -647,7 +615,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
 
     /* eval-mode logits at the initial state */
     {
-        Worst w = {0};
+        th_worst w = {0};
         model_fill(&model);
         if (call(&c, eval, &run))
             w.missing = 1;
@@ -664,7 +632,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
      * and then v' = momentum v + g + wd p, p' = p - lr v' must hold to a few
      * roundings (relative to the tensor's max), whatever the trajectory. */
     {
-        Worst wloss = {0}, wd = {0}, wb = {0}, we = {0}, walg = {0};
+        th_worst wloss = {0}, wd = {0}, wb = {0}, we = {0}, walg = {0};
         Model prev, prevv, gm, gs;
         model_from_entry(&prev, step, LETHE_PARAM);
         model_from_entry(&prevv, step, LETHE_STATE);
@@ -703,7 +671,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
             }
             lv = out_of(&c, "loss");
             snprintf(what, sizeof what, "step %ld loss", s + 1);
-            worst_add(&walg, fabs(lethe_elem_f64(lv.p, lv.dtype, 0) - loss) / fabs(loss), what);
+            th_worst_add(&walg, fabs(lethe_elem_f64(lv.p, lv.dtype, 0) - loss) / fabs(loss), what);
             call_free(&c);
             for (int i = 0; i < model.n; i++) {
                 Tensor *t = &model.t[i], *tp = &prev.t[i], *tg = &gm.t[i];
@@ -715,7 +683,7 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
                         amax = fmax(amax, fabs(a));
                     }
                     snprintf(what, sizeof what, "step %ld %.200s", s + 1, t->path);
-                    worst_add(&walg, d / fmax(amax, 1e-30), what);
+                    th_worst_add(&walg, d / fmax(amax, 1e-30), what);
                     continue;
                 }
                 char vn[256];
@@ -735,9 +703,9 @@ static void run_config(const Config *cfg, const Mode *mode, const lethe_program 
                     amax = fmax(amax, fabs(a));
                 }
                 snprintf(what, sizeof what, "step %ld %.200s (v)", s + 1, t->path);
-                worst_add(&walg, dv / fmax(vmax, 1e-30), what);
+                th_worst_add(&walg, dv / fmax(vmax, 1e-30), what);
                 snprintf(what, sizeof what, "step %ld %.200s (p)", s + 1, t->path);
-                worst_add(&walg, d / fmax(amax, 1e-30), what);
+                th_worst_add(&walg, d / fmax(amax, 1e-30), what);
             }
         }
         model_free(&prev);

@@ -62,22 +62,6 @@ static void set_batch(th_frame *f, const char *binding, int k) {
     memcpy(th_f32(f, mask), g_mask[k], sizeof g_mask[k]);
 }
 
-/* Copy the model `m` of `src` (every rule and fn here names its model `m`)
- * into every model arg of `dst` with the same leaf path (a frozen original
- * gets it too). */
-static void copy_model(th_frame *dst, const th_frame *src) {
-    const lethe_entry *de = dst->entry, *se = src->entry;
-    for (int i = 0; i < de->nargs; i++) {
-        const lethe_arg *d = &de->args[i];
-        if (d->kind != LETHE_PARAM && d->kind != LETHE_BUFFER)
-            continue;
-        for (int j = 0; j < se->nargs; j++)
-            if ((se->args[j].kind == LETHE_PARAM || se->args[j].kind == LETHE_BUFFER) &&
-                !strcmp(se->args[j].binding, "m") && !strcmp(se->args[j].path, d->path))
-                memcpy(dst->args[i], src->args[j], (size_t)th_arg_numel(d) * th_dtype_size(d->dtype));
-    }
-}
-
 /* A step frame of `entry` holding the model of `src`, its state set by its
  * init_state entry as the runtime does; NULL if an entry is missing. */
 static th_frame *method_frame(const lethe_program *p, const char *entry, const th_frame *src) {
@@ -87,8 +71,8 @@ static th_frame *method_frame(const lethe_program *p, const char *entry, const t
     if (!e || !ei)
         return NULL;
     th_frame *f = th_frame_new(e), *fi = th_frame_new(ei);
-    copy_model(f, src);
-    copy_model(fi, src);
+    th_copy_model(f, src, "m");
+    th_copy_model(fi, src, "m");
     step(fi);
     for (int i = 0; i < e->nargs; i++) {
         const lethe_arg *a = &e->args[i];
@@ -102,7 +86,7 @@ static th_frame *method_frame(const lethe_program *p, const char *entry, const t
 
 /* The eval-mode LM loss of the model in `model` on batch k. */
 static double batch_nll(th_frame *probe, const th_frame *model, int k) {
-    copy_model(probe, model);
+    th_copy_model(probe, model, "m");
     memcpy(th_i32(probe, "idx"), g_tokens[k], sizeof g_tokens[k]);
     memcpy(th_f32(probe, "mask"), g_mask[k], sizeof g_mask[k]);
     th_call(probe, &g_ctx);
@@ -290,7 +274,7 @@ int main(void) {
     /* the original model: adamw_lm from fresh weights on every batch in turn */
     th_frame *fitted = th_frame_new(th_entry(p, "fit")), *init = th_frame_new(th_entry(p, "fit.init_model"));
     th_call(init, &g_ctx);
-    copy_model(fitted, init);
+    th_copy_model(fitted, init, "m");
     th_frame_free(init);
     for (int s = 0; s < FIT_STEPS; s++) {
         set_batch(fitted, "batch", s % 3);

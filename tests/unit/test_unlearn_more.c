@@ -30,22 +30,6 @@ static void step(th_frame *f) {
     th_call(f, &g_ctx);
 }
 
-/* Copy the model `src` writes (its parameters and buffers, not a frozen
- * model it reads) into every arg of `dst` with the same leaf path (all of
- * dst's models: a frozen original gets them too). */
-static void copy_model(th_frame *dst, const th_frame *src) {
-    const lethe_entry *de = dst->entry, *se = src->entry;
-    for (int i = 0; i < de->nargs; i++) {
-        const lethe_arg *d = &de->args[i];
-        if (d->kind != LETHE_PARAM && d->kind != LETHE_BUFFER)
-            continue;
-        for (int j = 0; j < se->nargs; j++)
-            if ((se->args[j].kind == LETHE_PARAM || se->args[j].kind == LETHE_BUFFER) &&
-                (se->args[j].access & LETHE_WRITE) && !strcmp(se->args[j].path, d->path))
-                memcpy(dst->args[i], src->args[j], (size_t)th_arg_numel(d) * th_dtype_size(d->dtype));
-    }
-}
-
 static void fill(th_frame *f, const char *binding, const int64_t *idx) {
     char x[64], y[64], err[LETHE_ERR_LEN];
     snprintf(x, sizeof x, "%s.x", binding);
@@ -73,7 +57,7 @@ static void fill_retain(th_frame *f, const char *binding) {
 
 /* Mean cross entropy and accuracy of the model in `model` on the forget set (eval mode). */
 static void forget_metrics(th_frame *lg, const th_frame *model, double *loss, double *acc) {
-    copy_model(lg, model);
+    th_copy_model(lg, model, NULL);
     int32_t y[B];
     char err[LETHE_ERR_LEN];
     int64_t idx[B];
@@ -180,7 +164,7 @@ static void check_forgets(const char *name, th_frame *lg, const th_frame *before
 static void test_salun(const lethe_program *p, th_frame *lg, const th_frame *trained) {
     const int mask_steps = 2;
     th_frame *f = th_frame_new(th_entry(p, "sal"));
-    copy_model(f, trained);
+    th_copy_model(f, trained, NULL);
     *th_f32(f, "lr") = 0.05f;
     *th_f32(f, "fraction") = 0.3f;
     *th_f32(f, "mask_steps") = (float)mask_steps;
@@ -247,7 +231,7 @@ static void test_l1_sparse(const lethe_program *p, const th_frame *trained) {
     double l1[2];
     for (int with = 0; with < 2; with++) {
         th_frame *f = th_frame_new(th_entry(p, "l1"));
-        copy_model(f, trained);
+        th_copy_model(f, trained, NULL);
         *th_f32(f, "lr") = 0.02f;
         *th_f32(f, "alpha") = with ? 1e-2f : 0.0f;
         *th_f32(f, "total_steps") = (float)steps;
@@ -289,7 +273,7 @@ int main(void) {
     /* the original model: sgd from fresh weights over the whole set, forget set included */
     th_frame *trained = th_frame_new(th_entry(p, "train_step")), *init = th_frame_new(th_entry(p, "train_step.init_model"));
     th_call(init, &g_ctx);
-    copy_model(trained, init);
+    th_copy_model(trained, init, NULL);
     th_frame_free(init);
     for (int e = 0; e < TRAIN_EPOCHS; e++)
         for (int64_t s = 0; s < N_TRAIN; s += B) {
@@ -306,7 +290,7 @@ int main(void) {
         return th_exit();
 
     th_frame *f = th_frame_new(th_entry(p, "rl"));
-    copy_model(f, trained);   /* the state starts at zeros, as its init_state makes it */
+    th_copy_model(f, trained, NULL);   /* the state starts at zeros, as its init_state makes it */
     *th_f32(f, "lr") = 0.05f;
     for (int s = 0; s < 10; s++) {
         fill_forget(f, "forget");
@@ -318,7 +302,7 @@ int main(void) {
     test_salun(p, lg, trained);
     test_l1_sparse(p, trained);
     f = th_frame_new(th_entry(p, "bs"));
-    copy_model(f, trained);
+    th_copy_model(f, trained, NULL);
     *th_f32(f, "lr") = 0.05f;
     *th_f32(f, "eps") = 1.0f;
     for (int s = 0; s < 10; s++) {
