@@ -21,63 +21,25 @@
  *
  * Every artifact is written atomically and a finished one is never redone:
  * a killed run started again continues where it stopped.
+ *
+ * This file holds the data, the poison sets and the stages; run_steps.c calls
+ * the program's entries (streams, steps, training), run_eval.c evaluates and
+ * writes the records; run_internal.h is what they share.
  */
+#include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "data.h"
 #include "fsutil.h"
 #include "json.h"
-#include "metrics.h"
-#include "poison.h"
 #include "progress.h"
-#include "run.h"
-#include "threadpool.h"
-
-#define RUN_ALPHA 0.01   /* the operating point: TPR at FPR 1% */
-#define POISON_SALT 0x9015011u
-#define METHOD_SALT 0x3e7d0d5u
-#define REINIT_SALT 0x5e1d1417u
-#define SURROGATE_SALT 0x5a2202u
-
-typedef struct Run {
-    const lethe_prog *prog;
-    const exp_plan *plan;
-    const run_opts *o;
-    lethe_pool *pool;
-    lethe_ctx ctx;
-    lethe_dataset train, test;
-    char data_hash[65];
-    int synthetic_stand_in;
-    ds_norm norm;               /* the training set's normalisation (an attack's box and pixel scale) */
-    int image;                  /* values were pixels in [0, 1] before normalising */
-    float *clean_x;             /* an attack edits or extends train: the clean values, restored per seed */
-    int64_t clean_n;
-    attack_choice choice;       /* an attack's target, class and poisons for this seed */
-    double clean_accuracy;      /* an attack that adds samples: the clean model's test accuracy this seed */
-    int64_t epochs;
-    /* per seed */
-    uint64_t seed;
-    int64_t *all, *poison, *retain;
-    int64_t n_all, n_poison, n_retain;
-    uint8_t *mask;
-    int64_t mask_n;
-    const int64_t *training;    /* while training: every data stream draws from this set */
-    uint64_t steps_done;        /* steps of this model's stage: the RNG counter of the next call */
-    int64_t n_training;
-    char dir[PATH_MAX], seed_dir[PATH_MAX + 32];
-} Run;
-
-/* The runtime scalar the runtime fills with a rule's step count (run_steps). */
-#define TOTAL_STEPS_ARG "total_steps"
+#include "run_internal.h"
 
 static double now(void) {
     struct timespec t;
@@ -85,7 +47,7 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static const lethe_entry *entry(const Run *r, const char *name, char *err) {
+const lethe_entry *run_entry(const Run *r, const char *name, char *err) {
     const lethe_entry *e = lethe_entry_find(r->prog->p, name);
     if (!e)
         lethe_errf(err, LETHE_ENOTFOUND, "the program has no entry '%s': was it compiled from this experiment?", name);
@@ -264,613 +226,6 @@ static int write_poisons(Run *r, char *err) {
     return rc;
 }
 
-static ds_poison poison_of(const Run *r) {
-    ds_poison p = {.eps = r->n_poison ? r->plan->poison_eps : 0, .seed = r->seed, .mask = r->mask, .mask_n = r->mask_n};
-    return p;
-}
-
-/* ---------------------------------------------------------------------------
- * calling entries */
-
-static int set_args(lethe_frame *f, const plan_rule *rule, char *err) {
-    for (int i = 0; i < rule->nargs; i++)
-        if (frame_set_scalar(f, rule->arg_name[i], rule->arg_value[i]) == LETHE_EARG)
-            return lethe_errf(err, LETHE_EARG, "'%s' of %s is not a runtime hyperparameter", rule->arg_name[i], rule->rule);
-    return LETHE_OK;
-}
-
-/* Where a rule's data parameter draws from. */
-typedef struct Stream {
-    const int64_t *set;
-    int64_t n, cursor;
-    uint32_t epoch;
-    int64_t *perm;
-    float *x;
-    int32_t *y, *own_y;
-} Stream;
-
-static int stream_open(Run *r, Stream *s, const char *name, const lethe_frame *f, char *err) {
-    memset(s, 0, sizeof *s);
-    if (r->training) {
-        s->set = r->training;
-        s->n = r->n_training;
-    } else if (!strcmp(name, "retain")) {
-        s->set = r->retain;
-        s->n = r->n_retain;
-    } else if (!strcmp(name, "forget")) {
-        s->set = r->poison;
-        s->n = r->n_poison;
-    } else {
-        s->set = r->all;
-        s->n = r->n_all;
-    }
-    if (s->n == 0)
-        return lethe_errf(err, LETHE_EARG, "the %s set is empty (is the poison fraction 0?)", name);
-    char xn[96], yn[96];
-    snprintf(xn, sizeof xn, "%s.x", name);
-    snprintf(yn, sizeof yn, "%s.y", name);
-    s->x = frame_arg(f, xn);
-    s->y = frame_arg(f, yn);
-    if (!s->x)
-        return lethe_errf(err, LETHE_EFORMAT, "entry %s has no argument %s", f->e->name, xn);
-    s->perm = malloc(sizeof(int64_t) * (size_t)s->n);
-    if (!s->y)   /* a rule that never reads the labels (SCRUB's max pass) */
-        s->y = s->own_y = malloc(sizeof(int32_t) * (size_t)r->plan->batch);
-    if (!s->perm || !s->y)
-        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
-    s->cursor = s->n;   /* shuffle on first use */
-    s->epoch = (uint32_t)-1;
-    return LETHE_OK;
-}
-
-/* The next b samples of the stream, reshuffled at every pass over its set
- * (a set smaller than b repeats within the batch). */
-static int stream_next(Run *r, Stream *s, int64_t b, uint32_t salt, char *err) {
-    int64_t idx[4096];
-    int64_t *pos = b <= 4096 ? idx : malloc(sizeof(int64_t) * (size_t)b);
-    for (int64_t i = 0; i < b; i++) {
-        if (s->cursor == s->n) {
-            s->epoch++;
-            memcpy(s->perm, s->set, sizeof(int64_t) * (size_t)s->n);
-            ds_shuffle(s->perm, s->n, r->seed ^ salt, DS_STREAM_SHUFFLE, s->epoch);
-            s->cursor = 0;
-        }
-        pos[i] = s->perm[s->cursor++];
-    }
-    ds_poison p = poison_of(r);
-    ds_aug a = {.crop_pad = r->plan->crop_pad, .flip = r->plan->flip, .seed = r->seed, .epoch = s->epoch};
-    int rc = ds_batch(&r->train, pos, b, &p, &a, s->x, s->y, err);
-    if (pos != idx)
-        free(pos);
-    return rc;
-}
-
-/* The models a rule's frame reads: frozen ones (a teacher) are the original
- * model, the others the model being trained. */
-static int frame_models_of(const plan_rule *rule, ts_store *model, const ts_store *orig, frame_models *fm) {
-    int n = 0;
-    for (int i = 0; i < rule->nmodels; i++) {
-        fm[n].binding = rule->model_binding[i];
-        fm[n++].store = rule->model_original[i] && orig ? (ts_store *)orig : model;
-    }
-    if (!n) {
-        fm[0].binding = NULL;
-        fm[0].store = model;
-        n = 1;
-    }
-    return n;
-}
-
-/* Run up to `steps` calls of a rule entry (fewer if the budget runs out: a
- * step costs one batch per data stream; cost-free steps are not limited).
- * Streams start at epoch `epoch0` so that consecutive passes reshuffle. */
-static int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_store *model, const ts_store *orig,
-                     ts_store *state, int64_t steps, uint32_t epoch0, int64_t *budget, uint32_t salt, const char *label,
-                     double *last_loss, char *err) {
-    frame_models fm[PLAN_MAX_STREAMS];
-    int nfm = frame_models_of(rule, model, orig, fm);
-    lethe_frame *f = frame_new(e, fm, nfm, state, err);
-    if (!f)
-        return LETHE_EARG;
-    int rc = set_args(f, rule, err);
-    Stream streams[PLAN_MAX_STREAMS];
-    int ns = rule->nstreams;
-    for (int i = 0; !rc && i < ns; i++) {
-        rc = stream_open(r, &streams[i], rule->streams[i], f, err);
-        streams[i].epoch = epoch0 - 1;
-    }
-    int64_t cost = r->plan->batch * ns;
-    if (budget && cost && steps > *budget / cost)
-        steps = *budget / cost;
-    /* A rule with the runtime scalar total_steps (a schedule over its run,
-     * such as l1-sparse's decaying penalty) is told how many steps this call
-     * takes, unless the experiment gives the number itself. */
-    int planned = 0;
-    for (int i = 0; i < rule->nargs; i++)
-        planned |= !strcmp(rule->arg_name[i], TOTAL_STEPS_ARG);
-    if (!rc && !planned && frame_set_scalar(f, TOTAL_STEPS_ARG, (double)steps) == LETHE_EARG)
-        rc = lethe_errf(err, LETHE_EARG, "'%s' of %s must be a runtime scalar", TOTAL_STEPS_ARG, rule->rule);
-    float *loss = frame_arg(f, "loss");
-    lethe_progress pr;
-    progress_init(&pr, label, steps, r->o->quiet);
-    r->ctx.seed = r->seed ^ salt;
-    for (int64_t s = 0; !rc && s < steps; s++) {
-        for (int i = 0; !rc && i < ns; i++)
-            rc = stream_next(r, &streams[i], r->plan->batch, salt, err);
-        r->ctx.counter = r->steps_done++;
-        if (!rc)
-            rc = frame_call(f, &r->ctx, err);
-        double l = loss ? (double)*loss : NAN;
-        if (loss && !isfinite(l) && !rc)
-            fprintf(stderr, "lethe: warning: %s: the loss is %g at step %lld\n", label, l, (long long)s);
-        *last_loss = l;
-        if (budget)
-            *budget -= cost;
-        progress_update(&pr, s + 1, l);
-    }
-    progress_finish(&pr);
-    for (int i = 0; i < ns; i++) {
-        free(streams[i].perm);
-        free(streams[i].own_y);
-    }
-    if (!rc)
-        rc = lethe_ctx_sync(&r->ctx, err);
-    frame_free(f);
-    return rc;
-}
-
-/* One call of an entry that needs no data (init_model, init_state). */
-static int call_once(Run *r, const lethe_entry *e, ts_store *model, ts_store *state, uint64_t seed, char *err) {
-    frame_models fm = {NULL, model};
-    lethe_frame *f = frame_new(e, &fm, 1, state, err);
-    if (!f)
-        return LETHE_EARG;
-    r->ctx.seed = seed;
-    r->ctx.counter = 0;
-    int rc = frame_call(f, &r->ctx, err);
-    if (!rc)
-        rc = lethe_ctx_sync(&r->ctx, err);
-    frame_free(f);
-    return rc;
-}
-
-/* Fresh weights from the declared initializers, drawn from `seed`. */
-static int init_model(Run *r, ts_store *model, uint64_t seed, char *err) {
-    const lethe_entry *e = entry(r, "train.init_model", err);
-    return e ? call_once(r, e, model, NULL, seed, err) : LETHE_ENOTFOUND;
-}
-
-/* Run an init entry (init_model, init_state) into a scratch store and keep
- * only what `into` lacks: state shared by name between a method's phases
- * (SCRUB's momentum, SSD's statistics) is initialised once. */
-static int call_init(Run *r, const char *name, ts_store *model, ts_store *into, char *err) {
-    const lethe_entry *e = lethe_entry_find(r->prog->p, name);
-    if (!e)
-        return LETHE_OK;   /* a rule without state has no init_state */
-    ts_store fresh = {0};
-    int rc = call_once(r, e, model, &fresh, r->seed, err);
-    for (int i = 0; !rc && into && i < fresh.n; i++) {
-        const ts_tensor *t = &fresh.t[i];
-        if (ts_get(into, t->name))
-            continue;
-        ts_tensor *d = ts_put(into, t->name, t->dtype, t->rank, t->shape, err);
-        if (!d)
-            rc = LETHE_ENOMEM;
-        else
-            memcpy(d->data, t->data, t->nbytes);
-    }
-    ts_clear(&fresh);
-    return rc;
-}
-
-/* Train the plan's recipe from fresh weights on the samples `set`. */
-static int train_on(Run *r, const int64_t *set, int64_t n, ts_store *model, const char *label, double *loss, char *err) {
-    const exp_plan *p = r->plan;
-    const lethe_entry *step = entry(r, p->train.entry, err);
-    if (!step)
-        return LETHE_ENOTFOUND;
-    int64_t per_epoch = n / p->batch;
-    if (per_epoch < 1)
-        return lethe_errf(err, LETHE_EARG, "%lld training samples are fewer than one batch of %lld", (long long)n,
-                          (long long)p->batch);
-    ts_store state = {0};
-    ts_clear(model);
-    int rc = init_model(r, model, r->seed, err);
-    if (!rc)
-        rc = call_init(r, "train.init_state", model, &state, err);
-    /* epochs of n / batch steps over `set` (the last incomplete batch of each
-     * pass is dropped, as drop_last in PyTorch) */
-    r->training = set;
-    r->n_training = n;
-    r->steps_done = 0;
-    if (!rc)
-        rc = run_steps(r, step, &p->train, model, NULL, &state, per_epoch * r->epochs, 0, NULL, 0, label, loss, err);
-    r->training = NULL;
-    ts_clear(&state);
-    return rc;
-}
-
-/* ---------------------------------------------------------------------------
- * evaluation */
-
-typedef struct Eval {
-    double accuracy, test_loss;
-    mt_summary gus, gus_null;
-    mt_tpr two_emp, two_norm, neg_emp, neg_norm, mia;
-    double auc;
-    int nroc;
-    double roc_fpr[64], roc_tpr[64];   /* against the empirical null (fresh noise) */
-    double roc_tpr_normal[64];         /* against N(0, 1): threshold Phi^-1(1 - fpr) */
-    int target_pred;                   /* an attack's target: the predicted class */
-    double target_adv_prob;            /* and the softmax probability of the adversarial class */
-} Eval;
-
-/* Run fn entry `name` over samples pos[0..n) of `ds` in batches of the
- * eval batch size (the last one padded), calling `take` with each batch's
- * output and how many rows are real. */
-typedef void (*take_fn)(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows);
-
-static int eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n,
-                     int noisy, take_fn take, void *user, char *err) {
-    const lethe_entry *e = entry(r, name, err);
-    if (!e)
-        return LETHE_ENOTFOUND;
-    frame_models fm = {NULL, model};
-    lethe_frame *f = frame_new(e, &fm, 1, NULL, err);
-    if (!f)
-        return LETHE_EARG;
-    int64_t b = r->plan->eval_batch;
-    float *x = frame_arg(f, "x"), *out = frame_arg(f, "out");
-    int32_t *y = frame_arg(f, "y");
-    int64_t *idx = malloc(sizeof(int64_t) * (size_t)b);
-    /* an entry that does not read the labels has no y argument */
-    int32_t *own_y = y ? NULL : malloc(sizeof(int32_t) * (size_t)b);
-    if (!y)
-        y = own_y;
-    int rc = !x || !out || !idx || !y ? lethe_errf(err, LETHE_EFORMAT, "entry %s lacks x or out", name) : LETHE_OK;
-    ds_poison p = poison_of(r);
-    for (int64_t start = 0; !rc && start < n; start += b) {
-        int64_t rows = n - start < b ? n - start : b;
-        for (int64_t i = 0; i < b; i++)
-            idx[i] = pos[start + (i < rows ? i : rows - 1)];
-        rc = ds_batch(ds, idx, b, noisy ? &p : NULL, NULL, x, y, err);
-        if (!rc)
-            rc = frame_call(f, &r->ctx, err);
-        if (!rc)
-            take(user, out, y, x, start, rows);
-    }
-    free(idx);
-    free(own_y);
-    if (!rc)
-        rc = lethe_ctx_sync(&r->ctx, err);
-    frame_free(f);
-    return rc;
-}
-
-typedef struct Acc {
-    int64_t correct;
-    int k;
-    double *loss;
-} Acc;
-
-static void take_logits(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
-    Acc *a = user;
-    a->correct += mt_correct(out, y, rows, a->k);
-}
-
-static void take_losses(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
-    double *loss = user;
-    for (int64_t i = 0; i < rows; i++)
-        loss[start + i] = out[i];
-}
-
-typedef struct Scores {
-    const Run *r;
-    double *in, *null;
-    float *xi;
-} Scores;
-
-static void take_grads(void *user, const float *g, const int32_t *y, const float *x, int64_t start, int64_t rows) {
-    Scores *s = user;
-    const Run *r = s->r;
-    int64_t d = r->train.d;
-    for (int64_t i = 0; i < rows; i++) {
-        int64_t id = r->train.id[r->poison[start + i]];
-        ds_gauss_noise(r->seed, DS_STREAM_POISON, r->plan->poison_eps, id, d, s->xi);
-        s->in[start + i] = mt_gauss_score(s->xi, g + i * d, d, r->plan->poison_eps);
-        s->null[start + i] = mt_gauss_score_null(g + i * d, d, r->plan->poison_eps, r->seed, id);
-    }
-}
-
-typedef struct Target {
-    int k;
-    float logits[256];
-} Target;
-
-static void take_target(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
-    Target *t = user;
-    memcpy(t->logits, out, sizeof(float) * (size_t)t->k);
-}
-
-/* An attack's success at its target: the predicted class and p(adv). */
-static int evaluate_target(Run *r, ts_store *model, Eval *ev, char *err) {
-    Target t = {.k = r->plan->classes < 256 ? r->plan->classes : 256};
-    int rc = eval_over(r, "eval.logits", model, &r->test, &r->choice.target, 1, 0, take_target, &t, err);
-    double mx = -INFINITY, z = 0;
-    for (int c = 0; c < t.k; c++)
-        if (t.logits[c] > mx) {
-            mx = t.logits[c];
-            ev->target_pred = c;
-        }
-    for (int c = 0; c < t.k; c++)
-        z += exp((double)t.logits[c] - mx);
-    ev->target_adv_prob = exp((double)t.logits[r->choice.adv] - mx) / z;
-    return rc;
-}
-
-static int evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
-    memset(ev, 0, sizeof *ev);
-    int64_t nt = r->test.n;
-    int64_t *tpos = malloc(sizeof(int64_t) * (size_t)nt);
-    double *test_loss = malloc(sizeof(double) * (size_t)nt);
-    if (!tpos || !test_loss) {
-        free(tpos);
-        free(test_loss);
-        return lethe_errf(err, LETHE_ENOMEM, "out of memory");
-    }
-    for (int64_t i = 0; i < nt; i++)
-        tpos[i] = i;
-    Acc acc = {.k = r->plan->classes};
-    int rc = eval_over(r, "eval.logits", model, &r->test, tpos, nt, 0, take_logits, &acc, err);
-    if (!rc)
-        rc = eval_over(r, "eval.loss_each", model, &r->test, tpos, nt, 0, take_losses, test_loss, err);
-    ev->accuracy = (double)acc.correct / (double)nt;
-    mt_summary ts = mt_summarize(test_loss, nt);
-    ev->test_loss = ts.mean;
-    int64_t np = r->n_poison;
-    if (!rc && r->plan->has_attack && !r->plan->attack.added)
-        rc = evaluate_target(r, model, ev, err);
-    if (!rc && np > 0 && !r->plan->has_attack) {
-        double *forget_loss = malloc(sizeof(double) * (size_t)np);
-        Scores s = {r, malloc(sizeof(double) * (size_t)np), malloc(sizeof(double) * (size_t)np),
-                    malloc(sizeof(float) * (size_t)r->train.d)};
-        if (!forget_loss || !s.in || !s.null || !s.xi)
-            rc = lethe_errf(err, LETHE_ENOMEM, "out of memory");
-        /* membership by loss: the forget set as it was trained on (with its noise) */
-        if (!rc)
-            rc = eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 1, take_losses, forget_loss, err);
-        if (!rc)
-            rc = mt_loss_mia(forget_loss, np, test_loss, nt, RUN_ALPHA, &ev->mia, err);
-        /* the Gaussian score: gradients at the clean inputs */
-        if (!rc)
-            rc = eval_over(r, "eval.input_grad", model, &r->train, r->poison, np, 0, take_grads, &s, err);
-        if (!rc) {
-            ev->gus = mt_summarize(s.in, np);
-            ev->gus_null = mt_summarize(s.null, np);
-            rc = mt_tpr_at_fpr_empirical(s.in, np, s.null, np, MT_SIDE_TWO, RUN_ALPHA, &ev->two_emp, err);
-        }
-        if (!rc) rc = mt_tpr_at_fpr_normal(s.in, np, MT_SIDE_TWO, RUN_ALPHA, &ev->two_norm, err);
-        if (!rc) rc = mt_tpr_at_fpr_empirical(s.in, np, s.null, np, MT_SIDE_NEG, RUN_ALPHA, &ev->neg_emp, err);
-        if (!rc) rc = mt_tpr_at_fpr_normal(s.in, np, MT_SIDE_NEG, RUN_ALPHA, &ev->neg_norm, err);
-        if (!rc) {
-            /* the ROC of -I against -I' (memorisation makes I negative), kept at
-             * log-spaced false positive rates */
-            double *pos = malloc(sizeof(double) * (size_t)np), *neg = malloc(sizeof(double) * (size_t)np);
-            mt_roc_point *pts = malloc(sizeof(mt_roc_point) * (size_t)(2 * np + 1));
-            int64_t npts = 0;
-            for (int64_t i = 0; pos && neg && i < np; i++) {
-                pos[i] = mt_stat(s.in[i], MT_SIDE_NEG);
-                neg[i] = mt_stat(s.null[i], MT_SIDE_NEG);
-            }
-            rc = pos && neg && pts ? mt_roc(pos, np, neg, np, pts, &npts, err) : lethe_errf(err, LETHE_ENOMEM, "out of memory");
-            if (!rc) {
-                ev->auc = mt_auc(pts, npts);
-                for (int k = 0; k < 41; k++) {
-                    double target = pow(10, -3 + 3.0 * k / 40);
-                    double best = 0, at = 0;
-                    for (int64_t j = 0; j < npts; j++)
-                        if (pts[j].fpr <= target + 1e-12 && pts[j].tpr >= best) {
-                            best = pts[j].tpr;
-                            at = pts[j].fpr;
-                        }
-                    double t = mt_normal_quantile(1 - target);
-                    int64_t above = 0;
-                    for (int64_t j = 0; j < np; j++)
-                        above += pos[j] > t;
-                    ev->roc_fpr[ev->nroc] = target;
-                    ev->roc_tpr_normal[ev->nroc] = (double)above / (double)np;
-                    ev->roc_tpr[ev->nroc++] = best;
-                    (void)at;
-                }
-            }
-            free(pos);
-            free(neg);
-            free(pts);
-        }
-        free(forget_loss);
-        free(s.in);
-        free(s.null);
-        free(s.xi);
-    }
-    free(tpos);
-    free(test_loss);
-    return rc;
-}
-
-/* ---------------------------------------------------------------------------
- * records */
-
-static const char *budget_tag(double b, char *buf, size_t n) {
-    if (b < 0)
-        snprintf(buf, n, "full");
-    else
-        snprintf(buf, n, "b%g", 100 * b);
-    return buf;
-}
-
-typedef struct Used {
-    int64_t steps, samples;
-    double budget_used, seconds, final_loss, shift;
-} Used;
-
-static void put_tpr(jw *w, const char *key, const mt_tpr *t) {
-    jw_key(w, key);
-    jw_obj_begin(w);
-    jw_kv_num(w, "tpr", t->tpr);
-    jw_kv_num(w, "fpr", t->fpr);
-    jw_kv_num(w, "threshold", t->threshold);
-    jw_obj_end(w);
-}
-
-static int write_record(Run *r, const char *method, double budget, const Eval *ev, const Used *u, char *err) {
-    jw w;
-    jw_init(&w);
-    jw_obj_begin(&w);
-    jw_kv_str(&w, "experiment", r->plan->name);
-    jw_kv_str(&w, "method", method);
-    jw_kv_int(&w, "seed", (int64_t)r->seed);
-    jw_key(&w, "budget");
-    if (budget < 0)
-        jw_null(&w);
-    else
-        jw_num(&w, budget);
-    jw_kv_num(&w, "budget_used", u->budget_used);
-    jw_kv_int(&w, "steps", u->steps);
-    jw_kv_int(&w, "samples", u->samples);
-    jw_kv_num(&w, "accuracy", ev->accuracy);
-    jw_kv_num(&w, "test_loss", ev->test_loss);
-    jw_kv_num(&w, "final_train_loss", u->final_loss);
-    jw_kv_num(&w, "param_shift", u->shift);
-    jw_kv_num(&w, "seconds", u->seconds);
-    jw_kv_int(&w, "n_train", r->n_all);
-    jw_kv_int(&w, "n_poison", r->n_poison);
-    jw_kv_int(&w, "n_test", r->test.n);
-    if (r->plan->has_attack) {
-        jw_key(&w, "attack");
-        jw_obj_begin(&w);
-        jw_kv_str(&w, "name", r->plan->attack.name);
-        jw_kv_int(&w, "n_poison", r->choice.n);
-        jw_obj_end(&w);
-        /* the report's bar chart: one number per model, averaged over seeds */
-        if (r->plan->attack.added) {
-            jw_kv_num(&w, "clean_accuracy", r->clean_accuracy);
-            jw_kv_num(&w, "attack_success", 100 * (r->clean_accuracy - ev->accuracy));
-            jw_kv_str(&w, "attack_measure", "test accuracy drop against the clean model (% points)");
-        } else {
-            jw_kv_num(&w, "attack_success", ev->target_pred == r->choice.adv);
-            jw_kv_str(&w, "attack_measure", "target classified as the adversarial class (share of seeds)");
-        }
-    }
-    if (r->plan->has_attack && !r->plan->attack.added) {
-        jw_key(&w, "target");
-        jw_obj_begin(&w);
-        jw_kv_int(&w, "index", r->choice.target);
-        jw_kv_int(&w, "target_class", r->choice.target_class);
-        jw_kv_int(&w, "adv", r->choice.adv);
-        jw_kv_int(&w, "target_pred", ev->target_pred);
-        jw_kv_bool(&w, "target_flipped", ev->target_pred == r->choice.adv);
-        jw_kv_num(&w, "target_adv_prob", ev->target_adv_prob);
-        jw_obj_end(&w);
-    }
-    if (r->n_poison && !r->plan->has_attack) {
-        jw_kv_num(&w, "gus", ev->gus.mean);
-        jw_kv_num(&w, "gus_se", ev->gus.se);
-        jw_kv_num(&w, "gus_std", ev->gus.std);
-        jw_kv_num(&w, "gus_null", ev->gus_null.mean);
-        jw_kv_num(&w, "gus_null_se", ev->gus_null.se);
-        jw_kv_num(&w, "gus_p_two_sided", ev->gus.p_two_sided);
-        jw_kv_num(&w, "alpha", RUN_ALPHA);
-        jw_key(&w, "tpr_at_fpr");
-        jw_obj_begin(&w);
-        put_tpr(&w, "two_sided_empirical", &ev->two_emp);
-        put_tpr(&w, "two_sided_normal", &ev->two_norm);
-        put_tpr(&w, "negative_empirical", &ev->neg_emp);
-        put_tpr(&w, "negative_normal", &ev->neg_norm);
-        jw_obj_end(&w);
-        put_tpr(&w, "loss_mia", &ev->mia);
-        jw_kv_num(&w, "auc", ev->auc);
-        /* [fpr, tpr] of the statistic -I at log-spaced false positive rates */
-        for (int k = 0; k < 2; k++) {
-            jw_key(&w, k ? "roc_normal" : "roc");
-            jw_arr_begin(&w);
-            for (int i = 0; i < ev->nroc; i++) {
-                jw_arr_begin(&w);
-                jw_num(&w, ev->roc_fpr[i]);
-                jw_num(&w, k ? ev->roc_tpr_normal[i] : ev->roc_tpr[i]);
-                jw_arr_end(&w);
-            }
-            jw_arr_end(&w);
-        }
-    }
-    jw_key(&w, "run");
-    jw_obj_begin(&w);
-    jw_kv_str(&w, "data_hash", r->data_hash);
-    jw_kv_bool(&w, "synthetic_stand_in", r->synthetic_stand_in);
-    jw_kv_int(&w, "epochs", r->epochs);
-    jw_kv_int(&w, "train_limit", r->o->train_limit);
-    jw_kv_int(&w, "test_limit", r->o->test_limit);
-    jw_kv_str(&w, "program", r->prog->so_path);
-    jw_kv_str(&w, "source_hash", r->prog->p->source_hash ? r->prog->p->source_hash : "");
-    jw_obj_end(&w);
-    jw_key(&w, "config");
-    jw_raw(&w, r->plan->json, strlen(r->plan->json));
-    jw_obj_end(&w);
-    size_t len;
-    const char *text = jw_finish(&w, &len);
-    char path[PATH_MAX + 128], tag[32];
-    snprintf(path, sizeof path, "%s/records/%s_%s_seed%llu.json", r->dir, method, budget_tag(budget, tag, sizeof tag),
-             (unsigned long long)r->seed);
-    int rc = text ? fs_write_atomic(path, text, len, err) : lethe_errf(err, LETHE_EFORMAT, "record is not valid JSON");
-    jw_free(&w);
-    return rc;
-}
-
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* results.jsonl: every record, one per line, in name order. */
-static int write_results(const char *dir, char *err) {
-    char rdir[PATH_MAX + 16];
-    snprintf(rdir, sizeof rdir, "%s/records", dir);
-    DIR *d = opendir(rdir);
-    if (!d)
-        return LETHE_OK;
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        size_t l = strlen(de->d_name);
-        if (l < 6 || strcmp(de->d_name + l - 5, ".json") || de->d_name[0] == '.')
-            continue;
-        if (n == cap)
-            names = realloc(names, sizeof(char *) * (cap = cap ? 2 * cap : 64));
-        names[n++] = strdup(de->d_name);
-    }
-    closedir(d);
-    qsort(names, n, sizeof(char *), cmp_str);
-    fs_atomic a;
-    char path[PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/results.jsonl", dir);
-    int rc = fs_atomic_begin(&a, path, err);
-    for (size_t i = 0; i < n; i++) {
-        char file[PATH_MAX * 2];
-        snprintf(file, sizeof file, "%s/%s", rdir, names[i]);
-        uint8_t *text = NULL;
-        size_t len = 0;
-        if (!rc && !(rc = fs_read_file(file, 16 << 20, &text, &len, err))) {
-            fs_atomic_write(&a, text, len);
-            fs_atomic_write(&a, "\n", 1);
-        }
-        free(text);
-        free(names[i]);
-    }
-    free(names);
-    if (!rc)
-        rc = fs_atomic_commit(&a, err);
-    else
-        fs_atomic_abort(&a);
-    return rc;
-}
-
 /* ---------------------------------------------------------------------------
  * stages */
 
@@ -889,7 +244,7 @@ static void fault_point(void) {
 
 static int record_exists(const Run *r, const char *method, double budget) {
     char path[PATH_MAX + 128], tag[32];
-    snprintf(path, sizeof path, "%s/records/%s_%s_seed%llu.json", r->dir, method, budget_tag(budget, tag, sizeof tag),
+    snprintf(path, sizeof path, "%s/records/%s_%s_seed%llu.json", r->dir, method, run_budget_tag(budget, tag, sizeof tag),
              (unsigned long long)r->seed);
     return fs_exists(path);
 }
@@ -931,7 +286,7 @@ static int trained_model(Run *r, const char *name, const int64_t *set, int64_t n
     double t0 = now();
     char label[64];
     snprintf(label, sizeof label, "%s seed %llu", strcmp(name, "original") ? name : "train", (unsigned long long)r->seed);
-    int rc = train_on(r, set, n, model, label, &u->final_loss, err);
+    int rc = run_train_on(r, set, n, model, label, &u->final_loss, err);
     u->seconds = now() - t0;
     if (!rc) {
         char text[128];
@@ -953,14 +308,14 @@ static int original_model(Run *r, ts_store *orig, Used *u, char *err) {
  * clean model; the poisons are crafted against the result. */
 static int surrogate_pass(Run *r, ts_store *model, char *err) {
     const plan_rule *rule = &r->plan->attack.surrogate;
-    const lethe_entry *e = entry(r, rule->entry, err);
+    const lethe_entry *e = run_entry(r, rule->entry, err);
     if (!e)
         return LETHE_ENOTFOUND;
     ts_store state = {0};
     char init[128], label[128];
     snprintf(init, sizeof init, "%s.init_state", rule->entry);
     snprintf(label, sizeof label, "%s seed %llu", rule->rule, (unsigned long long)r->seed);
-    int rc = call_init(r, init, model, &state, err);
+    int rc = run_call_init(r, init, model, &state, err);
     double loss;
     r->steps_done = 0;
     if (!rc)
@@ -1051,7 +406,7 @@ static int clean_baseline(Run *r, char *err) {
     Eval ev;
     int rc = trained_model(r, "clean", r->retain, r->n_retain, &clean, &u, err);
     if (!rc)
-        rc = evaluate(r, &clean, &ev, err);
+        rc = run_evaluate(r, &clean, &ev, err);
     if (!rc)
         r->clean_accuracy = ev.accuracy;
     ts_clear(&clean);
@@ -1072,7 +427,7 @@ static double const_of(const plan_rule *rule, const char *name, double deflt) {
  * initial weights from its seed. */
 static int reinit_layers(Run *r, const lethe_entry *e, int mode, ts_store *model, char *err) {
     ts_store fresh = {0};
-    int rc = init_model(r, &fresh, mode == 2 ? r->seed : r->seed ^ REINIT_SALT, err);
+    int rc = run_init_model(r, &fresh, mode == 2 ? r->seed : r->seed ^ REINIT_SALT, err);
     for (int i = 0; !rc && i < e->nargs; i++) {
         const lethe_arg *a = &e->args[i];
         if (a->kind != LETHE_PARAM || !(a->access & LETHE_WRITE) || !a->layer_counts)
@@ -1098,7 +453,7 @@ static int run_method(Run *r, const plan_method *pm, const ts_store *orig, ts_st
                       double *loss, int64_t *steps_out, char *err) {
     const lethe_entry *e[3];
     for (int p = 0; p < pm->nphases; p++)
-        if (!(e[p] = entry(r, pm->phase[p].entry, err)))
+        if (!(e[p] = run_entry(r, pm->phase[p].entry, err)))
             return LETHE_ENOTFOUND;
     ts_store state = {0};
     int rc = ts_copy(model, orig, err);
@@ -1108,7 +463,7 @@ static int run_method(Run *r, const plan_method *pm, const ts_store *orig, ts_st
     for (int p = 0; !rc && p < pm->nphases; p++) {
         char init[128];
         snprintf(init, sizeof init, "%s.init_state", pm->phase[p].entry);
-        rc = call_init(r, init, model, &state, err);
+        rc = run_call_init(r, init, model, &state, err);
     }
     uint32_t salt = METHOD_SALT ^ (uint32_t)fs_fnv1a64(pm->name, strlen(pm->name), 0xcbf29ce484222325ull);
     int64_t b = r->plan->batch, before = r->steps_done = 0;
@@ -1169,7 +524,7 @@ static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store 
         u->samples = (int64_t)floor(budget * full) - budget_left;
         if (!rc) {
             char path[PATH_MAX + 128], tag[32];
-            snprintf(path, sizeof path, "%s/%s_%s.safetensors", r->seed_dir, pm->name, budget_tag(budget, tag, sizeof tag));
+            snprintf(path, sizeof path, "%s/%s_%s.safetensors", r->seed_dir, pm->name, run_budget_tag(budget, tag, sizeof tag));
             rc = save_model(r, model, path, pm->name, err);
         }
     }
@@ -1222,11 +577,11 @@ static int run_seed(Run *r, int k, char *err) {
     Eval ev;
     rc = original_model(r, &orig, &u, err);
     if (!rc && !record_exists(r, "original", 0)) {
-        rc = evaluate(r, &orig, &ev, err);
+        rc = run_evaluate(r, &orig, &ev, err);
         if (!rc)
-            rc = write_record(r, "original", 0, &ev, &u, err);
+            rc = run_write_record(r, "original", 0, &ev, &u, err);
         if (!rc)
-            rc = write_results(r->dir, err);
+            rc = run_write_results(r->dir, err);
         if (!rc)
             fault_point();
     }
@@ -1240,11 +595,11 @@ static int run_seed(Run *r, int k, char *err) {
                 continue;
             rc = unlearn(r, pm, budget, &orig, &model, &u, err);
             if (!rc)
-                rc = evaluate(r, &model, &ev, err);
+                rc = run_evaluate(r, &model, &ev, err);
             if (!rc)
-                rc = write_record(r, pm->name, budget, &ev, &u, err);
+                rc = run_write_record(r, pm->name, budget, &ev, &u, err);
             if (!rc)
-                rc = write_results(r->dir, err);
+                rc = run_write_results(r->dir, err);
             if (!rc)
                 fault_point();
         }
@@ -1310,7 +665,7 @@ int run_experiment(const lethe_prog *prog, exp_plan *plan, const run_opts *o, ch
     for (int k = 0; !rc && k < seeds; k++)
         rc = run_seed(&r, k, err);
     if (!rc)
-        rc = write_results(r.dir, err);
+        rc = run_write_results(r.dir, err);
     run_close(&r);
     return rc;
 }
@@ -1353,7 +708,7 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
         if (!rc && record_exists(&r, pm->name, pm->retrain ? -1 : budget)) {
             char tag[32];
             printf("%s/records/%s_%s_seed%d.json exists: nothing to do (remove it to unlearn again)\n", r.dir,
-                   pm->name, budget_tag(pm->retrain ? -1 : budget, tag, sizeof tag), seed);
+                   pm->name, run_budget_tag(pm->retrain ? -1 : budget, tag, sizeof tag), seed);
             pm = NULL;
         }
         if (!rc && pm)
@@ -1363,11 +718,11 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
         if (!rc && pm)
             rc = unlearn(&r, pm, pm->retrain ? -1 : budget, &orig, &model, &u, err);
         if (!rc && pm)
-            rc = evaluate(&r, &model, &ev, err);
+            rc = run_evaluate(&r, &model, &ev, err);
         if (!rc && pm)
-            rc = write_record(&r, pm->name, pm->retrain ? -1 : budget, &ev, &u, err);
+            rc = run_write_record(&r, pm->name, pm->retrain ? -1 : budget, &ev, &u, err);
         if (!rc && pm)
-            rc = write_results(r.dir, err);
+            rc = run_write_results(r.dir, err);
     } else if (!rc && !strcmp(stage, "eval")) {
         char path[PATH_MAX + 64];
         if (model_path)
@@ -1376,7 +731,7 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
             snprintf(path, sizeof path, "%s/original.safetensors", r.seed_dir);
         rc = ts_load(&model, path, err);
         if (!rc)
-            rc = evaluate(&r, &model, &ev, err);
+            rc = run_evaluate(&r, &model, &ev, err);
         if (!rc) {
             printf("{\"model\": \"%s\", \"accuracy\": %.6f, \"test_loss\": %.6f", path, ev.accuracy, ev.test_loss);
             if (plan->has_attack && !plan->attack.added)

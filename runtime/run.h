@@ -1,4 +1,5 @@
-/* run.h: the experiment plan and its execution (plan.c, run.c, report.c).
+/* run.h: the experiment plan and its execution (plan.c; run.c, run_steps.c,
+ * run_eval.c; report.c).
  *
  * A plan is the JSON descriptor lethec stores in a compiled experiment
  * (compiler/sema_experiment.c writes it); run.c executes it stage by stage,
