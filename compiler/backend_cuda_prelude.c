@@ -188,20 +188,45 @@ static const char col_template[] =
     "}\n";
 
 /* The GEMM of lethe_cuda_gemm (lethe_abi.h): one block per 64 x 64 tile and
- * product, or per tile only when stride_c = 0 accumulates the batch (the
- * tile then sums every product in registers before touching C once). */
+ * product. When stride_c = 0 accumulates the batch, one block per tile and
+ * group of products: with groups = 1 the tile sums every product in
+ * registers before touching C once; with more (the runtime chooses them
+ * from the shapes alone, so the sums run in the same order on every card)
+ * group g writes its partial sum to P + g m n, and a second launch of the
+ * same kernel with phase 1 adds the partials in group order into C. A
+ * weight gradient's few tiles over a batch of 128 thus fill the GPU. */
+#define GEMM_REDUCE_PHASE                                                                               \
+    "    if (phase) {   /* C = alpha sum_g P_g + beta C, one thread per element */\n"                     \
+    "        long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x, mn = m * n;\n"                \
+    "        if (e >= mn)\n"                                                                             \
+    "            return;\n"                                                                              \
+    "        $T s = 0;\n"                                                                                \
+    "        for (long long g = 0; g < groups; g++)\n"                                                   \
+    "            s += P[g * mn + e];\n"                                                                  \
+    "        $T *p = C + e / n * ldc + e % n;\n"                                                          \
+    "        *p = beta == 0 ? alpha * s : alpha * s + beta * *p;\n"                                      \
+    "        return;\n"                                                                                  \
+    "    }\n"                                                                                            \
+    "    long long tn = (n + 63) / 64, tiles = (m + 63) / 64 * tn;\n"                                    \
+    "    long long tile = blockIdx.x % tiles, bz = blockIdx.x / tiles;\n"                                \
+    "    int sum_batch = sc == 0 && batch > 1, split = sum_batch && groups > 1;\n"                       \
+    "    long long per = split ? (batch + groups - 1) / groups : 1;\n"                                   \
+    "    long long first = sum_batch && !split ? 0 : bz * per;\n"                                        \
+    "    long long count = !sum_batch ? 1 : !split ? batch : batch - first < per ? batch - first : per;\n" \
+    "    $T *Cg = split ? P + bz * m * n : C + (sum_batch ? 0 : bz * sc);\n"
+
+
 static const char gemm_template[] =
     "LK_KERNEL void $NAME(const $T *__restrict__ A, const $T *__restrict__ B, $T *__restrict__ C,\n"
     "        long long m, long long n, long long k, long long lda, long long ldb, long long ldc, int ta, int tb,\n"
-    "        $T alpha, $T beta, long long batch, long long sa, long long sb, long long sc) {\n"
+    "        $T alpha, $T beta, long long batch, long long sa, long long sb, long long sc,\n"
+    "        $T *__restrict__ P, long long groups, int phase) {\n"
     "    __shared__ $T As[16 * 65];\n"
     "    __shared__ $T Bs[16 * 65];\n"
-    "    long long tn = (n + 63) / 64, tiles = (m + 63) / 64 * tn;\n"
-    "    long long tile = blockIdx.x % tiles, bz = blockIdx.x / tiles;\n"
-    "    int sum_batch = sc == 0 && batch > 1;\n"
-    "    long long first = sum_batch ? 0 : bz;\n"
-    "    lk_gemm_tile_$T(A + first * sa, B + first * sb, C + (sum_batch ? 0 : bz * sc), m, n, k, lda, ldb, ldc, ta, tb,\n"
-    "                    alpha, beta, tile / tn * 64, tile % tn * 64, sum_batch ? batch : 1, sa, sb, As, Bs);\n"
+    GEMM_REDUCE_PHASE
+    "    lk_gemm_tile_$T(A + first * sa, B + first * sb, Cg, m, n, k, lda, ldb, split ? n : ldc, ta, tb,\n"
+    "                    split ? ($T)1 : alpha, split ? ($T)0 : beta, tile / tn * 64, tile % tn * 64, count, sa, sb,\n"
+    "                    As, Bs);\n"
     "}\n"
     "#ifdef LETHE_HOST_SHIM\n"
     "static void $NAME__thunk(void *const *a) {\n"
@@ -209,7 +234,7 @@ static const char gemm_template[] =
     "        *(const long long *)a[4], *(const long long *)a[5], *(const long long *)a[6], *(const long long *)a[7],\n"
     "        *(const long long *)a[8], *(const int *)a[9], *(const int *)a[10], *(const $T *)a[11],\n"
     "        *(const $T *)a[12], *(const long long *)a[13], *(const long long *)a[14], *(const long long *)a[15],\n"
-    "        *(const long long *)a[16]);\n"
+    "        *(const long long *)a[16], *($T *const *)a[17], *(const long long *)a[18], *(const int *)a[19]);\n"
     "}\n"
     "LK_SHIM_ENTRY($NAME, 1)\n"
     "#endif\n";
@@ -221,26 +246,25 @@ static const char gemm_col_template[] =
     "        long long m, long long n, long long k, long long lda, long long ldc, int ta, int tb,\n"
     "        $T alpha, $T beta, long long batch, long long sa, long long sb, long long sc,\n"
     "        long long c, long long h, long long w, long long kh, long long kw, long long sh, long long sw,\n"
-    "        long long ph, long long pw, long long oh, long long ow, long long p0) {\n"
+    "        long long ph, long long pw, long long oh, long long ow, long long p0,\n"
+    "        $T *__restrict__ P, long long groups, int phase) {\n"
     "    __shared__ $T As[16 * 65];\n"
     "    __shared__ $T Bs[16 * 65];\n"
     "    lk_conv cv = {c, h, w, kh, kw, sh, sw, ph, pw, oh, ow};\n"
-    "    long long tn = (n + 63) / 64, tiles = (m + 63) / 64 * tn;\n"
-    "    long long tile = blockIdx.x % tiles, bz = blockIdx.x / tiles;\n"
-    "    int sum_batch = sc == 0 && batch > 1;\n"
-    "    long long first = sum_batch ? 0 : bz;\n"
-    "    lk_gemm_tile_col_$T(A + first * sa, B + first * sb, C + (sum_batch ? 0 : bz * sc), m, n, k, lda, cv, p0, ldc,\n"
-    "                        ta, tb, alpha, beta, tile / tn * 64, tile % tn * 64, sum_batch ? batch : 1, sa, sb, As, Bs);\n"
+    GEMM_REDUCE_PHASE
+    "    lk_gemm_tile_col_$T(A + first * sa, B + first * sb, Cg, m, n, k, lda, cv, p0, split ? n : ldc, ta, tb,\n"
+    "                        split ? ($T)1 : alpha, split ? ($T)0 : beta, tile / tn * 64, tile % tn * 64, count, sa,\n"
+    "                        sb, As, Bs);\n"
     "}\n"
     "#ifdef LETHE_HOST_SHIM\n"
     "static void $NAME__thunk(void *const *a) {\n"
-    "    const long long *q[28];\n"
-    "    for (int i = 0; i < 28; i++)\n"
+    "    const long long *q[31];\n"
+    "    for (int i = 0; i < 31; i++)\n"
     "        q[i] = (const long long *)a[i];\n"
     "    $NAME(*(const $T *const *)a[0], *(const $T *const *)a[1], *($T *const *)a[2], *q[3], *q[4], *q[5], *q[6],\n"
     "        *q[7], *(const int *)a[8], *(const int *)a[9], *(const $T *)a[10], *(const $T *)a[11], *q[12], *q[13],\n"
     "        *q[14], *q[15], *q[16], *q[17], *q[18], *q[19], *q[20], *q[21], *q[22], *q[23], *q[24], *q[25], *q[26],\n"
-    "        *q[27]);\n"
+    "        *q[27], *($T *const *)a[28], *q[29], *(const int *)a[30]);\n"
     "}\n"
     "LK_SHIM_ENTRY($NAME, 1)\n"
     "#endif\n";

@@ -103,7 +103,7 @@ enum { NVRTC_SUCCESS = 0, NVRTC_ERROR_COMPILATION = 6 };
 
 typedef int cublasStatus_t;
 typedef struct cublasContext *cublasHandle_t;
-enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
+enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_OP_N = 0, CUBLAS_OP_T = 1, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
 
 #define CUBLAS_FUNCTIONS(X)                                                                                \
     X(cublasCreate, "cublasCreate_v2", cublasStatus_t, (cublasHandle_t * h))                              \

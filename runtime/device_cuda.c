@@ -32,12 +32,21 @@
  * Launches are asynchronous, so a kernel's own fault surfaces at the next
  * synchronization; LETHE_CUDA_SYNC=1 synchronizes after each launch and
  * names the kernel.
+ *
+ * Two opt-in switches for measuring: LETHE_CUDA_TF32=1 lets cuBLAS's FP32
+ * GEMMs use TF32 tensor cores (products with a 10-bit mantissa: results
+ * leave the f32 tolerances of the CPU comparison, so it is off by default);
+ * LETHE_CUDA_PROFILE=1 waits after every launch and copy, times each on the
+ * host clock and prints the totals by kernel (GEMMs by route and shape) to
+ * stderr when the device closes. Launch overhead (microseconds) is in every
+ * row, so the table ranks kernels rather than timing them exactly.
  */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cuda_min.h"
@@ -75,6 +84,13 @@ typedef struct Loaded {
     CUfunction *fns;
 } Loaded;
 
+/* one row of LETHE_CUDA_PROFILE's table */
+typedef struct ProfRow {
+    char name[112];
+    double seconds;
+    long calls;
+} ProfRow;
+
 typedef struct Dev {
     lethe_device pub;
     void *lib;
@@ -84,6 +100,9 @@ typedef struct Dev {
     CUstream stream;
     char arch[16], name[300];
     int sync_each;
+    int profile;           /* LETHE_CUDA_PROFILE */
+    ProfRow *prof;
+    int nprof, prof_cap;
     /* cuBLAS: 0 not tried yet, 1 ready, -1 unavailable */
     int blas_state;
     void *blas_lib;
@@ -93,6 +112,8 @@ typedef struct Dev {
     int nv_tried;
     CUdeviceptr arena;
     size_t arena_bytes;
+    CUdeviceptr scratch;   /* partial sums of split GEMMs (run_gemm) */
+    size_t scratch_bytes;
     Mirror *mirror;        /* open addressing by host address */
     int mirror_cap, mirror_len;
     Loaded *loaded;
@@ -465,6 +486,61 @@ static Loaded *load_program(Dev *d, const lethe_cuda_program *p) {
 }
 
 /* ---------------------------------------------------------------------------
+ * profile (LETHE_CUDA_PROFILE) */
+
+static double host_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Waits for the GPU and adds the time since t0 to the row `name`. */
+static int prof_add(Dev *d, const char *name, double t0) {
+    if (CU(d, d->cu.cuStreamSynchronize(d->stream), NULL))
+        return -1;
+    double dt = host_now() - t0;
+    int i = 0;
+    while (i < d->nprof && strcmp(d->prof[i].name, name))
+        i++;
+    if (i == d->nprof) {
+        if (d->nprof == d->prof_cap) {
+            int cap = d->prof_cap ? 2 * d->prof_cap : 64;
+            ProfRow *p = realloc(d->prof, sizeof(ProfRow) * (size_t)cap);
+            if (!p)
+                return 0;   /* the profile is lost, not the run */
+            d->prof = p;
+            d->prof_cap = cap;
+        }
+        snprintf(d->prof[i].name, sizeof d->prof[i].name, "%s", name);
+        d->prof[i].seconds = 0;
+        d->prof[i].calls = 0;
+        d->nprof++;
+    }
+    d->prof[i].seconds += dt;
+    d->prof[i].calls++;
+    return 0;
+}
+
+static int prof_cmp(const void *a, const void *b) {
+    double x = ((const ProfRow *)a)->seconds, y = ((const ProfRow *)b)->seconds;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static void prof_print(Dev *d) {
+    double total = 0;
+    for (int i = 0; i < d->nprof; i++)
+        total += d->prof[i].seconds;
+    if (!d->nprof || total <= 0)
+        return;
+    qsort(d->prof, (size_t)d->nprof, sizeof(ProfRow), prof_cmp);
+    fprintf(stderr, "lethe: CUDA profile (%s): %.3f s over %d kinds of launch and copy\n", d->name, total, d->nprof);
+    fprintf(stderr, "%10s %6s %9s %8s  %s\n", "ms", "%", "calls", "us/call", "kernel");
+    for (int i = 0; i < d->nprof && i < 60; i++)
+        fprintf(stderr, "%10.3f %6.2f %9ld %8.1f  %s\n", 1e3 * d->prof[i].seconds, 100 * d->prof[i].seconds / total,
+                d->prof[i].calls, 1e6 * d->prof[i].seconds / (double)d->prof[i].calls, d->prof[i].name);
+}
+
+/* ---------------------------------------------------------------------------
  * GEMM */
 
 static int blas(Dev *d) {
@@ -492,6 +568,16 @@ static int blas(Dev *d) {
         d->blas.cublasDestroy(d->blas_h);
         return 0;
     }
+    const char *tf32 = getenv("LETHE_CUDA_TF32");
+    if (tf32 && *tf32 && strcmp(tf32, "0")) {
+        /* looked up only here: the mock driver of make test has no math modes */
+        cublasStatus_t (*set_math)(cublasHandle_t, int) =
+            (cublasStatus_t(*)(cublasHandle_t, int))dlsym(d->blas_lib, "cublasSetMathMode");
+        if (set_math && set_math(d->blas_h, CUBLAS_TF32_TENSOR_OP_MATH) == CUBLAS_STATUS_SUCCESS)
+            fprintf(stderr, "lethe: note: cuBLAS's FP32 GEMMs use TF32 tensor cores (LETHE_CUDA_TF32)\n");
+        else
+            fprintf(stderr, "lethe: note: cuBLAS refused TF32 math; its FP32 GEMMs stay FP32\n");
+    }
     d->blas_state = 1;
     return 1;
 }
@@ -501,11 +587,48 @@ static int fits_int(const lethe_cuda_gemm *g) {
            g->ldb <= 0x7fffffff && g->ldc <= 0x7fffffff && g->batch <= 0x7fffffff;
 }
 
+/* How many groups of products a GEMM that sums its batch into one C splits
+ * into: enough blocks for about two waves of an H100's or H200's 132
+ * multiprocessors, from the shapes alone so that the order of the sums does
+ * not depend on the card; every group gets at least one product. */
+enum { GEMM_SPLIT_BLOCKS = 264 };
+
+static long long split_groups(const lethe_cuda_gemm *g, long long tiles) {
+    long long want = (GEMM_SPLIT_BLOCKS + tiles - 1) / tiles;
+    if (want > g->batch)
+        want = g->batch;
+    if (want <= 1)
+        return 1;
+    long long per = (g->batch + want - 1) / want;
+    return (g->batch + per - 1) / per;
+}
+
+/* The split GEMMs' partial sums: one buffer, grown between launches. */
+static int ensure_scratch(Dev *d, size_t bytes) {
+    if (bytes <= d->scratch_bytes)
+        return 0;
+    if (d->scratch && (CU(d, d->cu.cuStreamSynchronize(d->stream), NULL) || CU(d, d->cu.cuMemFree(d->scratch), NULL)))
+        return -1;
+    d->scratch = 0;
+    d->scratch_bytes = 0;
+    if (CU(d, d->cu.cuMemAlloc(&d->scratch, bytes), "the GPU is out of memory for a GEMM's partial sums"))
+        return -1;
+    d->scratch_bytes = bytes;
+    return 0;
+}
+
+/* cuBLAS takes a GEMM unless its B is a convolution's implicit columns, its
+ * batch sums into one C, or it is too large for int sizes. */
+static int on_cublas(Dev *d, const lethe_cuda_gemm *g) {
+    int sum_batch = g->batch > 1 && g->stride_c == 0;
+    return !sum_batch && !g->im2col && fits_int(g) && blas(d);
+}
+
 static int run_gemm(Dev *d, Loaded *L, const lethe_cuda_launch *l, CUdeviceptr a, CUdeviceptr b, CUdeviceptr c) {
     const lethe_cuda_gemm *g = l->gemm;
     int f64 = g->dtype == LETHE_F64;
     int sum_batch = g->batch > 1 && g->stride_c == 0;
-    if (!sum_batch && !g->im2col && fits_int(g) && blas(d)) {
+    if (on_cublas(d, g)) {
         /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T */
         int ta = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
         int m = (int)g->n, n = (int)g->m, k = (int)g->k;
@@ -532,27 +655,46 @@ static int run_gemm(Dev *d, Loaded *L, const lethe_cuda_launch *l, CUdeviceptr a
                         (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch, st);
         return 0;
     }
-    /* the generated tiled kernel: 64 x 64 tiles, batch along the grid */
-    long long tiles = ((g->m + 63) / 64) * ((g->n + 63) / 64), grid = tiles * (sum_batch ? 1 : g->batch);
+    /* the generated tiled kernel: 64 x 64 tiles, batch (or groups of a summed
+     * batch) along the grid */
+    long long tiles = ((g->m + 63) / 64) * ((g->n + 63) / 64), groups = sum_batch ? split_groups(g, tiles) : 1;
+    long long grid = tiles * (sum_batch ? groups : g->batch), mn = g->m * g->n;
     if (grid > 0x7fffffff)
         return FAIL("split the batch", "a GEMM of %lld tiles is too large for one launch", grid);
+    CUdeviceptr partial = 0;
+    if (groups > 1) {
+        if (ensure_scratch(d, (size_t)(groups * mn) * (f64 ? sizeof(double) : sizeof(float))))
+            return -1;
+        partial = d->scratch;
+    }
     long long mm = g->m, nn = g->n, kk = g->k, lda = g->lda, ldb = g->ldb, ldc = g->ldc, bt = g->batch;
     long long sa = g->stride_a, sb = g->stride_b, sc = g->stride_c;
-    int ta = g->trans_a, tb = g->trans_b;
+    int ta = g->trans_a, tb = g->trans_b, phase = 0;
     float af = (float)g->alpha, bf = (float)g->beta;
     void *alpha = f64 ? (void *)&g->alpha : (void *)&af, *beta = f64 ? (void *)&g->beta : (void *)&bf;
+    void *params[31];
+    int np = 0;
+    void *head[] = {&a, &b, &c, &mm, &nn, &kk, &lda, &ldb, &ldc, &ta, &tb, alpha, beta, &bt, &sa, &sb, &sc};
+    for (int i = 0; i < 17; i++)
+        if (i != 7 || !g->im2col)   /* lethe_gemm_col_* has no ldb, then the geometry (backend_cuda_prelude.c) */
+            params[np++] = head[i];
     if (g->im2col) {
-        /* lethe_gemm_col_*: no ldb, then the geometry (backend_cuda_prelude.c) */
         const lethe_cuda_im2col *ic = g->im2col;
-        void *params[28] = {&a, &b, &c, &mm, &nn, &kk, &lda, &ldc, &ta, &tb, alpha, beta, &bt, &sa, &sb, &sc,
-                            (void *)&ic->c, (void *)&ic->h, (void *)&ic->w, (void *)&ic->kh, (void *)&ic->kw,
-                            (void *)&ic->sh, (void *)&ic->sw, (void *)&ic->ph, (void *)&ic->pw, (void *)&ic->oh,
-                            (void *)&ic->ow, (void *)&ic->p0};
-        return CU(d, d->cu.cuLaunchKernel(L->fns[l->kernel], (unsigned)grid, 1, 1, 256, 1, 1, 0, d->stream, params, NULL),
-                  NULL);
+        const int64_t *geo[] = {&ic->c, &ic->h, &ic->w, &ic->kh, &ic->kw, &ic->sh, &ic->sw, &ic->ph, &ic->pw, &ic->oh, &ic->ow, &ic->p0};
+        for (int i = 0; i < 12; i++)
+            params[np++] = (void *)geo[i];
     }
-    void *params[17] = {&a, &b, &c, &mm, &nn, &kk, &lda, &ldb, &ldc, &ta, &tb, alpha, beta, &bt, &sa, &sb, &sc};
-    return CU(d, d->cu.cuLaunchKernel(L->fns[l->kernel], (unsigned)grid, 1, 1, 256, 1, 1, 0, d->stream, params, NULL), NULL);
+    params[np++] = &partial;
+    params[np++] = &groups;
+    params[np++] = &phase;
+    if (CU(d, d->cu.cuLaunchKernel(L->fns[l->kernel], (unsigned)grid, 1, 1, 256, 1, 1, 0, d->stream, params, NULL), NULL))
+        return -1;
+    if (groups == 1)
+        return 0;
+    phase = 1;   /* the partial sums into C, in group order */
+    return CU(d, d->cu.cuLaunchKernel(L->fns[l->kernel], (unsigned)((mn + 255) / 256), 1, 1, 256, 1, 1, 0, d->stream, params,
+                                      NULL),
+              NULL);
 }
 
 /* ---------------------------------------------------------------------------
@@ -598,6 +740,7 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
     }
     if (ensure_arena(d, io))
         return -1;
+    double t0 = host_now();
     for (uint32_t i = 0; i < e->nargs; i++) {
         const lethe_cuda_arg *a = &e->args[i];
         if (mirror_find(d, args[i], a->bytes))
@@ -607,9 +750,12 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
             CU(d, d->cu.cuMemcpyHtoDAsync(d->argp[i], args[i], a->bytes, d->stream), NULL))
             return -1;
     }
+    if (d->profile && prof_add(d, "copy in: inputs and newly mirrored tensors", t0))
+        return -1;
     for (uint32_t li = 0; li < e->nlaunches; li++) {
         const lethe_cuda_launch *l = &e->launches[li];
         int rc;
+        t0 = host_now();
         if (l->kind == LETHE_CUDA_GEMM) {
             const lethe_cuda_gemm *g = l->gemm;
             rc = run_gemm(d, L, l, address(d, g->a), address(d, g->b), address(d, g->c));
@@ -635,7 +781,19 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
             rc = CU(d, d->cu.cuLaunchKernel(L->fns[l->kernel], l->grid, 1, 1, l->block, 1, 1, 0, d->stream, d->pptrs, NULL),
                     NULL);
         }
-        if (!rc && d->sync_each)
+        if (!rc && d->profile) {
+            char name[112];
+            const lethe_cuda_gemm *g = l->gemm;
+            if (l->kind == LETHE_CUDA_GEMM)
+                snprintf(name, sizeof name, "gemm %s%s %lldx%lldx%lld%s%s batch %lld",
+                         on_cublas(d, g) ? "cublas" : g->im2col ? "tiled, implicit im2col" : "tiled",
+                         g->stride_c == 0 && g->batch > 1 ? " summed" : "", (long long)g->m,
+                         (long long)g->n, (long long)g->k, g->trans_a ? " At" : "", g->trans_b ? " Bt" : "",
+                         (long long)g->batch);
+            else
+                snprintf(name, sizeof name, "%s", e->program->kernel_names[l->kernel]);
+            rc = prof_add(d, name, t0);
+        } else if (!rc && d->sync_each)
             rc = CU(d, d->cu.cuStreamSynchronize(d->stream), NULL);
         if (rc) {
             fprintf(stderr, "lethe: in entry %s, launch %u of %u (%s)\n", e->name, li, e->nlaunches,
@@ -643,6 +801,7 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
             return -1;
         }
     }
+    t0 = host_now();
     for (uint32_t i = 0; i < e->nargs; i++) {
         const lethe_cuda_arg *a = &e->args[i];
         int mirrored = mirror_find(d, args[i], a->bytes) != NULL;
@@ -654,7 +813,7 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
         fprintf(stderr, "lethe: in entry %s (%u launches)\n", e->name, e->nlaunches);
         return -1;
     }
-    return 0;
+    return d->profile ? prof_add(d, "copy out: outputs", t0) : 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -664,6 +823,7 @@ void lethe_cuda_close(lethe_device *pub) {
     if (!pub)
         return;
     Dev *d = pub->impl;
+    prof_print(d);
     if (d->ctx) {
         d->cu.cuCtxSetCurrent(d->ctx);
         for (int i = 0; i < d->mirror_cap; i++)
@@ -671,6 +831,8 @@ void lethe_cuda_close(lethe_device *pub) {
                 d->cu.cuMemFree(d->mirror[i].dev);
         if (d->arena)
             d->cu.cuMemFree(d->arena);
+        if (d->scratch)
+            d->cu.cuMemFree(d->scratch);
         for (int i = 0; i < d->nloaded; i++) {
             for (uint32_t m = 0; m < d->loaded[i].prog->nmodules; m++)
                 if (d->loaded[i].mods[m])
@@ -692,6 +854,7 @@ void lethe_cuda_close(lethe_device *pub) {
     free(d->argp);
     free(d->pvals);
     free(d->pptrs);
+    free(d->prof);
     free(d);
 }
 
@@ -756,6 +919,8 @@ int lethe_cuda_open(int ordinal, lethe_device **out, char *err) {
         return open_fail(d, err, LETHE_EARG, "cannot set up the CUDA context", rc);
     const char *se = getenv("LETHE_CUDA_SYNC");
     d->sync_each = se && *se && strcmp(se, "0");
+    const char *pe = getenv("LETHE_CUDA_PROFILE");
+    d->profile = pe && *pe && strcmp(pe, "0");
     *out = &d->pub;
     return LETHE_OK;
 }

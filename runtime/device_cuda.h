@@ -17,6 +17,9 @@
  *   LETHE_CUBLAS    the cuBLAS library, or "none" to run every GEMM on the
  *                   generated kernel (default libcublas.so.13, .so.12)
  *   LETHE_CUDA_SYNC 1: wait after every launch, so an error names its kernel
+ *   LETHE_CUDA_TF32 1: cuBLAS's FP32 GEMMs on TF32 tensor cores (not f32-exact)
+ *   LETHE_CUDA_PROFILE 1: time every launch and copy; totals by kernel on
+ *                   stderr when the device closes
  *   LETHE_CACHE     the kernel cache is $LETHE_CACHE/cuda (see lethe.h)
  */
 #ifndef LETHE_DEVICE_CUDA_H

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """bench_torch_gpu.py: the PyTorch side of tests/gpu/run.sh's timing.
 
-    bench_torch_gpu.py ENTRY... [--warmup N] [--steps N]
+    bench_torch_gpu.py ENTRY... [--warmup N] [--steps N] [--tf32]
 
 ENTRY is MODE_CONFIG as in bench/resnet18.lth (train_w64, eval_w64, gus_w64,
 train_w16, ...): the CIFAR ResNet-18 of graphs/models/resnet18.lth, batch 128,
 from bench/bench_torch.py (shipped beside this file). Each entry runs on the
 GPU in NCHW and channels_last, FP32 with TF32 off (Lethe's kernels and its
-cuBLAS calls do not use TF32 either) and cuDNN autotuning on; the faster
+cuBLAS calls do not use TF32 either; --tf32 turns it on for both cuBLAS and
+cuDNN, to compare with LETHE_CUDA_TF32=1) and cuDNN autotuning on; the faster
 layout counts. Inputs already live on the GPU. Prints one key=value line per
 entry, like lethe-gpu-test bench: median, min and max milliseconds per step.
 """
@@ -68,11 +69,12 @@ def time_entry(entry, warmup, steps):
             times.append(start.elapsed_time(end))
         med = statistics.median(times)
         if best is None or med < best[1]:
-            best = (layout, med, min(times), max(times))
-    layout, med, lo, hi = best
-    print("entry=%s layout=%s median_ms=%.3f min_ms=%.3f max_ms=%.3f steps=%d device=\"%s\" torch=%s cuda=%s cudnn=%s"
-          % (entry, layout, med, lo, hi, steps, torch.cuda.get_device_name(), torch.__version__, torch.version.cuda,
-             torch.backends.cudnn.version()), flush=True)
+            best = (layout, med, min(times), max(times), sum(times))
+    layout, med, lo, hi, total = best
+    print("entry=%s layout=%s median_ms=%.3f min_ms=%.3f max_ms=%.3f total_ms=%.1f steps=%d device=\"%s\" torch=%s "
+          "cuda=%s cudnn=%s tf32=%d" % (entry, layout, med, lo, hi, total, steps, torch.cuda.get_device_name(),
+                                        torch.__version__, torch.version.cuda, torch.backends.cudnn.version(),
+                                        torch.backends.cuda.matmul.allow_tf32), flush=True)
 
 
 def main():
@@ -80,12 +82,13 @@ def main():
     ap.add_argument("entries", nargs="+")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--tf32", action="store_true", help="TF32 tensor cores in cuBLAS and cuDNN")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("SKIP pytorch: torch.cuda.is_available() is false")
         return 77
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
     torch.backends.cudnn.benchmark = True
     for e in a.entries:
         time_entry(e, a.warmup, a.steps)

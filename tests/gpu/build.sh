@@ -35,6 +35,8 @@ cpu tests/lth/cuda_models.lth models
 cuda tests/lth/cuda_models.lth models_cuda --no-fast-math
 cpu tests/gpu/programs.lth r18
 cuda tests/gpu/programs.lth r18_cuda --no-fast-math
+cpu tests/gpu/programs.lth r18_64 --f64
+cuda tests/gpu/programs.lth r18_64_cuda "--f64 --no-fast-math"
 cuda bench/resnet18.lth bench_cuda   # as users run it: fast math on
 
 echo "build.sh: linking lethe-gpu-test"

@@ -6,6 +6,8 @@
  *   lethe-gpu-test info               the device, NVRTC and cuBLAS found
  *   lethe-gpu-test check              every entry of the linked programs on
  *                                     the CPU and on the GPU, compared
+ *   lethe-gpu-test check-r18 T1 T3    only ResNet-18, with tolerances T1 (one
+ *                                     step) and T3 (three): the TF32 check
  *   lethe-gpu-test bench ENTRY [W S]  time an entry of bench/resnet18.lth on
  *                                     the GPU (W warm-up calls, S timed)
  *
@@ -21,6 +23,16 @@
  * the same networks in f64 agree to 1e-13 on the mock device of make test).
  * Networks and entries that draw random numbers also report the share of
  * bit-identical elements.
+ *
+ * An input gradient (an output shaped like the input x, such as the
+ * Gaussian score's pass) is judged at 1e-2 in f32: through ReLU masks it
+ * is piecewise constant in the weights, and rounding that moves a
+ * pre-activation across zero changes it by a finite step. Measured on the
+ * CPU for ResNet-18 w16 at batch 32: weights moved by a relative 1e-6 change
+ * it by 3.5e-4 (l2, relative), by 1e-5 by 9e-3, while f32 against f64 at the
+ * same weights differs by 6e-7; the GPU's cuBLAS, summing in another order,
+ * gave 2.4e-3 on an H200. The f64 pair of ResNet-18 checks the same
+ * kernels at 1e-9, where no mask flips.
  */
 #include <math.h>
 #include <stdint.h>
@@ -33,7 +45,8 @@
 #include "lethe_abi.h"
 
 extern const lethe_program lethe_program_ops, lethe_program_ops_cuda, lethe_program_ops64, lethe_program_ops64_cuda,
-    lethe_program_models, lethe_program_models_cuda, lethe_program_r18, lethe_program_r18_cuda, lethe_program_bench_cuda;
+    lethe_program_models, lethe_program_models_cuda, lethe_program_r18, lethe_program_r18_cuda, lethe_program_r18_64,
+    lethe_program_r18_64_cuda, lethe_program_bench_cuda;
 
 static lethe_device *dev;
 static int failures;
@@ -214,6 +227,25 @@ static int compare(const lethe_program *cpu, const lethe_program *gpu, const let
     return rc;
 }
 
+/* An output named out shaped like the input x: the gradient with respect to
+ * the input (see the tolerance above). */
+#define INPUT_GRAD_TOL_F32 1e-2
+static int is_input_grad(const lethe_entry *e) {
+    const lethe_arg *x = NULL, *out = NULL;
+    for (int i = 0; i < e->nargs; i++) {
+        if (!strcmp(e->args[i].name, "x"))
+            x = &e->args[i];
+        if (!strcmp(e->args[i].name, "out") && e->args[i].kind == LETHE_OUTPUT)
+            out = &e->args[i];
+    }
+    if (!x || !out || x->rank != out->rank || x->dtype != LETHE_F32)
+        return 0;
+    for (int d = 0; d < x->rank; d++)
+        if (x->shape[d] != out->shape[d])
+            return 0;
+    return 1;
+}
+
 /* Every entry of cpu against gpu. Single ops pass on the worst tensor's
  * scaled error; whole networks on the error of all their outputs together
  * (a tensor near zero, a batch-norm scale's gradient say, is all rounding
@@ -230,9 +262,10 @@ static void check_pair(const char *label, const lethe_program *cpu, const lethe_
         int steps = !strcmp(e->kind, "rule") ? rule_steps : 1;
         int rc = compare(cpu, gpu, e, steps, network, &err, why, sizeof why);
         double x = network ? l2_rel(&err) : err.scaled;
-        if (rc || !(x <= tol)) {
+        double etol = network && is_input_grad(e) && tol < INPUT_GRAD_TOL_F32 ? INPUT_GRAD_TOL_F32 : tol;
+        if (rc || !(x <= etol)) {
             printf("FAIL gpu %s %s: %s: relative error %.3g (tolerance %.0e; worst tensor %s at %.3g)\n", label, e->name,
-                   rc ? why : network ? "all outputs" : "worst tensor", rc ? NAN : x, tol, err.where ? err.where : "-",
+                   rc ? why : network ? "all outputs" : "worst tensor", rc ? NAN : x, etol, err.where ? err.where : "-",
                    err.scaled);
             bad++;
             continue;
@@ -301,8 +334,12 @@ static int bench(const char *name, int warmup, int steps) {
     rc |= dev->sync(dev);
     if (!rc) {
         qsort(t, (size_t)steps, sizeof(double), cmp_double);
-        printf("entry=%s device=\"%s\" median_ms=%.3f min_ms=%.3f max_ms=%.3f steps=%d launches=%u\n", name, dev->name,
-               1e3 * t[steps / 2], 1e3 * t[0], 1e3 * t[steps - 1], steps, probed ? probed->nlaunches : 0u);
+        double total = 0;
+        for (int s = 0; s < steps; s++)
+            total += t[s];
+        printf("entry=%s device=\"%s\" median_ms=%.3f min_ms=%.3f max_ms=%.3f total_ms=%.1f steps=%d launches=%u\n", name,
+               dev->name, 1e3 * t[steps / 2], 1e3 * t[0], 1e3 * t[steps - 1], 1e3 * total, steps,
+               probed ? probed->nlaunches : 0u);
     }
     free(t);
     frame_drop(&f);
@@ -317,8 +354,9 @@ int main(int argc, char **argv) {
     char err[LETHE_ERR_LEN];
     if (lethe_cuda_open(0, &dev, err)) {
         if (!strcmp(cmd, "check")) {
-            static const char *const what[] = {"ops", "ops f64", "models", "ResNet-18 w16, 1 step", "ResNet-18 w16, 3 steps"};
-            for (int i = 0; i < 5; i++)
+            static const char *const what[] = {"ops", "ops f64", "models", "ResNet-18 w16, 1 step", "ResNet-18 w16, 3 steps",
+                                               "ResNet-18 w16 f64, 1 step"};
+            for (int i = 0; i < 6; i++)
                 printf("SKIP gpu %s: no GPU here (%s)\n", what[i], err);
             return 0;
         }
@@ -339,12 +377,16 @@ int main(int argc, char **argv) {
         check_pair("models", &lethe_program_models, &lethe_program_models_cuda, 2e-4, 2, 1);
         check_pair("ResNet-18 w16, 1 step", &lethe_program_r18, &lethe_program_r18_cuda, 2e-4, 1, 1);
         check_pair("ResNet-18 w16, 3 steps", &lethe_program_r18, &lethe_program_r18_cuda, 1e-2, 3, 1);
+        check_pair("ResNet-18 w16 f64, 1 step", &lethe_program_r18_64, &lethe_program_r18_64_cuda, 1e-9, 1, 1);
+    } else if (!strcmp(cmd, "check-r18") && argc > 3) {
+        check_pair("ResNet-18 w16, 1 step", &lethe_program_r18, &lethe_program_r18_cuda, atof(argv[2]), 1, 1);
+        check_pair("ResNet-18 w16, 3 steps", &lethe_program_r18, &lethe_program_r18_cuda, atof(argv[3]), 3, 1);
     } else if (!strcmp(cmd, "bench") && argc > 2) {
         int rc = bench(argv[2], argc > 3 ? atoi(argv[3]) : 3, argc > 4 ? atoi(argv[4]) : 20);
         lethe_cuda_close(dev);
         return rc;
     } else {
-        fprintf(stderr, "usage: lethe-gpu-test info | check | bench ENTRY [WARMUP STEPS]\n");
+        fprintf(stderr, "usage: lethe-gpu-test info | check | check-r18 TOL1 TOL3 | bench ENTRY [WARMUP STEPS]\n");
         return 2;
     }
     lethe_cuda_close(dev);
