@@ -45,10 +45,12 @@ TEST_SUPPORT := $(patsubst %.c,$(B)/obj/%.o,$(sort $(wildcard tests/support/*.c)
 # set, and PyTorch for the parity references and benchmarks.
 # what building and the demo need; the tests and benchmarks add PyTorch
 # (safetensors interop, reference files, bench/) and GNU parallel, Slurm and
-# munge (lethe sweep's engines, tests/sweep.sh)
+# munge (lethe sweep's engines, tests/sweep.sh), and Open MPI's mpirun and
+# library (data-parallel runs, tests/mpi.sh; lethe loads libmpi.so.40 with
+# dlopen, so no -dev package is needed to build)
 DEMO_PACKAGES := build-essential llvm-19-dev clang-19 libclang-rt-19-dev libopenblas-dev flex bison zlib1g-dev \
                  dataset-fashion-mnist gnuplot-nox
-DEB_PACKAGES := $(DEMO_PACKAGES) python3-torch python3-numpy parallel slurm-wlm munge
+DEB_PACKAGES := $(DEMO_PACKAGES) python3-torch python3-numpy parallel slurm-wlm munge openmpi-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps deps-demo test test-san test-long bench demo demo-attacks demo-full clean fuzz

@@ -315,6 +315,9 @@ void grad_scatter_add(GradCtx *gc, Node *n, Node *dy, Node **dx) {
     dx[1] = g_gather(gc->g, dy, n->in[0], n->attr.axis, n->attr.batch_dims, gc->loc);
 }
 
+/* The mean over ranks is linear: its adjoint is the mean of the adjoints. */
+void grad_allreduce_mean(GradCtx *gc, Node *n, Node *dy, Node **dx) { dx[0] = g_allreduce_mean(gc->g, dy, gc->loc); }
+
 /* ----------------------------------------------------------------------------
  * the transform
  */

@@ -829,6 +829,23 @@ LLVMValueRef ll_parallel_helper(LL *ll) {
     return fn;
 }
 
+/* if (ctx->allreduce) ctx->allreduce(ctx, data, nelem, dtype): the mean of
+ * the buffer over data-parallel ranks, in place (loopir.h, LKernel). */
+static void gen_allreduce(LL *ll, KG *g, const LBuf *bf, LLVMValueRef data) {
+    LLVMValueRef fn = LLVMGetBasicBlockParent(LLVMGetInsertBlock(g->b));
+    LLVMBasicBlockRef call = LLVMAppendBasicBlockInContext(ll->ctx, fn, "allreduce");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(ll->ctx, fn, "allreduce.done");
+    LLVMValueRef hook = LLVMBuildLoad2(g->b, ll->t_ptr, byte_gep(ll, g->b, g->ctx, offsetof(lethe_ctx, allreduce)), "");
+    LLVMBuildCondBr(g->b, LLVMBuildIsNull(g->b, hook, ""), done, call);
+    LLVMPositionBuilderAtEnd(g->b, call);
+    LLVMTypeRef pt[4] = {ll->t_ptr, ll->t_ptr, ll->t_i64, ll->t_i32};
+    int32_t dt = bf->dtype == DT_F64 ? LETHE_F64 : LETHE_F32;
+    LLVMValueRef args[4] = {g->ctx, data, i64c(ll, bf->nelem), i32c(ll, dt)};
+    LLVMBuildCall2(g->b, LLVMFunctionType(ll->t_void, pt, 4, 0), hook, args, 4, "");
+    LLVMBuildBr(g->b, done);
+    LLVMPositionBuilderAtEnd(g->b, done);
+}
+
 /* The function of kernel k; its closure holds ctx and, at slot[i], the base
  * of each buffer i it passes on. */
 static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, const int *slot, const char *prefix) {
@@ -897,6 +914,8 @@ static LLVMValueRef gen_kernel(LL *ll, const LProgram *p, const LKernel *k, cons
             LLVMBuildCall2(g.b, LLVMGlobalGetValueType(inner), inner, args, (unsigned)n, "");
         }
     }
+    if (k->allreduce)
+        gen_allreduce(ll, &g, &p->bufs.data[k->allreduce_buf], g.buf[k->allreduce_buf]);
     LLVMBuildRetVoid(g.b);
     LLVMDisposeBuilder(g.b);
     return fn;

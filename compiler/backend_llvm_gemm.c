@@ -32,11 +32,16 @@
  * last block may have fewer: a second micro-kernel instance with static
  * size), NR columns (NN: the last panel is masked per lane; NT: a smaller
  * instance). Row blocks are the outer loop: a block of A stays in L1 while
- * B streams past. No packing: A's rows and B's rows are read in place,
- * which the lowering keeps cache-sized (lower_conv.c). Results are the same
- * at every thread count and optimisation level: each C element is one
- * fixed sequence of fused multiply-adds in a fixed K order (NN), or fixed
- * per-lane partial sums combined by a fixed tree (NT).
+ * B streams past. A K over 768 (not an im2col B) runs in blocks of 128-384
+ * steps, outermost, so that a task's part of B for one block stays in L2
+ * while every row block passes (without them the 2048^3 products ran at
+ * 0.4-0.7x OpenBLAS, with them 0.65-0.86x; bench/RESULTS.md); a later block
+ * adds its partial sums to what the earlier ones stored in C. No packing:
+ * A's rows and B's rows are read in place, which the lowering keeps
+ * cache-sized (lower_conv.c). Results are the same at every thread count
+ * and optimisation level: each C element is one fixed sequence of fused
+ * multiply-adds in a fixed K order per block (NN), or fixed per-lane
+ * partial sums combined by a fixed tree (NT), its blocks added in order.
  */
 #include <string.h>
 
@@ -49,6 +54,8 @@ typedef struct GB {
     const LGemm *gm;
     int vw, esz;            /* lanes per vector, bytes per element */
     LLVMTypeRef et, vt;     /* element type (float or double), <vw x et> */
+    int64_t kc;             /* NN with K blocks: the block's depth (0: one pass over K) */
+    LLVMValueRef kb;        /* and the current block's first k */
 } GB;
 
 static LLVMValueRef c64(GB *g, int64_t v) { return LLVMConstInt(g->ll->t_i64, (unsigned long long)v, 1); }
@@ -191,13 +198,18 @@ static void acc_loop_close(GB *g, AccLoop *L, LLVMValueRef *next, int64_t step, 
 /* ----------------------------------------------------------------------------
  * C = alpha acc + beta C for one vector of C */
 
-static void store_c(GB *g, LLVMValueRef acc, LLVMValueRef cp, LLVMValueRef mask) {
+/* first (K blocks only, else NULL): whether this is the first block; the
+ * later ones add to what the earlier ones stored (C's old value enters once,
+ * and is never read when beta = 0: the select keeps its bits out of the sum) */
+static void store_c(GB *g, LLVMValueRef acc, LLVMValueRef cp, LLVMValueRef mask, LLVMValueRef first) {
     const LGemm *gm = g->gm;
     LLVMValueRef v = acc;
     if (gm->alpha != 1)
         v = LLVMBuildFMul(g->b, v, splat(g, LLVMConstReal(g->et, gm->alpha)), "");
     if (gm->beta != 0)
         v = LLVMBuildFAdd(g->b, v, vload(g, cp, mask), "");
+    else if (first)
+        v = LLVMBuildFAdd(g->b, v, LLVMBuildSelect(g->b, first, LLVMConstNull(g->vt), vload(g, cp, mask), ""), "");
     vstore(g, v, cp, mask);
 }
 
@@ -312,6 +324,8 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
     /* A's rows at i0: element (i, k) at a_row + i * ri + k * rk */
     int64_t ri = gm->trans_a ? 1 : gm->lda, rk = gm->trans_a ? gm->lda : 1;
     LLVMValueRef a_row = fptr(g, A, mul64(g, i0, ri));
+    if (g->kc)
+        a_row = fptr(g, a_row, mul64(g, g->kb, rk));
     LLVMValueRef acc[32];
     for (int t = 0; t < n; t++)
         acc[t] = LLVMConstNull(g->vt);
@@ -319,7 +333,7 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
      * input channels per tap (k = ci * taps + t), so that a tap's lane masks
      * are loaded once for all channels; the sum runs in that order */
     int64_t taps = bs->ic ? bs->ic->kh * bs->ic->kw : 1;
-    int64_t steps = gm->k / taps;
+    int64_t steps = (g->kc ? g->kc : gm->k) / taps;
     LLVMValueRef u0 = bs->ic ? LLVMBuildUDiv(b, j0, c64(g, g->vw), "") : NULL;
     for (int64_t t = 0; t < taps && steps > 0; t++) {
         LLVMValueRef tm[8];
@@ -334,7 +348,7 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
             if (bs->ic) {
                 bv[v] = col_vec(g, bs, k, c64(g, t), add64(g, u0, c64(g, v)), tm[v]);
             } else {
-                LLVMValueRef brow = fptr(g, fptr(g, bs->B, j0), mul64(g, k, gm->ldb));
+                LLVMValueRef brow = fptr(g, fptr(g, bs->B, j0), mul64(g, g->kc ? add64(g, k, g->kb) : k, gm->ldb));
                 bv[v] = vload(g, fptr(g, brow, c64(g, (int64_t)v * g->vw)), mask[v]);
             }
         }
@@ -349,9 +363,10 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
         acc_loop_close(g, &L, cur, 1, steps, acc);
     }
     LLVMValueRef c_row = fptr(g, fptr(g, C, mul64(g, i0, gm->ldc)), j0);
+    LLVMValueRef first = g->kc ? LLVMBuildICmp(b, LLVMIntEQ, g->kb, c64(g, 0), "") : NULL;
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < nv; v++)
-            store_c(g, acc[i * nv + v], fptr(g, c_row, c64(g, (int64_t)i * gm->ldc + (int64_t)v * g->vw)), mask[v]);
+            store_c(g, acc[i * nv + v], fptr(g, c_row, c64(g, (int64_t)i * gm->ldc + (int64_t)v * g->vw)), mask[v], first);
 }
 
 /* The loops over NN tiles. A row block is MR rows, the last one (static
@@ -426,9 +441,23 @@ static void nn_level(GB *g, NNLoops *s, int level) {
     gl_close(g, &L);
 }
 
-static void nn_body(GB *g, int mr, int nv, bool panels_outer, LLVMValueRef *p, const BSrc *bs) {
+/* With K blocks (kc > 0) the tiles run once per block of kc steps of K,
+ * blocks outermost: a task's columns of B for one block (kc x its panels)
+ * stay in L2 while every row block of A passes, where a whole K would
+ * stream B from L3 for each row block (the 2048^3 products ran at 0.4-0.7x
+ * OpenBLAS without). */
+static void nn_body(GB *g, int mr, int nv, bool panels_outer, LLVMValueRef *p, const BSrc *bs, int64_t kc) {
     NNLoops s = {.mr = mr, .nv = nv, .p = p, .bs = bs, .panels_outer = panels_outer};
+    if (!kc) {
+        nn_level(g, &s, 0);
+        return;
+    }
+    GL L;
+    g->kb = mul64(g, gl_open(g, &L, c64(g, 0), c64(g, g->gm->k / kc), 1), kc);
+    g->kc = kc;
     nn_level(g, &s, 0);
+    gl_close(g, &L);
+    g->kc = 0;
 }
 
 /* ----------------------------------------------------------------------------
@@ -500,7 +529,15 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, const BSrc *bs, LLVMV
     int n = mr * nr;
     NtCols cols = nt_cols(g, bs, jb, nrb);
     LLVMValueRef a_row = fptr(g, A, mul64(g, i0, gm->lda));
-    int64_t kfull = gm->k / g->vw, krest = gm->k % g->vw;
+    LLVMValueRef b_base = bs->B;
+    if (g->kc) {   /* a block of K (a multiple of the vector width): A's and B's rows from kb */
+        a_row = fptr(g, a_row, g->kb);
+        b_base = fptr(g, b_base, g->kb);
+    }
+    BSrc bk = *bs;
+    bk.B = b_base;
+    bs = &bk;
+    int64_t klen = g->kc ? g->kc : gm->k, kfull = klen / g->vw, krest = klen % g->vw;
     LLVMValueRef acc[32];
     for (int t = 0; t < n; t++)
         acc[t] = LLVMConstNull(g->vt);
@@ -515,6 +552,7 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, const BSrc *bs, LLVMV
         nt_step(g, mr, nr, a_row, bs, &cols, k0, lane_mask(g, k0, gm->k), acc, acc);
     }
     LLVMValueRef c_row = fptr(g, C, mul64(g, i0, gm->ldc));
+    LLVMValueRef first = g->kc ? LLVMBuildICmp(b, LLVMIntEQ, g->kb, c64(g, 0), "") : NULL;
     int64_t taps = bs->ic ? bs->ic->kh * bs->ic->kw : 1;
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++) {
@@ -525,9 +563,11 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, const BSrc *bs, LLVMV
             LLVMValueRef col = bs->ic ? add64(g, mul64(g, add64(g, cols.ci0, c64(g, j)), taps), cols.t)
                                       : add64(g, cols.j0, c64(g, j));
             LLVMValueRef cp = fptr(g, c_row, add64(g, col, c64(g, (int64_t)i * gm->ldc)));
-            if (gm->beta != 0) {
+            if (gm->beta != 0 || first) {   /* as store_c: a later K block adds to the earlier ones */
                 LLVMValueRef old = LLVMBuildLoad2(b, g->et, cp, "");
                 LLVMSetAlignment(old, (unsigned)g->esz);
+                if (gm->beta == 0)
+                    old = LLVMBuildSelect(b, first, LLVMConstNull(g->et), old, "");
                 s = LLVMBuildFAdd(b, s, old, "");
             }
             LLVMSetAlignment(LLVMBuildStore(b, s, cp), (unsigned)g->esz);
@@ -536,10 +576,15 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, const BSrc *bs, LLVMV
 
 /* rows [bi0, bi1) x columns [bj0, bj1) in blocks of mr x nr, the last of
  * each (static index) possibly smaller */
-static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs) {
+static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs, int64_t kc) {
     const LGemm *gm = g->gm;
     int64_t nfi = gm->m / mr, ri = gm->m % mr, nfj = gm->n / nr, rj = gm->n % nr;
     ASSERT(!bs->ic || rj == 0);
+    GL LK;   /* K blocks outermost, as nn_body's */
+    if (kc) {
+        g->kb = mul64(g, gl_open(g, &LK, c64(g, 0), c64(g, gm->k / kc), 1), kc);
+        g->kc = kc;
+    }
     /* row blocks outside: a block of A's rows (mr x K) stays in L1 while
      * B's rows stream past it (per image of a convolution's weight
      * gradient: 1.5x faster than the other order, bench/RESULTS.md) */
@@ -568,6 +613,10 @@ static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs) {
     LLVMPositionBuilderAtEnd(g->b, join);
     gl_close(g, &LJ);
     gl_close(g, &LI);
+    if (kc) {
+        gl_close(g, &LK);
+        g->kc = 0;
+    }
 }
 
 /* ----------------------------------------------------------------------------
@@ -578,6 +627,7 @@ typedef struct Shape2 {
     bool panels;      /* NN: column panels as the outer loop */
     int mr, nv;       /* NN: rows x vectors; NT: rows x columns */
     int64_t bm, bn;   /* rows and columns per block */
+    int64_t kc;       /* K in blocks of kc (0: one pass) */
 } Shape2;
 
 /* lanes of the widest vector register for elements of `size` bytes */
@@ -605,6 +655,17 @@ static int even_block(int64_t n, int cap) {
 /* Register blocking: accumulators MR x NV within 24 of AVX-512's 32
  * registers (12 of AVX2's 16), leaving room for B's vectors and A's
  * broadcasts; wide panels first since they need fewer loads per FMA. */
+/* A long K (over 768) in blocks of 128-384 steps that divide it, a multiple
+ * of `unit` (NT: the vector width, so no block has a partial vector); 0:
+ * one pass. */
+enum { KC_MAX = 384 };
+static int64_t k_block(int64_t k, int unit) {
+    if (k <= 2 * KC_MAX || k % unit)
+        return 0;
+    int64_t kc = divisor_upto(k / unit, KC_MAX / unit) * unit;
+    return kc >= KC_MAX / 3 ? kc : 0;
+}
+
 static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
     Shape2 s = {0};
     int vw = lanes(ll, dtype_size(dt)), wide = strstr(ll->features, "+avx512f") != NULL;
@@ -622,6 +683,7 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
         s.nv = gm->b_im2col ? nr : even_block(gm->n, nr);
         s.bm = s.mr;
         s.bn = s.nv;
+        s.kc = gm->b_im2col ? 0 : k_block(gm->k, vw);
         return s;
     }
     int64_t vecs = (gm->n + vw - 1) / vw;
@@ -637,6 +699,8 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
     s.bn = (int64_t)nv * vw;
     /* B's panel in L1 (32 of its 48 KiB), A's rows read as broadcasts */
     s.panels = !gm->b_im2col && !gm->trans_a && gm->m > s.mr && gm->k * s.bn * dtype_size(dt) <= (32 << 10);
+    if (!s.panels && !gm->b_im2col)
+        s.kc = k_block(gm->k, 1);
     return s;
 }
 
@@ -691,9 +755,9 @@ static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
     if (gm->b_im2col)
         bs = bsrc_im2col(&g, p[1], p[7], gm->trans_b ? gm->k : gm->n);
     if (sh.nt)
-        nt_body(&g, sh.mr, sh.nv, p, &bs);
+        nt_body(&g, sh.mr, sh.nv, p, &bs, sh.kc);
     else
-        nn_body(&g, sh.mr, sh.nv, sh.panels, p, &bs);
+        nn_body(&g, sh.mr, sh.nv, sh.panels, p, &bs, sh.kc);
     LLVMBuildRetVoid(g.b);
     LLVMDisposeBuilder(g.b);
     vec_push(&ll->gemm_keys, *gm);

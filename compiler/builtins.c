@@ -636,6 +636,34 @@ static Value rebuild(Value like, Node **leaves, int *k, Loc loc) {
     return r;
 }
 
+/* Whether x is computed from a data argument (a batch, an fn input): then
+ * each data-parallel rank holds its own, not a replica. */
+static bool reads_data(const Entry *e, const Node *x, char *seen) {
+    if (seen[x->id])
+        return false;
+    seen[x->id] = 1;
+    if (x->op == OP_INPUT)
+        return x->attr.arg >= 0 && x->attr.arg < e->args.len && e->args.data[x->attr.arg].kind == 3 /* LETHE_INPUT */;
+    for (int i = 0; i < x->nin; i++)
+        if (reads_data(e, x->in[i], seen))
+            return true;
+    return false;
+}
+
+/* In a data-parallel rule (lethec --world=N) each rank differentiates the
+ * loss of its share of the batch; the gradient with respect to a replicated
+ * tensor (parameters, rule state) becomes the mean over the ranks, which for
+ * a loss that is a mean over the batch is the gradient of the whole batch. */
+static void average_over_ranks(Graph *g, Node **xs, Node **out, int n, Loc loc) {
+    if (!cur || !cur->data_parallel)
+        return;
+    for (int i = 0; i < n; i++) {
+        char *seen = xalloc((size_t)g->next_id + 1);
+        if (!reads_data(cur->e, xs[i], seen))
+            out[i] = g_allreduce_mean(g, out[i], loc);
+    }
+}
+
 static Value grad_builtin(Value f, Value wrt, Loc loc) {
     Graph *g = G(loc, "grad");
     Node *y = N(f, loc, "the differentiated value");
@@ -657,6 +685,7 @@ static Value grad_builtin(Value f, Value wrt, Loc loc) {
     }
     int before = g->next_id;
     autodiff(g, &y, NULL, 1, xs, leaves.len, out, loc);
+    average_over_ranks(g, xs, out, leaves.len, loc);
     if ((dump_flags & DUMP_GRAD) && dump_file) {
         fprintf(dump_file, "grad at %s:%d:%d: %d new nodes (ids %d..%d)\n", loc.file ? loc.file->path : "?", loc.line, loc.col,
                 g->next_id - before, before, g->next_id - 1);

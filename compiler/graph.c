@@ -603,6 +603,12 @@ Node *g_scatter_add(Graph *g, Node *idx, Node *upd, Shape out, int axis, int bat
     return node_new(g, OP_SCATTER_ADD, upd->dtype, 2, in, &a, loc);
 }
 
+Node *g_allreduce_mean(Graph *g, Node *x, Loc loc) {
+    if (!is_float(x->dtype))
+        internal_error(__FILE__, __LINE__, "allreduce_mean of a non-float tensor");
+    return node1(g, OP_ALLREDUCE_MEAN, x, NULL, loc);
+}
+
 /* ----------------------------------------------------------------------------
  * order and dumps
  */

@@ -179,6 +179,7 @@ Node *g_conv2d_bwd_input(Graph *g, Node *dy, Node *w, Shape xshape, int64_t sh, 
 Node *g_conv2d_bwd_weight(Graph *g, Node *x, Node *dy, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, Loc loc);
 Node *g_gather(Graph *g, Node *x, Node *idx, int axis, int batch_dims, Loc loc);
 Node *g_scatter_add(Graph *g, Node *idx, Node *upd, Shape out, int axis, int batch_dims, Loc loc);
+Node *g_allreduce_mean(Graph *g, Node *x, Loc loc);           /* mean over data-parallel ranks */
 
 void graph_toposort(Graph *g);                 /* restore topological order after appends */
 void graph_dump(const Entry *e, FILE *out);   /* -d shapes / -d grad */
@@ -220,6 +221,7 @@ typedef struct SemaOptions {
     int ninclude;
     const char *experiment;      /* --experiment: which one to instantiate (NULL: the only one) */
     bool print_deps;             /* --deps: print every file read, one per line, to stdout */
+    int world;                   /* --world: data-parallel ranks (0 or 1: one process) */
 } SemaOptions;
 CompUnit *sema_program(Program *p, const SemaOptions *opt);
 

@@ -289,6 +289,8 @@ void loopir_dump(const LProgram *p, FILE *out) {
         fprintf(out, "  kernel %s%s%s\n", k->name, k->what ? "  # " : "", k->what ? k->what : "");
         for (int j = 0; j < k->body.len; j++)
             dump_stmt(p, k->body.data[j], 0, out);
+        if (k->allreduce)
+            fprintf(out, "    allreduce_mean %s\n", p->bufs.data[k->allreduce_buf].name);
     }
 }
 
@@ -606,6 +608,10 @@ LKernelKey lk_key(const LProgram *p, const LKernel *k) {
     key_word(&kb, (uint64_t)k->body.len);
     for (int i = 0; i < k->body.len; i++)
         key_stmt(&kb, k->body.data[i]);
+    if (k->allreduce) {   /* only then: other kernels keep their keys */
+        key_word(&kb, 0xa11ull);
+        key_buf(&kb, k->allreduce_buf);
+    }
     key.hash = hash_bytes(key.words.data, sizeof(uint64_t) * (size_t)key.words.len, 0xcbf29ce484222325ull);
     return key;
 }

@@ -145,6 +145,10 @@ typedef struct LKernel {
     VEC(DType) vars;       /* dtype of each variable */
     const char *what;      /* for dumps: the graph nodes it computes */
     double flops;          /* rough count, for dumps and benchmarks */
+    /* After the body: ctx->allreduce(ctx, allreduce_buf, nelem, dtype) when
+     * the runtime installed one (ALLREDUCE_MEAN, lower_opaque.c). */
+    bool allreduce;
+    int allreduce_buf;
 } LKernel;
 
 typedef struct LProgram {

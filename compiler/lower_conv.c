@@ -222,38 +222,38 @@ static void conv2d_bwd_input_ws(Lower *L, KCtx *kc, const Node *n) {
         g.b_off = iadd(iconst(mdy.offset), imul(iadd(gi, iconst(n0)), mdy.stride[0]));
         g.c_off = imul(gi, c.CK * c.P);
         blk_push(b, ls_gemm(&g));
-        /* col2im over (g, ci) planes */
-        int64_t planes[2] = {cnt, c.Ci};
-        LExpr *pi[2], *pl;
-        double work = (double)(cnt * c.CK * c.P);
-        Block bp = nest_outer(blk_top(k), planes, 2, work, &L->opt, pi, &pl);
-        LExpr *base = let_i64(bp, imul(iadd(pl, iconst(n0 * c.Ci)), HW));
-        LExpr *z;
-        Block bz = open_loop(bp, HW, &z);
-        blk_push(bz, ls_store(dx, iadd(base, z), le_const_f(n->dtype, 0), false));
+        /* col2im as a gather: one iteration per pixel of dx (g, ci, h, w), all
+         * independent, summing the kh x kw column entries that land on it: the
+         * entry (i, j) of output position (p, q) with p sh + i - ph = h. (A
+         * scatter per (g, ci) plane gave a GPU a few thousand threads of
+         * 9 x OH x OW adds each.) */
+        int64_t px[4] = {cnt, c.Ci, c.H, c.W};
+        LExpr *xi[4], *xl;
+        Block bp = nest_outer(blk_top(k), px, 4, (double)(cnt * c.CK * c.P), &L->opt, xi, &xl);
+        LExpr *dst = let_i64(bp, iadd(xl, iconst(n0 * c.Ci * HW)));
+        blk_push(bp, ls_store(dx, dst, le_const_f(n->dtype, 0), false));
         int64_t kk[2] = {c.kh, c.kw};
         LExpr *ij[2];
         Block bij = nest_serial(bp, kk, 2, ij, NULL);
-        LExpr *p, *q;
-        Block bpp = open_loop(bij, c.OH, &p);
-        LExpr *h = let_i64(bpp, isub(iadd(imul(p, c.sh), ij[0]), c.ph));
-        LExpr *vh = in_range(h, -c.ph, (c.OH - 1) * c.sh + c.kh - 1 - c.ph, c.H);
-        Block bq = open_loop(bpp, c.OW, &q);
-        LExpr *w = isub(iadd(imul(q, c.sw), ij[1]), c.pw);
-        LExpr *vw = in_range(w, -c.pw, (c.OW - 1) * c.sw + c.kw - 1 - c.pw, c.W);
-        LExpr *valid = band(vh, vw);
-        /* column row (ci*kh + i)*kw + j of image g */
-        LExpr *crow = iadd(imul(iadd(imul(pi[1], c.kh), ij[0]), c.kw), ij[1]);
-        LExpr *cidx = iadd(imul(iadd(imul(pi[0], c.CK), crow), c.P), iadd(imul(p, c.OW), q));
-        LExpr *v = le_load(L->p, col, cidx, NULL);
-        LExpr *pix = iadd(imul(h, c.W), w);
-        /* an entry in the padding adds 0 to the plane's first pixel: the
-         * address stays inside the plane this iteration owns */
-        if (valid) {
-            pix = isel(valid, pix, iconst(0));
-            v = le_op3(OP_WHERE, n->dtype, valid, v, le_const_f(n->dtype, 0));
-        }
-        blk_push(bq, ls_store(dx, iadd(base, pix), v, true));
+        LExpr *hp = let_i64(bij, le_op2(OP_SUB, DT_I64, iadd(xi[2], iconst(c.ph)), ij[0]));
+        LExpr *wp = let_i64(bij, le_op2(OP_SUB, DT_I64, iadd(xi[3], iconst(c.pw)), ij[1]));
+        /* index division wants a non-negative dividend: a negative hp (no
+         * output row) divides as 0 and is invalid anyway */
+        LExpr *hn = c.sh == 1 ? hp : let_i64(bij, isel(ile(iconst(0), hp), hp, iconst(0)));
+        LExpr *wn = c.sw == 1 ? wp : let_i64(bij, isel(ile(iconst(0), wp), wp, iconst(0)));
+        LExpr *p = c.sh == 1 ? hp : let_i64(bij, idiv(hn, c.sh)), *q = c.sw == 1 ? wp : let_i64(bij, idiv(wn, c.sw));
+        /* with hp >= 0, hp % sh lies in [0, sh): <= 0 means divisible */
+        LExpr *valid = band(band(ile(iconst(0), hp), ilt(p, iconst(c.OH))), band(ile(iconst(0), wp), ilt(q, iconst(c.OW))));
+        if (c.sh > 1)
+            valid = band(valid, ile(imod(hn, c.sh), iconst(0)));
+        if (c.sw > 1)
+            valid = band(valid, ile(imod(wn, c.sw), iconst(0)));
+        /* column row (ci*kh + i)*kw + j of image g; an invalid entry reads the
+         * column's first element and adds 0 */
+        LExpr *crow = iadd(imul(iadd(imul(xi[1], c.kh), ij[0]), c.kw), ij[1]);
+        LExpr *cidx = iadd(imul(iadd(imul(xi[0], c.CK), crow), c.P), iadd(imul(p, c.OW), q));
+        LExpr *v = le_load(L->p, col, isel(valid, cidx, iconst(0)), NULL);
+        blk_push(bij, ls_store(dx, dst, le_op3(OP_WHERE, n->dtype, valid, v, le_const_f(n->dtype, 0)), true));
     }
 }
 

@@ -185,6 +185,24 @@ static void lower_gather(Lower *L, KCtx *kc, const Node *n) {
     kc->k->flops = (double)total;
 }
 
+/* ALLREDUCE_MEAN: a copy of x into the kernel's buffer, which the runtime's
+ * ctx->allreduce then averages over the ranks in place (a no-op copy in one
+ * process). */
+static void lower_allreduce_mean(Lower *L, KCtx *kc, const Node *n) {
+    int r = n->shape.rank;
+    int dst = lower_buf_of(L, n);
+    int64_t total = shape_numel(n->shape);
+    if (total == 0)
+        return;
+    LExpr *o[MAX_RANK], *lo;
+    Block b = nest_outer(blk_top(kc->k), n->shape.dim, r, (double)total, &L->opt, o, &lo);
+    blk_push(b, ls_store(dst, lo, read_at(kc, b, n->in[0], o, r, NULL), false));
+    ASSERT(L->p->bufs.data[dst].nelem == total);   /* the hook reduces the whole buffer */
+    kc->k->flops = (double)total;
+    kc->k->allreduce = true;
+    kc->k->allreduce_buf = dst;
+}
+
 static void lower_scatter_add(Lower *L, KCtx *kc, const Node *n) {
     const Node *ix = n->in[0], *upd = n->in[1];
     int axis = n->attr.axis, bd = n->attr.batch_dims;
@@ -305,6 +323,7 @@ void lower_opaque(Lower *L, FKernel *fk, LKernel *k) {
     case OP_GATHER: lower_gather(L, &kc, n); break;
     case OP_SCATTER_ADD: lower_scatter_add(L, &kc, n); break;
     case OP_FOLD: lower_fold(L, &kc, n); break;
+    case OP_ALLREDUCE_MEAN: lower_allreduce_mean(L, &kc, n); break;
     default: internal_error(__FILE__, __LINE__, "lower: no lowering for %s", op_info[n->op].name);
     }
 }

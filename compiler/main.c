@@ -41,6 +41,9 @@ static const char usage[] =
     "  --check             parse and check only; write nothing\n"
     "  --deps              check, and print every source file read (for build caches)\n"
     "  --experiment=NAME   instantiate this experiment (when the file has several)\n"
+    "  --world=N           data-parallel for N ranks (mpirun -np N lethe ...): the\n"
+    "                      experiment's rules take batch / N samples and average their\n"
+    "                      gradients over the ranks through lethe_ctx.allreduce (CPU only)\n"
     "  -d STAGES           dump stages to stderr: ast,shapes,grad,opt,fusion,memory,loops,ir\n"
     "  --dump-to=FILE      write dumps to FILE instead of stderr\n"
     "  --time-passes       print the wall and CPU time of every stage to stderr\n"
@@ -178,6 +181,8 @@ static void parse_args(int argc, char **argv, Options *o) {
             o->sema.print_deps = true;
         } else if (!strncmp(a, "--experiment=", 13)) {
             o->sema.experiment = a + 13;
+        } else if (!strncmp(a, "--world=", 8)) {
+            o->sema.world = parse_count(a + 8, "--world");
         } else if (!strcmp(a, "-d")) {
             if (++i == argc)
                 usage_error("%s needs a list of stages", "-d");
@@ -204,6 +209,8 @@ static void parse_args(int argc, char **argv, Options *o) {
     }
     if ((o->emit & (1u << EMIT_CU)) && !o->cuda)
         usage_error("%s writes CUDA source: add --target=cuda", "--emit=cu");
+    if (o->cuda && o->sema.world > 1)   /* the NCCL path is not written (docs/design.md) */
+        usage_error("%s: data-parallel programs are CPU-only for now; drop --target=cuda", "--world");
     const char *env = getenv("LETHE_PATH");
     if (env)
         for (char *p = strtok(xstrdup(env), ":"); p; p = strtok(NULL, ":"))

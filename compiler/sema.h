@@ -138,6 +138,7 @@ typedef struct Trace {
     int call_depth;       /* recursion guard */
     uint64_t stream_salt; /* mixes into RAND stream ids (call-site + entry) */
     const SemaOptions *opt;
+    bool data_parallel;   /* SEMA_DATA_PARALLEL */
 } Trace;
 
 typedef VEC(Value) ValueVec;
@@ -186,7 +187,9 @@ int64_t value_as_int(const Value *v, Loc loc, const char *what);
 Node *value_as_node(Value v, Loc loc, const char *what);   /* tensors; numbers become rank-0 CONST */
 
 /* instantiation (sema.c), used by exports and experiments */
-enum { SEMA_INIT_MODEL = 1, SEMA_INIT_STATE = 2 };
+/* SEMA_DATA_PARALLEL: an experiment's rule under --world=N; its gradients
+ * with respect to replicated tensors are averaged over the ranks (grad). */
+enum { SEMA_INIT_MODEL = 1, SEMA_INIT_STATE = 2, SEMA_DATA_PARALLEL = 4 };
 void sema_instantiate(const char *name, const Decl *d, Value *pos, int npos, const char **kwn, Value *kwv, int nkw,
                       Loc loc, unsigned extras);
 const Decl *sema_global(const char *name);

@@ -594,6 +594,7 @@ void sema_instantiate(const char *name, const Decl *d, Value *pos, int npos, con
     const char *kind = d->kind == D_FN ? "fn" : d->kind == D_RULE ? "rule" : "objective";
     Entry *e = new_entry(name, kind, loc, &t);
     t.in_rule = d->kind != D_FN;
+    t.data_parallel = (extras & SEMA_DATA_PARALLEL) != 0;
     state_slots.len = 0;
     optimised_slot = 0;
     const char *over = d->kind == D_OBJECTIVE ? over_name(d) : NULL;

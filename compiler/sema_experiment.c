@@ -175,6 +175,40 @@ static const char *call_name(const Expr *x, const char *what) {
     error_at(x->loc, "%s is written as a name or a call, such as sgd(lr = 0.1)", what);
 }
 
+/* imdb(len = 128, embed = 768, n = 2000, n_test = 500): reviews in the
+ * aclImdb layout (lethe run --data-dir DIR) as rows of `len` GPT-2 tokens,
+ * labelled 0 negative, 1 positive. Each sample is a [1, len, 1 + embed]
+ * tensor: per position its token id (an exact float) and `embed` zeros, the
+ * room for an additive perturbation of that position's token embedding,
+ * which is where Gaussian poison noise goes (runtime/run_text.c). `embed`
+ * must be the model's width; the model's input type checks it. */
+static DataSpec imdb_spec(const Expr *x) {
+    DataSpec d = {"imdb", 1, 128, 0, 2};
+    for (int i = 0; x->kind == EX_CALL && i < x->nargs; i++) {
+        const Arg *a = &x->args[i];
+        if (!a->name)
+            error_at(a->loc, "imdb() takes named arguments: len, embed, n, n_test");
+        int64_t v = const_int(a->value, "a size");
+        if (!strcmp(a->name, "len")) {
+            if (v < 2 || v > 65536)
+                error_at(a->loc, "imdb(): len is the tokens per review, 2..65536");
+            d.h = (int)v;
+        } else if (!strcmp(a->name, "embed")) {
+            if (v < 1 || v > 65536)
+                error_at(a->loc, "imdb(): embed is the model's embedding width, 1..65536");
+            d.w = (int)v + 1;
+        } else if (!strcmp(a->name, "n") || !strcmp(a->name, "n_test")) {
+            if (v < 1)
+                error_at(a->loc, "imdb(): '%s' must be positive", a->name);
+        } else
+            error_at(a->loc, "imdb() has no argument '%s' (it takes len, embed, n, n_test)", a->name);
+    }
+    if (!d.w)
+        error_at(x->loc, "imdb() needs embed = the model's embedding width (the room for the embedding noise), "
+                         "as imdb(len = 64, embed = 32)");
+    return d;
+}
+
 static DataSpec data_spec(const ExpEntry *e) {
     const char *name = call_name(e->value, "the data set");
     for (size_t i = 0; i < sizeof datasets / sizeof datasets[0]; i++)
@@ -189,6 +223,8 @@ static DataSpec data_spec(const ExpEntry *e) {
             }
             return datasets[i];
         }
+    if (!strcmp(name, "imdb"))
+        return imdb_spec(e->value);
     if (!strcmp(name, "synthetic")) {
         DataSpec d = {"synthetic", 1, 1, 16, 4};
         const Expr *x = e->value;
@@ -208,7 +244,7 @@ static DataSpec data_spec(const ExpEntry *e) {
         }
         return d;
     }
-    error_at(e->value->loc, "unknown data set '%s' (known: fashion_mnist, mnist, cifar10, synthetic(...))", name);
+    error_at(e->value->loc, "unknown data set '%s' (known: fashion_mnist, mnist, cifar10, imdb(...), synthetic(...))", name);
 }
 
 /* ---------------------------------------------------------------------------
@@ -243,6 +279,10 @@ static Value x_type(Ctx *c, int64_t b, Loc loc) {
 }
 
 static Value y_type(int64_t b, Loc loc) { return type_value(DT_I32, 1, &b, loc); }
+
+/* Data-parallel ranks (lethec --world=N): each takes batch / N samples of
+ * every rule step's batch. */
+static int64_t world_size(void) { return sema_options && sema_options->world > 1 ? sema_options->world : 1; }
 
 static Value batch_value(Ctx *c, int64_t b, Loc loc) {
     Value r = v_tree_new(2, false, loc);
@@ -305,7 +345,7 @@ static void rule_entry(Ctx *c, const Decl *d, NameVec kwn, ValueVec kwv, const c
             put_str(&models, t->frozen ? "original" : "model");
         } else if (t->kind == TY_DATA) {
             vec_push(&kwn, d->params[p].name);
-            vec_push(&kwv, batch_value(c, c->batch, loc));
+            vec_push(&kwv, batch_value(c, c->batch / world_size(), loc));
             if (streams.len)
                 vec_push(&streams, ',');
             put_str(&streams, d->params[p].name);
@@ -317,6 +357,8 @@ static void rule_entry(Ctx *c, const Decl *d, NameVec kwn, ValueVec kwv, const c
     put(&c->json, xfmt("[%s]", streams.data));
     put_key(&c->json, "models");
     put(&c->json, xfmt("{%s}", models.data));
+    if (world_size() > 1)
+        extras |= SEMA_DATA_PARALLEL;
     sema_instantiate(entry, d, NULL, 0, kwn.data, kwv.data, kwn.len, loc, extras);
 }
 
@@ -652,6 +694,45 @@ static void put_budgets(Ctx *c, const ExpEntry *e) {
     vec_push(&c->json, ']');
 }
 
+/* `evaluate = [...]` is the runtime's, but a membership test that trains
+ * models is checked here: lira(shadows = N), 2 <= N <= 256. */
+static void evaluate_list(const Expr *list) {
+    int n = list->kind == EX_LIST ? list->nitems : 1;
+    for (int i = 0; i < n; i++) {
+        const Expr *x = list->kind == EX_LIST ? list->items[i] : list;
+        if (x->kind != EX_CALL || strcmp(call_name(x, "a metric"), "lira"))
+            continue;
+        for (int j = 0; j < x->nargs; j++) {
+            const Arg *a = &x->args[j];
+            if (!a->name || strcmp(a->name, "shadows"))
+                error_at(a->loc, "lira takes shadows = (the number of shadow models, such as lira(shadows = 4))");
+            int64_t s = const_int(a->value, "shadows");
+            if (s < 2 || s > 256)
+                error_at(a->value->loc, "lira: shadows must be between 2 and 256");
+        }
+    }
+}
+
+/* sisa(shards = 5, slices = 4): SISA exact unlearning (runtime/sisa.h), run
+ * by the runtime with the training recipe; its plan is the two counts. */
+static void sisa_method(Ctx *c, const Expr *x) {
+    int64_t plan[2] = {5, 4};
+    static const char *const names[2] = {"shards", "slices"};
+    for (int i = 0; x->kind == EX_CALL && i < x->nargs; i++) {
+        const Arg *a = &x->args[i];
+        int k = !a->name ? -1 : !strcmp(a->name, "shards") ? 0 : !strcmp(a->name, "slices") ? 1 : -1;
+        if (k < 0)
+            error_at(a->loc, "sisa takes shards = and slices = (such as sisa(shards = 5, slices = 4))");
+        plan[k] = const_int(a->value, names[k]);
+        if (plan[k] < 1 || plan[k] > 64)
+            error_at(a->value->loc, "sisa: '%s' must be between 1 and 64", names[k]);
+    }
+    put_key(&c->json, "schedule");
+    put_str(&c->json, "sisa");
+    put_key(&c->json, "plan");
+    put(&c->json, xfmt("{\"shards\":%lld,\"slices\":%lld}", (long long)plan[0], (long long)plan[1]));
+}
+
 static void methods(Ctx *c, const ExpEntry *e) {
     const Expr *list = e->value;
     int n = list->kind == EX_LIST ? list->nitems : 1;
@@ -671,7 +752,9 @@ static void methods(Ctx *c, const ExpEntry *e) {
         if (!strcmp(name, "retrain")) {
             if (x->kind == EX_CALL && x->nargs)
                 error_at(x->loc, "retrain repeats the training recipe and takes no arguments");
-        } else
+        } else if (!strcmp(name, "sisa"))
+            sisa_method(c, x);
+        else
             method_entry(c, x, name);
         vec_push(&c->json, '}');
     }
@@ -708,6 +791,10 @@ const char *experiment_compile(const Decl *exp) {
     c.eval_batch = eb ? const_int(eb->value, "eval_batch") : 500;
     if (c.batch < 1 || c.eval_batch < 1 || epochs < 1)
         error_at(train->loc, "batch sizes and epochs must be positive");
+    if (c.batch % world_size())
+        error_at(bc ? bc->value->loc : train->loc,
+                 "the batch of %lld samples does not split evenly among %lld data-parallel ranks (each takes batch / N)",
+                 (long long)c.batch, (long long)world_size());
 
     put(&c.json, "{");
     put_key(&c.json, "name");
@@ -723,6 +810,10 @@ const char *experiment_compile(const Decl *exp) {
     put_num(&c.json, (double)c.batch);
     put_key(&c.json, "eval_batch");
     put_num(&c.json, (double)c.eval_batch);
+    if (world_size() > 1) {   /* rule steps take batch / world samples per rank */
+        put_key(&c.json, "world");
+        put_num(&c.json, (double)world_size());
+    }
     put_key(&c.json, "epochs");
     put_num(&c.json, (double)epochs);
 
@@ -747,6 +838,9 @@ const char *experiment_compile(const Decl *exp) {
     eval_entry(&c, "eval_input_grad", "eval.input_grad");
 
     /* the rest is the runtime's to read */
+    const ExpEntry *ev = find(exp, "evaluate");
+    if (ev)
+        evaluate_list(ev->value);
     static const char *const passthrough[] = {"poison", "evaluate", "seeds", "augment", "notes"};
     for (size_t k = 0; k < sizeof passthrough / sizeof passthrough[0]; k++) {
         const ExpEntry *e = find(exp, passthrough[k]);

@@ -717,6 +717,7 @@ int ds_subset(const lethe_dataset *src, const int64_t *idx, int64_t k, lethe_dat
     }
     out->normalized = src->normalized;
     memcpy(out->pad, src->pad, sizeof out->pad);
+    out->token_column = src->token_column;
     return LETHE_OK;
 }
 
@@ -736,6 +737,7 @@ int ds_append(lethe_dataset *ds, const float *x, const int32_t *y, int64_t k, in
         out.id[ds->n + i] = first_id + i;
     out.normalized = ds->normalized;
     memcpy(out.pad, ds->pad, sizeof out.pad);
+    out.token_column = ds->token_column;
     ds_free(ds);
     *ds = out;
     return LETHE_OK;
@@ -857,7 +859,8 @@ int ds_batch(const lethe_dataset *ds, const int64_t *idx, int64_t b, const ds_po
         if (poisoned) {
             ds_gauss_noise(poison->seed, DS_STREAM_POISON, poison->eps, id, ds->d, noise);
             for (int64_t j = 0; j < ds->d; j++)
-                work[j] += noise[j];
+                if (!ds->token_column || j % ds->w)
+                    work[j] += noise[j];
         }
         y[k] = ds->y[pos];
         if (!augment)

@@ -74,6 +74,8 @@ typedef struct lethe_dataset {
     float pad[DS_MAX_CHANNELS]; /* per-channel value of a zero pixel after normalisation:
                                    what random-crop padding fills in (0 if not normalised) */
     char source[160];       /* file or generator it came from */
+    int token_column;       /* text (runtime/run_text.h): value 0 of each W-wide row is a token id,
+                               which poison noise leaves alone (it perturbs the other W - 1) */
 } lethe_dataset;
 
 void ds_free(lethe_dataset *ds);

@@ -145,7 +145,27 @@ void fs_atomic_abort(fs_atomic *a) {
     a->fd = -1;
 }
 
+static const fs_commit_gate *commit_gate;
+
+void fs_set_commit_gate(const fs_commit_gate *gate) { commit_gate = gate; }
+
+static int commit(fs_atomic *a, char *err);
+
 int fs_atomic_commit(fs_atomic *a, char *err) {
+    if (!commit_gate)
+        return commit(a, err);
+    commit_gate->sync();
+    int rc = LETHE_OK;
+    if (commit_gate->writes())
+        rc = commit(a, err);
+    else
+        fs_atomic_abort(a);
+    if (!rc)
+        commit_gate->sync();
+    return rc;
+}
+
+static int commit(fs_atomic *a, char *err) {
     if (a->fd < 0 || !a->path)
         return lethe_errf(err, LETHE_EARG, "atomic write: commit without a successful begin");
     if (a->failed_errno) {

@@ -64,6 +64,19 @@ void fs_atomic_abort(fs_atomic *a);
  * other's files. */
 int fs_temp_is_orphan(const char *name);
 
+/* A data-parallel run (mpi.c) writes each artifact once. With a gate set,
+ * commit keeps the file only where writes() is true (elsewhere it drops the
+ * temporary file and succeeds), and every process calls sync() (a barrier)
+ * before the file appears and again once it is in place: no process finds
+ * the file while another is still deciding whether to make it (resuming
+ * skips finished work), and none reads it before it exists. NULL: every
+ * process writes (the default). */
+typedef struct fs_commit_gate {
+    int (*writes)(void);
+    void (*sync)(void);
+} fs_commit_gate;
+void fs_set_commit_gate(const fs_commit_gate *gate);
+
 /* ---- directories and whole-file reads ----------------------------------- */
 
 /* mkdir -p with mode (e.g. 0777, umask applies); an existing directory is fine,

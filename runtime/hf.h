@@ -1,5 +1,6 @@
-/* hf.h: checkpoints in other frameworks' layouts (Hugging Face's GPT-2 first;
- * torchvision or kuangliu ResNet-18 later), through a small name map.
+/* hf.h: checkpoints in other frameworks' layouts (Hugging Face's GPT-2,
+ * PyTorch state dicts of ResNet-18 in torchvision's or kuangliu's names),
+ * through a small name map.
  *
  * A model store (lethe.h) already holds every tensor the compiled model has,
  * under its Lethe path, with the shape and dtype the program expects (fill it
@@ -33,6 +34,7 @@
 #define LETHE_HF_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "lethe.h"
 
@@ -45,6 +47,9 @@ typedef struct hf_layout {
 } hf_layout;
 
 extern const hf_layout hf_gpt2;
+extern const hf_layout hf_torchvision_resnet18;   /* conv1, bn1, layer1.0.conv1, ..., downsample, fc */
+extern const hf_layout hf_kuangliu_resnet18;      /* the same with shortcut.0/1 and linear */
+extern const hf_layout hf_lethe;                  /* Lethe's own names */
 
 #define HF_PREFIX_LEN 64
 
@@ -54,6 +59,12 @@ extern const hf_layout hf_gpt2;
  * "" otherwise): pass it to hf_save to write the file's layout back. */
 int hf_load(ts_store *s, const char *path, const hf_layout *L, const char *const *optional,
             char file_prefix[HF_PREFIX_LEN], char *err);
+
+/* The check of hf_load without the load: one line per missing, mis-shaped,
+ * mistyped or extra tensor to `out`. Returns how many there are (0: the file
+ * loads), or an error status (unreadable file, untied copy; message in err). */
+int hf_list_faults(const ts_store *s, const char *path, const hf_layout *L, const char *const *optional, FILE *out,
+                   char *err);
 
 /* Writes every tensor of s under prefix + its file name (prefix "" or NULL:
  * the model's own layout), atomically, with the metadata {"format": "pt"}

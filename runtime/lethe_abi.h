@@ -23,14 +23,15 @@
  *
  * History: 1 the CPU table; 2 lethe_ctx.device and the CUDA program
  * descriptors at the end of this file (CPU programs are unchanged, but a
- * runtime must know the longer lethe_ctx before it runs a CUDA program).
+ * runtime must know the longer lethe_ctx before it runs a CUDA program);
+ * 3 lethe_ctx.allreduce (data-parallel programs, `lethec --world=N`).
  */
 #ifndef LETHE_ABI_H
 #define LETHE_ABI_H
 
 #include <stdint.h>
 
-#define LETHE_ABI_VERSION 2
+#define LETHE_ABI_VERSION 3
 #define LETHE_MAX_RANK 8
 
 typedef enum lethe_dtype {
@@ -119,6 +120,12 @@ typedef struct lethe_ctx {
     int32_t nthreads;
     int32_t _reserved;
     struct lethe_device *device; /* ABI 2: runs CUDA programs (below); NULL: none */
+    /* ABI 3: replaces the n elements (dtype) at data by their mean over the
+     * ranks of a data-parallel run. Only programs compiled with
+     * `lethec --world=N` call it, after computing each gradient that is
+     * replicated across ranks (docs/design.md, "Data-parallel training");
+     * NULL: one process, the values stay as they are. */
+    void (*allreduce)(struct lethe_ctx *ctx, void *data, int64_t n, int32_t dtype);
 } lethe_ctx;
 
 /* Symbol every generated object defines: `const lethe_program <name>;`.

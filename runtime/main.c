@@ -4,9 +4,11 @@
  *   lethe poison|train EXPERIMENT [--seed K]     one stage of one seed
  *   lethe unlearn EXPERIMENT --method M [--budget 10%] [--seed K]
  *   lethe eval EXPERIMENT [--model FILE.safetensors] [--seed K]
+ *   lethe audit EXPERIMENT --model FILE --poisons OUT/seed<K>  a model trained anywhere (audit.c)
  *   lethe report DIR [--no-plots]
  *   lethe info PROGRAM                           entry points and the plan of a program
  *   lethe sweep EXPERIMENT --engine parallel|slurm  the plan as stage commands (sweep.c)
+ *   lethe hypotheses FILE.lth                    the paper's hypotheses H1, H2 (hypotheses.c)
  *   lethe make-reviews OUTDIR [options]          a synthetic review corpus (make_reviews.c)
  *   lethe tokenize FILE... [--vocab DIR]          GPT-2 token ids of text files (runtime/tokenize.c)
  *   lethe text-cache DIR [--len T]               a review folder tokenized into the cache (text_cache.c)
@@ -18,10 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
+#include "hypotheses.h"
 #include "bpe.h"
 #include "device_cuda.h"
 #include "json.h"
 #include "lm.h"
+#include "mpi.h"
 #include "run.h"
 #include "sweep.h"
 #include "text_data.h"
@@ -36,10 +41,15 @@ static const char usage[] =
     "  train EXPERIMENT      train the poisoned model of a seed (seed<K>/original.safetensors)\n"
     "  unlearn EXPERIMENT    --method M [--budget 10%]: unlearn the original model, record the result\n"
     "  eval EXPERIMENT       [--model FILE]: evaluate a model (default: the seed's original)\n"
+    "  audit EXPERIMENT      --model FILE --poisons OUT/seed<K> [--name-map lethe|torchvision|kuangliu|hf-gpt2]:\n"
+    "                        the poison tests and a verdict for a model trained anywhere; its record goes to\n"
+    "                        OUT/audits/ (or --record FILE). lethe poison --export FILE writes the seed's\n"
+    "                        training data, poisons applied, for training elsewhere (runtime/audit.h)\n"
     "  report DIR            the table (mean +- std over seeds) and the plots of a run folder\n"
     "  info PROGRAM          the entry points and the plan of a program\n"
     "  sweep EXPERIMENT      --engine parallel|slurm: the plan as stage commands run by GNU parallel\n"
     "                        or Slurm job arrays (lethe sweep --help)\n"
+    "  hypotheses FILE.lth   the paper's hypotheses H1 and H2 on linear models (lethe hypotheses --help)\n"
     "  make-reviews OUTDIR   a synthetic corpus in the IMDb archive's layout (make-reviews --help)\n"
     "  tokenize FILE...      GPT-2 token ids of text files (lethe tokenize --help)\n"
     "  text-cache DIR        tokenize a review folder once into the cache (text-cache --help)\n"
@@ -139,17 +149,24 @@ int main(int argc, char **argv) {
         return reviews_command(argc - 2, argv + 2);
     if (!strcmp(argv[1], "sweep"))          /* options of its own, tasks of the other commands */
         return sweep_command(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "hypotheses"))     /* the paper's H1 and H2, options of its own */
+        return hypotheses_command(argc - 2, argv + 2);
     const char *cmd = argv[1], *target = NULL, *method = NULL, *model = NULL, *flags = "", *out = NULL, *device = "cpu";
     run_opts o = {0};
     double budget = 0.1;
-    int seed = 0, plots = 1;
+    int seed = 0, seed_given = 0, plots = 1;
+    audit_opts audit = {0};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define VALUE() (v ? (i++, v) : (die("%s needs a value", a, NULL), ""))
         if (!strcmp(a, "--out")) out = VALUE();
         else if (!strcmp(a, "--seeds")) o.seeds = (int)parse_count(VALUE(), a);
-        else if (!strcmp(a, "--seed")) seed = (int)parse_count(VALUE(), a);
+        else if (!strcmp(a, "--seed")) seed = (int)parse_count(VALUE(), a), seed_given = 1;
+        else if (!strcmp(a, "--name-map")) audit.name_map = VALUE();
+        else if (!strcmp(a, "--poisons")) audit.poisons = VALUE();
+        else if (!strcmp(a, "--record")) audit.record = VALUE();
+        else if (!strcmp(a, "--export")) o.export_data = VALUE();
         else if (!strcmp(a, "--methods")) o.methods = VALUE();
         else if (!strcmp(a, "--method")) method = VALUE();
         else if (!strcmp(a, "--budget")) budget = parse_budget(VALUE());
@@ -170,6 +187,10 @@ int main(int argc, char **argv) {
         else die("unexpected argument '%s'", a, "lethe --help");
 #undef VALUE
     }
+    if (o.export_data && strcmp(cmd, "poison"))
+        die("--export is an option of lethe poison, not of %s", cmd, NULL);
+    if ((audit.name_map || audit.poisons || audit.record) && strcmp(cmd, "audit"))
+        die("--name-map, --poisons and --record are options of lethe audit, not of %s", cmd, NULL);
     if (!target && !&lethe_program_main)
         die("%s needs a target", cmd, "lethe --help");
     char err[LETHE_ERR_LEN];
@@ -179,9 +200,9 @@ int main(int argc, char **argv) {
         return 0;
     }
     int known = !strcmp(cmd, "run") || !strcmp(cmd, "poison") || !strcmp(cmd, "train") || !strcmp(cmd, "unlearn") ||
-                !strcmp(cmd, "eval") || !strcmp(cmd, "info");
+                !strcmp(cmd, "eval") || !strcmp(cmd, "info") || !strcmp(cmd, "audit");
     if (!known)
-        die("unknown command '%s'", cmd, "the commands are run, poison, train, unlearn, eval, report, info, sweep, tokenize, lm-step and make-reviews");
+        die("unknown command '%s'", cmd, "the commands are run, poison, train, unlearn, eval, audit, report, info, sweep, tokenize, lm-step and make-reviews");
     if (strcmp(device, "cpu") && strcmp(device, "cuda"))
         die("unknown device '%s'", device, "the devices are cpu and cuda");
     char cuda_flags[1024];
@@ -193,11 +214,33 @@ int main(int argc, char **argv) {
         if (!o.quiet)
             fprintf(stderr, "lethe: running on %s\n", o.device->name);
     }
+    /* mpirun -np N: the stages train data-parallel (runtime/mpi.h) */
+    char world_flags[1100];
+    if (strcmp(cmd, "info") && strcmp(cmd, "audit")) {
+        if (lethe_mpi_start(err))
+            die("%s", err, NULL);
+        if (lethe_mpi_world() > 1) {
+            if (!strcmp(device, "cuda"))
+                die("%s: data-parallel runs are CPU-only for now", "--device=cuda",
+                    "the NCCL path is not written (docs/design.md, Data-parallel training)");
+            snprintf(world_flags, sizeof world_flags, "%s --world=%d", flags, lethe_mpi_world());
+            flags = world_flags;
+            if (lethe_mpi_rank() > 0) {   /* one progress display, one printout of each artifact */
+                o.quiet = 1;
+                if (!freopen("/dev/null", "w", stdout))
+                    die("%s", "cannot silence the standard output of a rank other than 0", NULL);
+            }
+        }
+    }
     lethe_prog prog;
+    if (lethe_mpi_rank() > 0)
+        lethe_mpi_barrier();   /* rank 0 compiles into the cache, the others find it there */
     if (!target || !strcmp(target, "builtin"))
         lethe_prog_linked(&lethe_program_main, "builtin", &prog);
     else if (lethe_prog_open(target, flags, &prog, err))
         die("%s", err, NULL);
+    if (lethe_mpi_rank() == 0)
+        lethe_mpi_barrier();
     if (!strcmp(cmd, "info")) {
         info(&prog);
         lethe_prog_close(&prog);
@@ -212,14 +255,26 @@ int main(int argc, char **argv) {
     exp_plan plan;
     if (plan_parse(prog.p->experiment, &plan, err))
         die("%s", err, NULL);
+    if (plan.world != lethe_mpi_world()) {
+        char what[160];
+        snprintf(what, sizeof what, "%s was compiled for %lld data-parallel ranks, and this run has %d", target ? target : "builtin",
+                 (long long)plan.world, lethe_mpi_world());
+        die("%s", what, "start it with mpirun -np <its ranks>, or run the .lth file, which lethe compiles for the ranks it has");
+    }
     char outdir[1024];
     snprintf(outdir, sizeof outdir, "out/%s", plan.name);
     o.out = out ? out : outdir;
     int rc;
     if (!strcmp(cmd, "run")) {
+        int rank = lethe_mpi_rank();
         rc = run_experiment(&prog, &plan, &o, err);
-        if (!rc)
+        lethe_mpi_finish();   /* the ranks' common work ends here: the report is rank 0's alone */
+        if (!rc && rank == 0)
             rc = report_run(o.out, plots, err);
+    } else if (!strcmp(cmd, "audit")) {
+        audit.model = model;
+        audit.seed = seed_given ? seed : -1;
+        rc = audit_run(&prog, &plan, &o, &audit, err);
     } else {
         if (!strcmp(cmd, "unlearn") && !method)
             die("%s needs --method", cmd, "the experiment's methods are listed by `lethe info`");
@@ -230,5 +285,6 @@ int main(int argc, char **argv) {
     plan_free(&plan);
     lethe_prog_close(&prog);
     lethe_cuda_close(o.device);
+    lethe_mpi_finish();
     return 0;
 }

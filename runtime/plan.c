@@ -118,6 +118,7 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
     if (!rc) rc = get_int(root, "batch", 128, &p->batch, err);
     if (!rc) rc = get_int(root, "eval_batch", 500, &p->eval_batch, err);
     if (!rc) rc = get_int(root, "epochs", 1, &p->epochs, err);
+    if (!rc) rc = get_int(root, "world", 1, &p->world, err);
     if (!rc) rc = parse_rule(get(root, "train"), &p->train, err);
     const json_value *un = get(root, "unlearn");
     if (!rc && un && un->type == JSON_OBJECT) {
@@ -135,6 +136,19 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
                 continue;
             const json_value *sched = get(mi, "schedule"), *phases = get(mi, "phases"), *plan = get(mi, "plan");
             const char *sn = sched && sched->type == JSON_STRING ? sched->str : "";
+            if (!strcmp(sn, "sisa")) {
+                int64_t shards = 0, slices = 0;
+                pm->sisa = 1;
+                if (!plan || plan->type != JSON_OBJECT || (rc = get_int(plan, "shards", 5, &shards, err)) ||
+                    (rc = get_int(plan, "slices", 4, &slices, err)) || shards < 1 || shards > 64 || slices < 1 || slices > 64) {
+                    if (!rc)
+                        rc = lethe_errf(err, LETHE_EFORMAT, "method %s: sisa needs shards and slices in 1..64", pm->name);
+                    break;
+                }
+                pm->sisa_shards = (int)shards;
+                pm->sisa_slices = (int)slices;
+                continue;
+            }
             pm->schedule = !strcmp(sn, "max_min") ? SCHED_MAX_MIN : !strcmp(sn, "fisher") ? SCHED_FISHER : SCHED_REPEAT;
             if (strcmp(sn, "repeat") && pm->schedule == SCHED_REPEAT) {
                 rc = lethe_errf(err, LETHE_EFORMAT, "method %s: unknown schedule '%s'", pm->name, sn);
@@ -195,6 +209,12 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
     int64_t seeds = 1;
     if (!rc) rc = get_int(root, "seeds", 1, &seeds, err);
     p->seeds = (int)seeds;
+    const json_value *evl = get(root, "evaluate");
+    for (size_t i = 0; evl && evl->type == JSON_ARRAY && i < evl->len; i++)
+        if (!strcmp(call_name(&evl->items[i]), "lira"))
+            p->lira_shadows = (int)kwarg(&evl->items[i], "shadows", 4);
+    if (!rc && (p->lira_shadows < 0 || p->lira_shadows == 1 || p->lira_shadows > 256))
+        rc = lethe_errf(err, LETHE_EFORMAT, "lira: shadows must be between 2 and 256");
     const json_value *aug = get(root, "augment");
     for (size_t i = 0; aug && aug->type == JSON_ARRAY && i < aug->len; i++) {
         const char *n = call_name(&aug->items[i]);

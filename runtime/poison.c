@@ -29,7 +29,9 @@
 #include <string.h>
 
 #include "fsutil.h"
+#include "json.h"
 #include "poison.h"
+#include "safetensors.h"
 #include "progress.h"
 
 #define ATTACK_SALT 0xa77ac4u
@@ -308,7 +310,18 @@ static int load_restart(const attack_job *j, int r, float *delta, int64_t n, int
     if (!fs_exists(path))
         return LETHE_OK;
     ts_store s = {0};
-    int rc = ts_load(&s, path, err);
+    st_file *f = NULL;
+    int rc = st_load(path, 0, &f, err);
+    const char *key = rc ? NULL : st_meta_get(f, "poison_key");
+    if (!rc && key && strcmp(key, j->key))
+        rc = lethe_errf(err, LETHE_EFORMAT, "%s: the poison set of another experiment, seed or data (key %.12s, this one's "
+                                            "%.12s)", path, key, j->key);
+    if (!rc && !key)
+        fprintf(stderr, "lethe: note: %s was written by an older lethe without the experiment's key: only its sample ids "
+                        "are checked (delete it to craft the poisons again)\n", path);
+    st_free(f);
+    if (!rc)
+        rc = ts_load(&s, path, err);
     ts_tensor *t = rc ? NULL : ts_get(&s, "delta"), *p = rc ? NULL : ts_get(&s, "progress");
     if (!rc && (!t || !p || t->dtype != LETHE_F32 || t->nbytes != sizeof(float) * (size_t)(n * d) || p->dtype != LETHE_F64 ||
                 p->nbytes != 2 * sizeof(double)))
@@ -401,6 +414,64 @@ int attack_craft(const attack_job *j, float *delta, double *loss, char *err) {
 /* ---------------------------------------------------------------------------
  * the result */
 
+static void put_json(jw *w, const json_value *v, int root) {
+    switch (v->type) {
+    case JSON_NULL: jw_null(w); break;
+    case JSON_BOOL: jw_bool(w, v->boolean); break;
+    case JSON_NUMBER:
+        if (v->is_int)
+            jw_int(w, v->i64);
+        else
+            jw_num(w, v->num);
+        break;
+    case JSON_STRING: jw_strn(w, v->str, v->len); break;
+    case JSON_ARRAY:
+        jw_arr_begin(w);
+        for (size_t i = 0; i < v->len; i++)
+            put_json(w, &v->items[i], 0);
+        jw_arr_end(w);
+        break;
+    case JSON_OBJECT:
+        jw_obj_begin(w);
+        for (size_t i = 0; i < v->len; i++) {
+            if (root && !strcmp(v->keys[i], "file"))
+                continue;
+            jw_key(w, v->keys[i]);
+            put_json(w, &v->items[i], 0);
+        }
+        jw_obj_end(w);
+        break;
+    }
+}
+
+void poison_key(const exp_plan *plan, uint64_t seed, const char *data_hash, char key[65]) {
+    /* the descriptor without its "file", the path lethec was given: the same
+     * experiment named by another path is the same experiment */
+    json_doc *doc = NULL;
+    jw w;
+    jw_init(&w);
+    const char *text = plan->json;
+    size_t len = strlen(text), clen;
+    if (!json_parse(plan->json, len, NULL, &doc, NULL)) {
+        put_json(&w, json_doc_root(doc), 1);
+        const char *canon = jw_finish(&w, &clen);
+        if (canon)
+            text = canon, len = clen;
+    }
+    fs_sha256 h;
+    fs_sha256_init(&h);
+    char tail[160];
+    int n = snprintf(tail, sizeof tail, "\nseed %llu\ndata %s\n", (unsigned long long)seed, data_hash);
+    fs_sha256_update(&h, text, len);
+    jw_free(&w);
+    json_doc_free(doc);
+    fs_sha256_update(&h, tail, (size_t)n);
+    uint8_t d[32];
+    fs_sha256_final(&h, d);
+    for (int i = 0; i < 32; i++)
+        snprintf(key + 2 * i, 3, "%02x", d[i]);
+}
+
 int attack_save(const attack_job *j, const float *delta, double loss, const char *path, char *err) {
     const attack_choice *ch = j->choice;
     const lethe_dataset *ds = j->train;
@@ -423,7 +494,7 @@ int attack_save(const attack_job *j, const float *delta, double loss, const char
     *(double *)lt->data = loss;
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)j->seed);
-    const char *meta[] = {"format", "lethe", "attack", j->attack->name, "seed", seed, NULL};
+    const char *meta[] = {"format", "lethe", "attack", j->attack->name, "seed", seed, "poison_key", j->key, NULL};
     int rc = ts_save(&s, path, meta, err);
     ts_clear(&s);
     return rc;
@@ -433,7 +504,18 @@ int attack_load(const attack_job *j, float *delta, double *loss, const char *pat
     const attack_choice *ch = j->choice;
     const lethe_dataset *ds = j->train;
     ts_store s = {0};
-    int rc = ts_load(&s, path, err);
+    st_file *f = NULL;
+    int rc = st_load(path, 0, &f, err);
+    const char *key = rc ? NULL : st_meta_get(f, "poison_key");
+    if (!rc && key && strcmp(key, j->key))
+        rc = lethe_errf(err, LETHE_EFORMAT, "%s: the poison set of another experiment, seed or data (key %.12s, this one's "
+                                            "%.12s)", path, key, j->key);
+    if (!rc && !key)
+        fprintf(stderr, "lethe: note: %s was written by an older lethe without the experiment's key: only its sample ids "
+                        "are checked (delete it to craft the poisons again)\n", path);
+    st_free(f);
+    if (!rc)
+        rc = ts_load(&s, path, err);
     ts_tensor *t = rc ? NULL : ts_get(&s, "delta"), *ids = rc ? NULL : ts_get(&s, "ids"), *lt = rc ? NULL : ts_get(&s, "loss");
     int ok = !rc && t && ids && t->dtype == LETHE_F32 && ids->dtype == LETHE_I32 &&
              t->nbytes == sizeof(float) * (size_t)(ch->n * ds->d) && ids->nbytes == sizeof(int32_t) * (size_t)ch->n;

@@ -14,6 +14,8 @@
  *                   resumes at the last batch boundary.
  *   attack_save / attack_load   SEED/poison.safetensors: the edits with their
  *                   sample ids (and the target, the class, the loss)
+ *   poison_key      the identity of a seed's poison set, stored in
+ *                   poison.json and poison.safetensors and checked on reading
  */
 #ifndef LETHE_POISON_H
 #define LETHE_POISON_H
@@ -43,14 +45,22 @@ typedef struct attack_job {
     ts_store *surrogate;                /* the clean model the poisons are crafted against */
     uint64_t seed;
     const char *dir;                    /* the seed's folder: progress files and the result */
+    const char *key;                    /* poison_key of this experiment and seed */
     int quiet;
 } attack_job;
 
 /* delta: choice->n x d edits, added to the poison samples' inputs. */
 int attack_craft(const attack_job *j, float *delta, double *loss, char *err);
 
+/* SHA-256 (hex) of the experiment's descriptor (less its "file", the path
+ * it was compiled from), the seed and the hash of the training data the
+ * poisons index (ds_hash, after any slice): a poison set read back under
+ * another experiment, seed or data is refused. */
+void poison_key(const exp_plan *plan, uint64_t seed, const char *data_hash, char key[65]);
+
 int attack_save(const attack_job *j, const float *delta, double loss, const char *path, char *err);
-/* Reads a saved result back, checking that it is this seed's poison set. */
+/* Reads a saved result back, checking that it is this seed's poison set: its
+ * key (a file without one, from an older lethe, gets a note) and its ids. */
 int attack_load(const attack_job *j, float *delta, double *loss, const char *path, char *err);
 
 #endif

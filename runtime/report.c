@@ -13,7 +13,9 @@
  * attack's success measure for that model, e.g. 1 if the target was flipped,
  * or the share of trigger prompts that give the adversarial label) with
  * attack_measure (a string: what that number is, the bar chart's axis).
- * A plot whose fields no record has is not drawn.
+ * A plot whose fields no record has is not drawn. A folder of `lethe
+ * hypotheses` (hypotheses.jsonl and no results.jsonl) gets the table and
+ * plots of report_hypotheses.c instead.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +29,7 @@
 #include <unistd.h>
 
 #include "fsutil.h"
+#include "hypotheses.h"
 #include "json.h"
 #include "metrics.h"
 #include "run.h"
@@ -516,8 +519,9 @@ static int attack_plot(FILE *gp, const Report *r, const Shown *s, int svg, const
 }
 
 /* Runs `gnuplot plots.gp` inside dir, its output into dir/gnuplot.log.
- * Returns the exit status, 127 when gnuplot is missing. */
-static int run_gnuplot(const char *dir) {
+ * Returns the exit status, 127 when gnuplot is missing. (Also draws the
+ * hypotheses' plots, report_hypotheses.c.) */
+int report_gnuplot(const char *dir) {
     pid_t pid = fork();
     if (pid < 0)
         return -1;
@@ -639,7 +643,7 @@ static int draw(const Report *r, const char *dir, char *err) {
         remove_scratch(tmp);
         return lethe_errf(err, LETHE_EIO, "cannot write the plot files in %s", tmp);
     }
-    int status = run_gnuplot(tmp);
+    int status = report_gnuplot(tmp);
     if (status == 127) {
         fprintf(stderr, "lethe: note: gnuplot is not installed, so no plots (apt-get install gnuplot-nox)\n");
     } else if (status != 0) {
@@ -681,6 +685,12 @@ int report_run(const char *dir, int plots, char *err) {
         return lethe_errf(err, LETHE_ENOMEM, "out of memory");
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    char hyp[PATH_MAX + 32];   /* a folder of `lethe hypotheses` has its own records */
+    snprintf(hyp, sizeof hyp, "%s/hypotheses.jsonl", dir);
+    if (!fs_exists(path) && fs_exists(hyp)) {
+        free(r);
+        return report_hypotheses(dir, plots, err);
+    }
     long skipped = 0;
     int rc = fs_jsonl_read(path, (size_t)1 << 30, on_record, r, &skipped, err);
     if (!rc && r->ng == 0)

@@ -38,8 +38,11 @@
 
 #include "fsutil.h"
 #include "json.h"
+#include "mpi.h"
+#include "audit.h"
 #include "progress.h"
 #include "run_internal.h"
+#include "run_text.h"
 
 static double now(void) {
     struct timespec t;
@@ -62,6 +65,8 @@ static int load_data(Run *r, char *err) {
     const run_opts *o = r->o;
     int rc = LETHE_OK;
     int image = 1;
+    if (!strcmp(p->data, RUN_TEXT_DATA))
+        return run_text_load(r, err);
     if (!strcmp(p->data, "fashion_mnist") || !strcmp(p->data, "mnist")) {
         const char *dir = o->data_dir ? o->data_dir : !strcmp(p->data, "mnist") ? "/usr/share/datasets/mnist" : NULL;
         rc = ds_load_mnist_dir(dir, 1, &r->train, err);
@@ -146,8 +151,10 @@ static void free_seed(Run *r) {
     free(r->poison);
     free(r->retain);
     free(r->mask);
+    free(r->lira_phi);
     r->all = r->poison = r->retain = NULL;
     r->mask = NULL;
+    r->lira_phi = NULL;
 }
 
 /* The poisoned subset of this seed: positions in the training set, and a
@@ -209,7 +216,11 @@ static int write_poisons(Run *r, char *err) {
     jw w;
     jw_init(&w);
     jw_obj_begin(&w);
+    char key[65];
+    poison_key(r->plan, r->seed, r->data_hash, key);
+    jw_kv_str(&w, "experiment", r->plan->name);
     jw_kv_int(&w, "seed", (int64_t)r->seed);
+    jw_kv_str(&w, "key", key);   /* checked by whoever reads the set back (audit.c) */
     jw_kv_num(&w, "eps", r->plan->poison_eps);
     jw_key(&w, "ids");
     jw_arr_begin(&w);
@@ -356,7 +367,9 @@ static int attack_stage(Run *r, char *err) {
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/poison.safetensors", r->seed_dir);
     ts_store surrogate = {0};
-    attack_job j = {.prog = r->prog, .attack = &r->plan->attack, .ctx = &r->ctx, .train = &r->train, .test = &r->test,
+    char key[65];
+    poison_key(r->plan, r->seed, r->data_hash, key);
+    attack_job j = {.key = key, .prog = r->prog, .attack = &r->plan->attack, .ctx = &r->ctx, .train = &r->train, .test = &r->test,
                     .choice = &r->choice, .norm = &r->norm, .image = r->image, .surrogate = &surrogate, .seed = r->seed,
                     .dir = r->seed_dir, .quiet = r->o->quiet};
     float *delta = malloc(sizeof(float) * (size_t)(n * d) + 1);
@@ -520,8 +533,12 @@ static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store 
         u->samples = u->steps * r->plan->batch;
     } else {
         int64_t budget_left = (int64_t)floor(budget * full);
-        rc = run_method(r, pm, orig, model, &budget_left, label, &u->final_loss, &u->steps, err);
-        u->samples = (int64_t)floor(budget * full) - budget_left;
+        if (pm->sisa)   /* exact unlearning: it costs what it costs, whatever the budget (the record says so) */
+            rc = sisa_method_run(r, pm, model, u, err);
+        else {
+            rc = run_method(r, pm, orig, model, &budget_left, label, &u->final_loss, &u->steps, err);
+            u->samples = (int64_t)floor(budget * full) - budget_left;
+        }
         if (!rc) {
             char path[PATH_MAX + 128], tag[32];
             snprintf(path, sizeof path, "%s/%s_%s.safetensors", r->seed_dir, pm->name, run_budget_tag(budget, tag, sizeof tag));
@@ -529,9 +546,9 @@ static int unlearn(Run *r, const plan_method *pm, double budget, const ts_store 
         }
     }
     u->budget_used = (double)u->samples / full;
-    if (!pm->retrain)
+    if (!pm->retrain && !pm->sisa)
         u->seconds = now() - t0;
-    u->shift = sqrt(ts_distance2(model, orig));
+    u->shift = pm->sisa ? NAN : sqrt(ts_distance2(model, orig));   /* an ensemble has no one parameter vector */
     return rc;
 }
 
@@ -646,10 +663,11 @@ static int run_open(Run *r, const lethe_prog *prog, exp_plan *plan, const run_op
     r->pool = lethe_pool_new(o->threads > 0 ? o->threads : cores > 0 ? (int)cores : 1);
     lethe_ctx_init(&r->ctx, r->pool, 0);
     r->ctx.device = o->device;
+    r->ctx.allreduce = lethe_mpi_hook();   /* data-parallel programs average their gradients */
     return load_data(r, err);
 }
 
-static void run_close(Run *r) {
+void run_close(Run *r) {
     free_seed(r);
     free(r->clean_x);
     ds_free(&r->train);
@@ -670,26 +688,31 @@ int run_experiment(const lethe_prog *prog, exp_plan *plan, const run_opts *o, ch
     return rc;
 }
 
+int run_open_seed(Run *r, const lethe_prog *prog, exp_plan *plan, const run_opts *o, int seed, char *err) {
+    int rc = run_open(r, prog, plan, o, err);
+    if (rc)
+        return rc;
+    r->seed = (uint64_t)seed;
+    snprintf(r->seed_dir, sizeof r->seed_dir, "%s/seed%d", r->dir, seed);
+    rc = fs_mkdir_p(r->seed_dir, 0755, err);
+    if (!rc)
+        rc = choose_poisons(r, err);
+    if (!rc && plan->has_attack)
+        rc = attack_stage(r, err);
+    return rc;
+}
+
 int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const char *stage, const char *method, double budget,
               int seed, const char *model_path, char *err) {
     Run r;
-    int rc = run_open(&r, prog, plan, o, err);
-    if (rc) {
-        run_close(&r);
-        return rc;
-    }
-    r.seed = (uint64_t)seed;
-    snprintf(r.seed_dir, sizeof r.seed_dir, "%s/seed%d", r.dir, seed);
-    rc = fs_mkdir_p(r.seed_dir, 0755, err);
-    if (!rc)
-        rc = choose_poisons(&r, err);
-    if (!rc && plan->has_attack)
-        rc = attack_stage(&r, err);
+    int rc = run_open_seed(&r, prog, plan, o, seed, err);
     ts_store orig = {0}, model = {0};
     Used u;
     Eval ev;
     if (!rc && !strcmp(stage, "poison")) {
         rc = write_poisons(&r, err);
+        if (!rc && o->export_data)
+            rc = audit_export_data(&r, o->export_data, err);
         if (!rc)
             printf("%s/%s: %lld poisoned samples\n", r.seed_dir, plan->has_attack ? "poison.safetensors" : "poison.json",
                    (long long)r.n_poison);
@@ -740,6 +763,8 @@ int run_stage(const lethe_prog *prog, exp_plan *plan, const run_opts *o, const c
             if (r.n_poison && !plan->has_attack)
                 printf(", \"gus\": %.6f, \"gus_se\": %.6f, \"tpr_at_fpr_0.01\": %.6f, \"loss_mia_tpr\": %.6f", ev.gus.mean,
                        ev.gus.se, ev.two_emp.tpr, ev.mia.tpr);
+            if (ev.has_lira)
+                printf(", \"lira_tpr_at_fpr_0.01\": %.6f, \"lira_auc\": %.6f", ev.lira_01.tpr, ev.lira_auc);
             printf("}\n");
         }
     } else if (!rc)

@@ -13,6 +13,7 @@
  *   OUT/seed<k>/<method>_b<pct>.safetensors  each unlearned model
  *   OUT/records/<method>_b<pct>_seed<k>.json  one record per (method, budget, seed)
  *   OUT/results.jsonl                    all records, rebuilt after each one
+ *   OUT/audits/<model>_seed<k>.json      lethe audit's records of models trained elsewhere (audit.c)
  */
 #ifndef LETHE_RUN_H
 #define LETHE_RUN_H
@@ -48,6 +49,8 @@ typedef struct plan_method {
     int nphases;
     plan_rule phase[3];
     double msteps;                        /* max_min: epochs with a max pass */
+    int sisa;                             /* SISA exact unlearning with the training recipe (sisa.h) */
+    int sisa_shards, sisa_slices;
 } plan_method;
 
 /* An attack objective run by the poison stage (docs/attacks.md): the
@@ -77,6 +80,7 @@ typedef struct exp_plan {
     int64_t limit_train, limit_test;      /* fashion_mnist(n = 10000): use the first n samples (0: all) */
     double synth_sep;
     int64_t batch, eval_batch, epochs;
+    int64_t world;                        /* lethec --world=N: rule steps split each batch over N ranks */
     plan_rule train;
     int nmethods;
     plan_method methods[PLAN_MAX_METHODS];
@@ -87,6 +91,7 @@ typedef struct exp_plan {
     plan_attack attack;
     int seeds;
     int crop_pad, flip;
+    int lira_shadows;                     /* evaluate = [.., lira(shadows = N)]: N shadow models, 0: no LiRA */
     char *json;                           /* the descriptor itself (malloc'd) */
 } exp_plan;
 
@@ -107,6 +112,7 @@ typedef struct run_opts {
     int synthetic_fallback;     /* a missing data set becomes a synthetic one (with a note) */
     int stop_after;             /* tests: exit(3) after this many new records (0: never) */
     lethe_device *device;       /* NULL: the CPU; else the device the program runs on */
+    const char *export_data;    /* lethe poison --export FILE: the seed's data as it trains (audit.c) */
 } run_opts;
 
 /* lethe run: every seed, the original model, every method and budget. */

@@ -10,18 +10,16 @@
 #include "fsutil.h"
 #include "json.h"
 #include "run_internal.h"
+#include "sisa.h"
 
 /* ---------------------------------------------------------------------------
  * evaluation */
 
 
-/* Run fn entry `name` over samples pos[0..n) of `ds` in batches of the
- * eval batch size (the last one padded), calling `take` with each batch's
- * output and how many rows are real. */
-typedef void (*take_fn)(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows);
-
-static int eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n,
-                     int noisy, take_fn take, void *user, char *err) {
+int run_eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n,
+                  int noisy, run_take_fn take, void *user, char *err) {
+    if (sisa_ensemble_size(model))
+        return sisa_eval_over(r, name, model, ds, pos, n, noisy, take, user, err);
     const lethe_entry *e = run_entry(r, name, err);
     if (!e)
         return LETHE_ENOTFOUND;
@@ -105,7 +103,7 @@ static void take_target(void *user, const float *out, const int32_t *y, const fl
 /* An attack's success at its target: the predicted class and p(adv). */
 static int evaluate_target(Run *r, ts_store *model, Eval *ev, char *err) {
     Target t = {.k = r->plan->classes < 256 ? r->plan->classes : 256};
-    int rc = eval_over(r, "eval.logits", model, &r->test, &r->choice.target, 1, 0, take_target, &t, err);
+    int rc = run_eval_over(r, "eval.logits", model, &r->test, &r->choice.target, 1, 0, take_target, &t, err);
     double mx = -INFINITY, z = 0;
     for (int c = 0; c < t.k; c++)
         if (t.logits[c] > mx) {
@@ -116,6 +114,19 @@ static int evaluate_target(Run *r, ts_store *model, Eval *ev, char *err) {
         z += exp((double)t.logits[c] - mx);
     ev->target_adv_prob = exp((double)t.logits[r->choice.adv] - mx) / z;
     return rc;
+}
+
+int run_roc_sample(const mt_roc_point *pts, int64_t npts, double *fpr, double *tpr) {
+    int n = 0;
+    for (int k = 0; k < 41; k++) {
+        double target = pow(10, -3 + 3.0 * k / 40), best = 0;
+        for (int64_t j = 0; j < npts; j++)
+            if (pts[j].fpr <= target + 1e-12 && pts[j].tpr >= best)
+                best = pts[j].tpr;
+        fpr[n] = target;
+        tpr[n++] = best;
+    }
+    return n;
 }
 
 int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
@@ -131,9 +142,9 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
     for (int64_t i = 0; i < nt; i++)
         tpos[i] = i;
     Acc acc = {.k = r->plan->classes};
-    int rc = eval_over(r, "eval.logits", model, &r->test, tpos, nt, 0, take_logits, &acc, err);
+    int rc = run_eval_over(r, "eval.logits", model, &r->test, tpos, nt, 0, take_logits, &acc, err);
     if (!rc)
-        rc = eval_over(r, "eval.loss_each", model, &r->test, tpos, nt, 0, take_losses, test_loss, err);
+        rc = run_eval_over(r, "eval.loss_each", model, &r->test, tpos, nt, 0, take_losses, test_loss, err);
     ev->accuracy = (double)acc.correct / (double)nt;
     mt_summary ts = mt_summarize(test_loss, nt);
     ev->test_loss = ts.mean;
@@ -148,12 +159,12 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
             rc = lethe_errf(err, LETHE_ENOMEM, "out of memory");
         /* membership by loss: the forget set as it was trained on (with its noise) */
         if (!rc)
-            rc = eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 1, take_losses, forget_loss, err);
+            rc = run_eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 1, take_losses, forget_loss, err);
         if (!rc)
             rc = mt_loss_mia(forget_loss, np, test_loss, nt, RUN_ALPHA, &ev->mia, err);
         /* the Gaussian score: gradients at the clean inputs */
         if (!rc)
-            rc = eval_over(r, "eval.input_grad", model, &r->train, r->poison, np, 0, take_grads, &s, err);
+            rc = run_eval_over(r, "eval.input_grad", model, &r->train, r->poison, np, 0, take_grads, &s, err);
         if (!rc) {
             ev->gus = mt_summarize(s.in, np);
             ev->gus_null = mt_summarize(s.null, np);
@@ -175,22 +186,13 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
             rc = pos && neg && pts ? mt_roc(pos, np, neg, np, pts, &npts, err) : lethe_errf(err, LETHE_ENOMEM, "out of memory");
             if (!rc) {
                 ev->auc = mt_auc(pts, npts);
-                for (int k = 0; k < 41; k++) {
-                    double target = pow(10, -3 + 3.0 * k / 40);
-                    double best = 0, at = 0;
-                    for (int64_t j = 0; j < npts; j++)
-                        if (pts[j].fpr <= target + 1e-12 && pts[j].tpr >= best) {
-                            best = pts[j].tpr;
-                            at = pts[j].fpr;
-                        }
-                    double t = mt_normal_quantile(1 - target);
+                ev->nroc = run_roc_sample(pts, npts, ev->roc_fpr, ev->roc_tpr);
+                for (int k = 0; k < ev->nroc; k++) {   /* against N(0, 1): the threshold Phi^-1(1 - fpr) */
+                    double t = mt_normal_quantile(1 - ev->roc_fpr[k]);
                     int64_t above = 0;
                     for (int64_t j = 0; j < np; j++)
                         above += pos[j] > t;
-                    ev->roc_fpr[ev->nroc] = target;
-                    ev->roc_tpr_normal[ev->nroc] = (double)above / (double)np;
-                    ev->roc_tpr[ev->nroc++] = best;
-                    (void)at;
+                    ev->roc_tpr_normal[k] = (double)above / (double)np;
                 }
             }
             free(pos);
@@ -201,6 +203,8 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
         free(s.in);
         free(s.null);
         free(s.xi);
+        if (!rc && r->plan->lira_shadows > 0)
+            rc = run_lira(r, model, ev, err);
     }
     free(tpos);
     free(test_loss);
@@ -240,6 +244,8 @@ int run_write_record(Run *r, const char *method, double budget, const Eval *ev, 
     else
         jw_num(&w, budget);
     jw_kv_num(&w, "budget_used", u->budget_used);
+    if (budget >= 0)   /* a method that cannot stop within its budget (SISA, SSD's passes, one step) says so */
+        jw_kv_bool(&w, "over_budget", u->budget_used > budget * (1 + 1e-9));
     jw_kv_int(&w, "steps", u->steps);
     jw_kv_int(&w, "samples", u->samples);
     jw_kv_num(&w, "accuracy", ev->accuracy);
@@ -306,6 +312,25 @@ int run_write_record(Run *r, const char *method, double budget, const Eval *ev, 
             }
             jw_arr_end(&w);
         }
+    }
+    if (ev->has_lira) {
+        jw_key(&w, "lira");
+        jw_obj_begin(&w);
+        jw_kv_int(&w, "shadows", r->plan->lira_shadows);
+        put_tpr(&w, "fpr_0.01", &ev->lira_01);
+        put_tpr(&w, "fpr_0.001", &ev->lira_001);
+        jw_kv_num(&w, "auc", ev->lira_auc);
+        jw_kv_int(&w, "unscored", ev->lira_unscored);
+        jw_key(&w, "roc");   /* members: the forget set as trained; non-members: the test set */
+        jw_arr_begin(&w);
+        for (int i = 0; i < ev->nlira_roc; i++) {
+            jw_arr_begin(&w);
+            jw_num(&w, ev->lira_roc_fpr[i]);
+            jw_num(&w, ev->lira_roc_tpr[i]);
+            jw_arr_end(&w);
+        }
+        jw_arr_end(&w);
+        jw_obj_end(&w);
     }
     jw_key(&w, "run");
     jw_obj_begin(&w);

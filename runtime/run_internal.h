@@ -45,6 +45,8 @@ typedef struct Run {
     uint64_t steps_done;        /* steps of this model's stage: the RNG counter of the next call */
     int64_t n_training;
     char dir[PATH_MAX], seed_dir[PATH_MAX + 32];
+    double *lira_phi;           /* LiRA: the shadows' phi of lira_seed's examples (run_lira.c) */
+    uint64_t lira_seed;
 } Run;
 
 /* The runtime scalar the runtime fills with a rule's step count (run_steps). */
@@ -54,6 +56,12 @@ static inline ds_poison run_poison_of(const Run *r) {
     ds_poison p = {.eps = r->n_poison ? r->plan->poison_eps : 0, .seed = r->seed, .mask = r->mask, .mask_n = r->mask_n};
     return p;
 }
+
+/* Opens the run (output folder, data) and sets up seed `seed`: its folder,
+ * its poison set (an attack's crafted or read back). Close it with
+ * run_close, also after a failure. */
+int run_open_seed(Run *r, const lethe_prog *prog, exp_plan *plan, const run_opts *o, int seed, char *err);
+void run_close(Run *r);
 
 /* The program's entry `name`, or a message that it is missing. */
 const lethe_entry *run_entry(const Run *r, const char *name, char *err);
@@ -75,6 +83,12 @@ typedef struct Eval {
     int nroc;
     double roc_fpr[64], roc_tpr[64];   /* against the empirical null (fresh noise) */
     double roc_tpr_normal[64];         /* against N(0, 1): threshold Phi^-1(1 - fpr) */
+    int has_lira;                      /* the offline LiRA test (run_lira.c) */
+    mt_tpr lira_01, lira_001;          /* TPR at FPR 0.01 and 0.001 */
+    double lira_auc;
+    int64_t lira_unscored;
+    int nlira_roc;
+    double lira_roc_fpr[64], lira_roc_tpr[64];
     int target_pred;                   /* an attack's target: the predicted class */
     double target_adv_prob;            /* and the softmax probability of the adversarial class */
 } Eval;
@@ -85,10 +99,32 @@ typedef struct Used {
 } Used;
 
 int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err);
+/* What an evaluation pass hands each batch's output to: rows of `out` (and
+ * their labels) for samples start..start+rows of the pass. */
+typedef void (*run_take_fn)(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows);
+/* Run fn entry `name` over samples pos[0..n) of `ds` in batches of the eval
+ * batch size (the last one padded; noisy: with the poison noise), handing
+ * each batch's output to `take`. */
+int run_eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n,
+                  int noisy, run_take_fn take, void *user, char *err);
+/* A ROC kept at 41 log-spaced false positive rates 1e-3 .. 1: for each, the
+ * best TPR at a FPR not above it. Returns the count. */
+int run_roc_sample(const mt_roc_point *pts, int64_t npts, double *fpr, double *tpr);
+/* ---- run_lira.c: the offline LiRA test, when the experiment asks for it ---- */
+int run_lira(Run *r, ts_store *model, Eval *ev, char *err);
 /* "full" for budget < 0, else b<percent> (record and model file names). */
 const char *run_budget_tag(double b, char *buf, size_t n);
 int run_write_record(Run *r, const char *method, double budget, const Eval *ev, const Used *u, char *err);
 /* results.jsonl: every record of the folder, one per line, in name order. */
 int run_write_results(const char *dir, char *err);
+
+/* ---- sisa_run.c: SISA exact unlearning (sisa.h) ------------------------------------ */
+/* Train the shard models (or read their checkpoints), unlearn the forget set,
+ * and leave the unlearned ensemble in `ensemble`; u gets its compute. */
+int sisa_method_run(Run *r, const plan_method *pm, ts_store *ensemble, Used *u, char *err);
+/* run_eval.c's pass over an ensemble store: the aggregate's logits, loss or
+ * input gradient, handed to `take` in one call. */
+int sisa_eval_over(Run *r, const char *name, const ts_store *ensemble, const lethe_dataset *ds, const int64_t *pos, int64_t n,
+                   int noisy, run_take_fn take, void *user, char *err);
 
 #endif

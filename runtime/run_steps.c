@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "fsutil.h"
+#include "mpi.h"
 #include "progress.h"
 #include "run_internal.h"
 
@@ -65,7 +66,8 @@ static int stream_open(Run *r, Stream *s, const char *name, const lethe_frame *f
 }
 
 /* The next b samples of the stream, reshuffled at every pass over its set
- * (a set smaller than b repeats within the batch). */
+ * (a set smaller than b repeats within the batch). In a data-parallel run
+ * every rank draws the same b and loads its own b / world of them (mpi.h). */
 static int stream_next(Run *r, Stream *s, int64_t b, uint32_t salt, char *err) {
     int64_t idx[4096];
     int64_t *pos = b <= 4096 ? idx : malloc(sizeof(int64_t) * (size_t)b);
@@ -80,7 +82,8 @@ static int stream_next(Run *r, Stream *s, int64_t b, uint32_t salt, char *err) {
     }
     ds_poison p = run_poison_of(r);
     ds_aug a = {.crop_pad = r->plan->crop_pad, .flip = r->plan->flip, .seed = r->seed, .epoch = s->epoch};
-    int rc = ds_batch(&r->train, pos, b, &p, &a, s->x, s->y, err);
+    int64_t share = b / lethe_mpi_world();
+    int rc = ds_batch(&r->train, pos + share * lethe_mpi_rank(), share, &p, &a, s->x, s->y, err);
     if (pos != idx)
         free(pos);
     return rc;
@@ -141,7 +144,7 @@ int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_store *mod
         r->ctx.counter = r->steps_done++;
         if (!rc)
             rc = frame_call(f, &r->ctx, err);
-        double l = loss ? (double)*loss : NAN;
+        double l = loss ? lethe_mpi_mean((double)*loss) : NAN;   /* each rank's loss is its share's */
         if (loss && !isfinite(l) && !rc)
             fprintf(stderr, "lethe: warning: %s: the loss is %g at step %lld\n", label, l, (long long)s);
         *last_loss = l;

@@ -14,6 +14,9 @@
 #     0; added points: the test accuracy drop against the clean model, in
 #     percentage points) and
 #     `lethe report` draws its bar chart and column;
+#   - Gradient Canceling (tests/lth/e2e_gradient_canceling.lth, a linear
+#     classifier) adds its points with their ids, and they cost the victim
+#     test accuracy on each of three seeds;
 #   - bad plans are refused before any work: a budget larger than the class,
 #     a target outside the test set, an objective whose `over` is no input.
 # Prints PASS/FAIL lines (tests/run.sh counts them).
@@ -104,27 +107,37 @@ else
     echo "FAIL e2e_attacks.poison_stage"; sed 's/^/    /' "$work/d.log" | tail -10
 fi
 
-# 5. Gradient Canceling with a GradPC surrogate: added points (mechanics)
+# 5. Gradient Canceling with a GradPC surrogate: added points (mechanics, on
+# seed 0) and their effect (the victim's test accuracy against the clean
+# model's, seeds 0-2)
 gc=tests/lth/e2e_gradient_canceling.lth
-if run "$work/g" "$gc" --seeds 1 && run "$work/h" "$gc" --seeds 1 &&
+if run "$work/g" "$gc" --seeds 3 && run "$work/h" "$gc" --seeds 1 &&
    cmp -s "$work/g/seed0/poison.safetensors" "$work/h/seed0/poison.safetensors"; then
     python3 - "$work/g" <<'PY'
 import json, struct, sys
 d = sys.argv[1]
-recs = {json.loads(l)["method"]: json.loads(l) for l in open(d + "/results.jsonl")}
+recs = [json.loads(l) for l in open(d + "/results.jsonl")]
+by = {(r["method"], r["seed"]): r for r in recs}
 raw = open(d + "/seed0/poison.safetensors", "rb").read()
 head = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
-o = recs["original"]
+o = by[("original", 0)]
 k = o["attack"]["n_poison"]
 # the success measure: the accuracy the added points cost against the clean model
 drop_ok = all(abs(r["attack_success"] - 100 * (r["clean_accuracy"] - r["accuracy"])) < 1e-9 and
-              r["attack_measure"].startswith("test accuracy drop") for r in recs.values())
+              r["attack_measure"].startswith("test accuracy drop") for r in recs)
 ok = drop_ok and k == 40 and o["n_train"] == 440 and o["n_poison"] == 40 and head["delta"]["shape"] == [40, 1, 8, 8] and head["ids"]["shape"] == [40]
 print(("PASS" if ok else "FAIL") + f" e2e_attacks.gradient_canceling_adds_points ({k} added to 400, n_train {o['n_train']}, "
-      f"accuracy {o['accuracy']:.3f} against retrain's {recs['retrain']['accuracy']:.3f}, clean {o['clean_accuracy']:.3f})")
+      f"accuracy {o['accuracy']:.3f} against retrain's {by[('retrain', 0)]['accuracy']:.3f}, clean {o['clean_accuracy']:.3f})")
+# the effect: every seed's victim loses accuracy to the added points (9-25
+# points when written; retrain, on the clean set, loses none)
+drops = [by[("original", s)]["attack_success"] for s in range(3)]
+ok = all(x >= 2 for x in drops) and sum(drops) / 3 >= 5 and all(by[("retrain", s)]["attack_success"] == 0 for s in range(3))
+print(("PASS" if ok else "FAIL") + " e2e_attacks.gradient_canceling_effect (test accuracy drop against the clean model, "
+      f"seeds 0-2: {', '.join(f'{x:.1f}' for x in drops)} points)")
 PY
 else
     echo "FAIL e2e_attacks.gradient_canceling_adds_points: the runs failed or differ"; sed 's/^/    /' "$work/g.log" | tail -10
+    echo "FAIL e2e_attacks.gradient_canceling_effect: the runs failed or differ"
 fi
 
 # 6. bad plans: clear errors before any work

@@ -114,6 +114,8 @@ static Node *fold_node(Graph *g, Node *n) {
             return is_zero(n->in[0]) ? g_const(g, 0, n->dtype, n->shape, n->loc) : NULL;
         case OP_SCATTER_ADD:
             return is_zero(n->in[1]) ? g_const(g, 0, n->dtype, n->shape, n->loc) : NULL;
+        case OP_ALLREDUCE_MEAN:   /* every rank holds the same constant */
+            return is_const(n->in[0]) ? g_const(g, n->in[0]->attr.value, n->dtype, n->shape, n->loc) : NULL;
         case OP_GATHER:
             if (!is_const(n->in[0]) || shape_numel(n->in[0]->shape) == 0)
                 return NULL;

@@ -1,0 +1,265 @@
+/* test_hypotheses.c: the runner of the paper's hypotheses (runtime/hypotheses.c)
+ * with the rules of graphs/experiments/hypotheses_models.lth at a tiny size
+ * (tests/lth/hypotheses_small.lth), against closed forms:
+ *   - a weighted ridge-regression fit (some samples removed by weight 0)
+ *     equals the solution of its normal equations
+ *   - the H2 cosine equals the one computed from the closed form: the
+ *     retain-set gradient at theta(clean) against theta(retain) - theta(clean)
+ *   - a case's shift_poison and cos_poison, from the normal equations with
+ *     the poisons it crafted
+ *   - H1 on a case where it must hold: a target far from the clean fit
+ *     (eps 3), whose poisons move the fit far more than removing as many of
+ *     64 clean samples; the canceling loss falls
+ *   - a case is a function of its seed (bit-identical twice), and bad
+ *     requests are refused with a message
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "hypotheses.h"
+#include "threadpool.h"
+
+__attribute__((weak)) unsigned dump_flags;
+__attribute__((weak)) FILE *dump_file;
+
+#define SMALL_LTH "tests/lth/hypotheses_small.lth"
+
+/* Solves a x = b (n x n, row-major, overwritten) by Gaussian elimination
+ * with partial pivoting. */
+static void solve(double *a, double *b, int n) {
+    for (int c = 0; c < n; c++) {
+        int piv = c;
+        for (int r = c + 1; r < n; r++)
+            if (fabs(a[r * n + c]) > fabs(a[piv * n + c]))
+                piv = r;
+        for (int k = 0; k < n; k++) {
+            double t = a[c * n + k];
+            a[c * n + k] = a[piv * n + k], a[piv * n + k] = t;
+        }
+        double t = b[c];
+        b[c] = b[piv], b[piv] = t;
+        for (int r = c + 1; r < n; r++) {
+            double f = a[r * n + c] / a[c * n + c];
+            for (int k = c; k < n; k++)
+                a[r * n + k] -= f * a[c * n + k];
+            b[r] -= f * b[c];
+        }
+    }
+    for (int c = n - 1; c >= 0; c--) {
+        for (int k = c + 1; k < n; k++)
+            b[c] -= a[c * n + k] * b[k];
+        b[c] /= a[c * n + c];
+    }
+}
+
+/* The normal equations of mean_w 0.5 (x.a + b - y)^2 + 0.5 l2 |(a, b)|^2:
+ * H theta = g with H = X~' W X~ / S + l2 I, g = X~' W y / S, X~ = [x, 1]. */
+static void normal_equations(const hyp_setting *s, const float *w, double l2, double *h, double *g) {
+    int n = (int)s->d + 1;
+    double total = 0;
+    memset(h, 0, sizeof(double) * (size_t)(n * n));
+    memset(g, 0, sizeof(double) * (size_t)n);
+    for (int64_t i = 0; i < s->n + s->p; i++) {
+        if (!w[i])
+            continue;
+        total += w[i];
+        for (int r = 0; r < n; r++) {
+            double xr = r < s->d ? s->x[i * s->d + r] : 1;
+            g[r] += w[i] * xr * s->y_real[i];
+            for (int c = 0; c < n; c++)
+                h[r * n + c] += w[i] * xr * (c < s->d ? s->x[i * s->d + c] : 1);
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        g[r] /= total;
+        for (int c = 0; c < n; c++)
+            h[r * n + c] = h[r * n + c] / total + (r == c ? l2 : 0);
+    }
+}
+
+static void closed_form(const hyp_setting *s, const float *w, double l2, double *theta) {
+    int n = (int)s->d + 1;
+    double *h = malloc(sizeof(double) * (size_t)(n * n));
+    normal_equations(s, w, l2, h, theta);
+    solve(h, theta, n);
+    free(h);
+}
+
+/* theta = (m.w..., m.b) of a model store. */
+static void theta_of(const ts_store *m, int64_t d, double *theta) {
+    const ts_tensor *w = ts_get(m, "w"), *b = ts_get(m, "b");
+    for (int64_t j = 0; j < d; j++)
+        theta[j] = w ? ((const float *)w->data)[j] : NAN;
+    theta[d] = b ? ((const float *)b->data)[0] : NAN;
+}
+
+static double l2_default(const hyp_setting *s) {
+    for (int i = 0; i < s->fit->nargs; i++)
+        if (!strcmp(s->fit->args[i].name, "l2"))
+            return s->fit->args[i].scalar_default;
+    return NAN;
+}
+
+static void closed_form_cases(const lethe_program *p, lethe_ctx *ctx) {
+    char err[LETHE_ERR_LEN] = "";
+    hyp_setting s;
+    if (hyp_setting_open(p, "lin", &s, err)) {
+        th_fail("hypotheses.linear.fit", "%s", err);
+        return;
+    }
+    hyp_make_data(&s, 3);
+    int n = (int)s.d + 1;
+    int64_t rows = s.n + s.p;
+    float *w_clean = calloc((size_t)rows, sizeof(float)), *w_retain = calloc((size_t)rows, sizeof(float));
+    double *want = calloc((size_t)n, sizeof(double)), *got = calloc((size_t)n, sizeof(double));
+    double *clean_theta = calloc((size_t)n, sizeof(double)), *h = calloc((size_t)(n * n), sizeof(double));
+    double *g = calloc((size_t)n, sizeof(double)), l2 = l2_default(&s);
+    for (int64_t i = 0; i < s.n; i++)
+        w_clean[i] = 1, w_retain[i] = i % 5 != 2;   /* retain: every fifth clean sample removed */
+    ts_store clean = {0}, retain = {0};
+    int iters = 0;
+    int rc = hyp_fit(&s, ctx, w_clean, 200000, 1e-6, &clean, &iters, err);
+    if (!rc)
+        rc = hyp_fit(&s, ctx, w_retain, 200000, 1e-6, &retain, &iters, err);
+    if (rc)
+        th_fail("hypotheses.linear.fit", "%s", err);
+    else {
+        closed_form(&s, w_retain, l2, want);
+        theta_of(&retain, s.d, got);
+        double worst = 0;
+        for (int j = 0; j < n; j++)
+            worst = fmax(worst, fabs(got[j] - want[j]) / fmax(1.0, fabs(want[j])));
+        th_check(worst < 1e-4, "hypotheses.linear.fit", "worst error %.3g against the normal equations (%d steps)",
+                 worst, iters);
+        /* the retain-set gradient at theta(clean), and the shift to theta(retain) */
+        theta_of(&clean, s.d, clean_theta);
+        normal_equations(&s, w_retain, l2, h, g);
+        double dot = 0, uu = 0, vv = 0, cosine = NAN;
+        for (int r = 0; r < n; r++) {
+            double grad = -g[r];
+            for (int c = 0; c < n; c++)
+                grad += h[r * n + c] * clean_theta[c];
+            double u = -grad, v = want[r] - clean_theta[r];
+            dot += u * v, uu += u * u, vv += v * v;
+        }
+        double expect = dot / sqrt(uu * vv);
+        rc = hyp_update_cosine(&s, ctx, w_retain, &clean, &retain, &cosine, err);
+        if (rc)
+            th_fail("hypotheses.linear.cosine", "%s", err);
+        else
+            th_check(fabs(cosine - expect) < 2e-3, "hypotheses.linear.cosine", "cosine %.6f, closed form %.6f",
+                     cosine, expect);
+    }
+    ts_clear(&clean), ts_clear(&retain);
+    free(w_clean), free(w_retain), free(want), free(got), free(clean_theta), free(h), free(g);
+    hyp_setting_free(&s);
+}
+
+/* shift_poison and cos_poison of a linear-regression case, from the normal
+ * equations of clean and clean + the case's poisons (left in s->x). */
+static void closed_form_case(const hyp_setting *s, const hyp_result *r, char *name) {
+    int n = (int)s->d + 1;
+    int64_t rows = s->n + s->p;
+    float *w = calloc((size_t)rows, sizeof(float));
+    double *clean = calloc((size_t)n, sizeof(double)), *full = calloc((size_t)n, sizeof(double));
+    double *h = calloc((size_t)(n * n), sizeof(double)), *g = calloc((size_t)n, sizeof(double)), l2 = l2_default(s);
+    for (int64_t i = 0; i < s->n; i++)
+        w[i] = 1;
+    closed_form(s, w, l2, clean);
+    normal_equations(s, w, l2, h, g);   /* the retain set: the clean rows */
+    for (int j = 0; j < r->n_poison; j++)
+        w[s->n + j] = 1;
+    closed_form(s, w, l2, full);
+    double shift = 0, dot = 0, uu = 0, vv = 0;
+    for (int a = 0; a < n; a++) {
+        double grad = -g[a];
+        for (int c = 0; c < n; c++)
+            grad += h[a * n + c] * full[c];
+        double v = clean[a] - full[a];
+        shift += v * v, dot += -grad * v, uu += grad * grad, vv += v * v;
+    }
+    shift = sqrt(shift);
+    double cosine = dot / sqrt(uu * vv);
+    snprintf(name, 96, "hypotheses.lin.closed_form_case");
+    th_check(fabs(r->shift_poison - shift) < 1e-3 * fmax(1, shift) && fabs(r->cos_poison - cosine) < 2e-3, name,
+             "shift %.6g (closed form %.6g), cosine %.6f (closed form %.6f)", r->shift_poison, shift, r->cos_poison,
+             cosine);
+    free(w), free(clean), free(full), free(h), free(g);
+}
+
+static int same_result(const hyp_result *a, const hyp_result *b) {
+    return a->shift_poison == b->shift_poison && a->shift_random == b->shift_random && a->cos_poison == b->cos_poison &&
+           a->cos_random == b->cos_random && a->cancel_loss == b->cancel_loss &&
+           a->random_equal_k == b->random_equal_k;
+}
+
+static void h1_case(const lethe_program *p, lethe_ctx *ctx, const char *setting) {
+    char name[96], err[LETHE_ERR_LEN] = "";
+    snprintf(name, sizeof name, "hypotheses.%s.h1_ordering", setting);
+    hyp_setting s;
+    if (hyp_setting_open(p, setting, &s, err)) {
+        th_fail(name, "%s", err);
+        return;
+    }
+    hyp_make_data(&s, 0);
+    hyp_opts o;
+    hyp_opts_default(&o);
+    o.target_eps = 3.0;
+    o.cancel_steps = 200;
+    float *w_clean = calloc((size_t)(s.n + s.p), sizeof(float));
+    for (int64_t i = 0; i < s.n; i++)
+        w_clean[i] = 1;
+    ts_store clean = {0};
+    hyp_result r[2], again;
+    int rc = hyp_fit(&s, ctx, w_clean, o.fit_iters, o.fit_tol, &clean, NULL, err);
+    for (int seed = 0; !rc && seed < 2; seed++)
+        rc = hyp_case(&s, ctx, &o, &clean, 8, seed, &r[seed], err);
+    if (!rc)
+        rc = hyp_case(&s, ctx, &o, &clean, 8, 1, &again, err);
+    if (rc)
+        th_fail(name, "%s", err);
+    else {
+        int ok = 1;
+        for (int k = 0; k < 2; k++)
+            ok &= r[k].shift_poison > 3 * r[k].shift_random && r[k].cancel_loss < r[k].cancel_loss_start &&
+                  fabs(r[k].target_distance - 3.0) < 1e-3 && r[k].cos_poison >= -1 && r[k].cos_poison <= 1;
+        th_check(ok, name, "seed 0: shift %.4g against random %.4g, canceling loss %.3g -> %.3g, target at %.4g; "
+                 "seed 1: shift %.4g against %.4g, loss %.3g -> %.3g", r[0].shift_poison, r[0].shift_random,
+                 r[0].cancel_loss_start, r[0].cancel_loss, r[0].target_distance, r[1].shift_poison,
+                 r[1].shift_random, r[1].cancel_loss_start, r[1].cancel_loss);
+        if (s.regression)   /* the last case's poisons are in s.x: its measures against closed forms */
+            closed_form_case(&s, &again, name);
+        snprintf(name, sizeof name, "hypotheses.%s.deterministic", setting);
+        th_check(same_result(&r[1], &again), name, "seed 1 twice: shift %.17g and %.17g", r[1].shift_poison,
+                 again.shift_poison);
+        snprintf(name, sizeof name, "hypotheses.%s.bad_size", setting);
+        rc = hyp_case(&s, ctx, &o, &clean, 9, 0, &again, err);
+        th_check(rc != 0 && strstr(err, "poison set of 9"), name, "9 poisons where 8 fit: rc %d, '%s'", rc, err);
+    }
+    ts_clear(&clean);
+    free(w_clean);
+    hyp_setting_free(&s);
+}
+
+int main(void) {
+    char *cerr = NULL;
+    const lethe_program *p = th_compile_file(SMALL_LTH, "", &cerr);
+    if (!p) {
+        th_fail("hypotheses.compile", "%s", cerr ? cerr : "?");
+        free(cerr);
+        return th_exit();
+    }
+    lethe_ctx ctx;
+    lethe_ctx_init(&ctx, NULL, 0);
+    closed_form_cases(p, &ctx);
+    h1_case(p, &ctx, "lin");
+    h1_case(p, &ctx, "logi");
+    char err[LETHE_ERR_LEN] = "";
+    hyp_setting s;
+    int rc = hyp_setting_open(p, "nothing", &s, err);
+    th_check(rc != 0 && strstr(err, "nothing_fit"), "hypotheses.missing_setting", "rc %d, '%s'", rc, err);
+    return th_exit();
+}
