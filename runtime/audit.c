@@ -200,15 +200,6 @@ static void decide(const Run *r, const Eval *ev, Verdict *v) {
              (long long)r->n_poison, v->z, v->p, RUN_ALPHA);
 }
 
-static void put_tpr(jw *w, const char *key, const mt_tpr *t) {
-    jw_key(w, key);
-    jw_obj_begin(w);
-    jw_kv_num(w, "tpr", t->tpr);
-    jw_kv_num(w, "fpr", t->fpr);
-    jw_kv_num(w, "threshold", t->threshold);
-    jw_obj_end(w);
-}
-
 static int write_record(const Run *r, const audit_opts *a, const Eval *ev, const Verdict *v, const char *path, char *err) {
     char key[65];
     poison_key(r->plan, r->seed, r->data_hash, key);
@@ -233,15 +224,7 @@ static int write_record(const Run *r, const audit_opts *a, const Eval *ev, const
         jw_kv_num(&w, "p_one_sided", v->p);
         jw_kv_num(&w, "z_empirical_null", v->z_empirical);
         jw_kv_num(&w, "alpha", RUN_ALPHA);
-        jw_key(&w, "tpr_at_fpr");
-        jw_obj_begin(&w);
-        put_tpr(&w, "two_sided_empirical", &ev->two_emp);
-        put_tpr(&w, "two_sided_normal", &ev->two_norm);
-        put_tpr(&w, "negative_empirical", &ev->neg_emp);
-        put_tpr(&w, "negative_normal", &ev->neg_norm);
-        jw_obj_end(&w);
-        put_tpr(&w, "loss_mia", &ev->mia);
-        jw_kv_num(&w, "auc", ev->auc);
+        run_put_detection(&w, ev);
     }
     if (r->plan->has_attack && !r->plan->attack.added) {
         jw_kv_int(&w, "target", r->choice.target);

@@ -301,15 +301,10 @@ static int save_restart(const attack_job *j, int r, const float *delta, int64_t 
     return rc;
 }
 
-static int load_restart(const attack_job *j, int r, float *delta, int64_t n, int64_t d, int64_t *batches, double *loss_sum,
-                        char *err) {
-    char path[PATH_MAX + 64];
-    restart_path(j, r, path, sizeof path);
-    *batches = 0;
-    *loss_sum = 0;
-    if (!fs_exists(path))
-        return LETHE_OK;
-    ts_store s = {0};
+/* A poison file of this job into s: refused when its key names another
+ * experiment, seed or data; a file without one (an older lethe) loads with a
+ * note. */
+static int load_keyed(const attack_job *j, const char *path, ts_store *s, char *err) {
     st_file *f = NULL;
     int rc = st_load(path, 0, &f, err);
     const char *key = rc ? NULL : st_meta_get(f, "poison_key");
@@ -320,8 +315,19 @@ static int load_restart(const attack_job *j, int r, float *delta, int64_t n, int
         fprintf(stderr, "lethe: note: %s was written by an older lethe without the experiment's key: only its sample ids "
                         "are checked (delete it to craft the poisons again)\n", path);
     st_free(f);
-    if (!rc)
-        rc = ts_load(&s, path, err);
+    return rc ? rc : ts_load(s, path, err);
+}
+
+static int load_restart(const attack_job *j, int r, float *delta, int64_t n, int64_t d, int64_t *batches, double *loss_sum,
+                        char *err) {
+    char path[PATH_MAX + 64];
+    restart_path(j, r, path, sizeof path);
+    *batches = 0;
+    *loss_sum = 0;
+    if (!fs_exists(path))
+        return LETHE_OK;
+    ts_store s = {0};
+    int rc = load_keyed(j, path, &s, err);
     ts_tensor *t = rc ? NULL : ts_get(&s, "delta"), *p = rc ? NULL : ts_get(&s, "progress");
     if (!rc && (!t || !p || t->dtype != LETHE_F32 || t->nbytes != sizeof(float) * (size_t)(n * d) || p->dtype != LETHE_F64 ||
                 p->nbytes != 2 * sizeof(double)))
@@ -504,18 +510,7 @@ int attack_load(const attack_job *j, float *delta, double *loss, const char *pat
     const attack_choice *ch = j->choice;
     const lethe_dataset *ds = j->train;
     ts_store s = {0};
-    st_file *f = NULL;
-    int rc = st_load(path, 0, &f, err);
-    const char *key = rc ? NULL : st_meta_get(f, "poison_key");
-    if (!rc && key && strcmp(key, j->key))
-        rc = lethe_errf(err, LETHE_EFORMAT, "%s: the poison set of another experiment, seed or data (key %.12s, this one's "
-                                            "%.12s)", path, key, j->key);
-    if (!rc && !key)
-        fprintf(stderr, "lethe: note: %s was written by an older lethe without the experiment's key: only its sample ids "
-                        "are checked (delete it to craft the poisons again)\n", path);
-    st_free(f);
-    if (!rc)
-        rc = ts_load(&s, path, err);
+    int rc = load_keyed(j, path, &s, err);
     ts_tensor *t = rc ? NULL : ts_get(&s, "delta"), *ids = rc ? NULL : ts_get(&s, "ids"), *lt = rc ? NULL : ts_get(&s, "loss");
     int ok = !rc && t && ids && t->dtype == LETHE_F32 && ids->dtype == LETHE_I32 &&
              t->nbytes == sizeof(float) * (size_t)(ch->n * ds->d) && ids->nbytes == sizeof(int32_t) * (size_t)ch->n;

@@ -222,13 +222,26 @@ const char *run_budget_tag(double b, char *buf, size_t n) {
     return buf;
 }
 
-static void put_tpr(jw *w, const char *key, const mt_tpr *t) {
+
+void run_put_tpr(jw *w, const char *key, const mt_tpr *t) {
     jw_key(w, key);
     jw_obj_begin(w);
     jw_kv_num(w, "tpr", t->tpr);
     jw_kv_num(w, "fpr", t->fpr);
     jw_kv_num(w, "threshold", t->threshold);
     jw_obj_end(w);
+}
+
+void run_put_detection(jw *w, const Eval *ev) {
+    jw_key(w, "tpr_at_fpr");
+    jw_obj_begin(w);
+    run_put_tpr(w, "two_sided_empirical", &ev->two_emp);
+    run_put_tpr(w, "two_sided_normal", &ev->two_norm);
+    run_put_tpr(w, "negative_empirical", &ev->neg_emp);
+    run_put_tpr(w, "negative_normal", &ev->neg_norm);
+    jw_obj_end(w);
+    run_put_tpr(w, "loss_mia", &ev->mia);
+    jw_kv_num(w, "auc", ev->auc);
 }
 
 int run_write_record(Run *r, const char *method, double budget, const Eval *ev, const Used *u, char *err) {
@@ -291,15 +304,7 @@ int run_write_record(Run *r, const char *method, double budget, const Eval *ev, 
         jw_kv_num(&w, "gus_null_se", ev->gus_null.se);
         jw_kv_num(&w, "gus_p_two_sided", ev->gus.p_two_sided);
         jw_kv_num(&w, "alpha", RUN_ALPHA);
-        jw_key(&w, "tpr_at_fpr");
-        jw_obj_begin(&w);
-        put_tpr(&w, "two_sided_empirical", &ev->two_emp);
-        put_tpr(&w, "two_sided_normal", &ev->two_norm);
-        put_tpr(&w, "negative_empirical", &ev->neg_emp);
-        put_tpr(&w, "negative_normal", &ev->neg_norm);
-        jw_obj_end(&w);
-        put_tpr(&w, "loss_mia", &ev->mia);
-        jw_kv_num(&w, "auc", ev->auc);
+        run_put_detection(&w, ev);
         /* [fpr, tpr] of the statistic -I at log-spaced false positive rates */
         for (int k = 0; k < 2; k++) {
             jw_key(&w, k ? "roc_normal" : "roc");
@@ -317,8 +322,8 @@ int run_write_record(Run *r, const char *method, double budget, const Eval *ev, 
         jw_key(&w, "lira");
         jw_obj_begin(&w);
         jw_kv_int(&w, "shadows", r->plan->lira_shadows);
-        put_tpr(&w, "fpr_0.01", &ev->lira_01);
-        put_tpr(&w, "fpr_0.001", &ev->lira_001);
+        run_put_tpr(&w, "fpr_0.01", &ev->lira_01);
+        run_put_tpr(&w, "fpr_0.001", &ev->lira_001);
         jw_kv_num(&w, "auc", ev->lira_auc);
         jw_kv_int(&w, "unscored", ev->lira_unscored);
         jw_key(&w, "roc");   /* members: the forget set as trained; non-members: the test set */

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "data.h"
+#include "json.h"
 #include "metrics.h"
 #include "poison.h"
 #include "run.h"
@@ -114,6 +115,10 @@ int run_roc_sample(const mt_roc_point *pts, int64_t npts, double *fpr, double *t
 int run_lira(Run *r, ts_store *model, Eval *ev, char *err);
 /* "full" for budget < 0, else b<percent> (record and model file names). */
 const char *run_budget_tag(double b, char *buf, size_t n);
+/* A TPR object {tpr, fpr, threshold}, and the detection block of a record:
+ * tpr_at_fpr (both sides, both nulls), loss_mia and the AUC. */
+void run_put_tpr(jw *w, const char *key, const mt_tpr *t);
+void run_put_detection(jw *w, const Eval *ev);
 int run_write_record(Run *r, const char *method, double budget, const Eval *ev, const Used *u, char *err);
 /* results.jsonl: every record of the folder, one per line, in name order. */
 int run_write_results(const char *dir, char *err);

@@ -157,43 +157,24 @@ int sisa_method_run(Run *r, const plan_method *pm, ts_store *ensemble, Used *u, 
 /* ---------------------------------------------------------------------------
  * evaluation */
 
-/* Entry `name` on one model over pos[0..n) in eval batches (the last one
- * padded): `width` floats a row into out, the labels into y. */
+/* Entry `name` on one model over pos[0..n) (run_eval_over): `width`
+ * floats a row into out, the labels into y. */
+typedef struct Member {
+    int64_t width;
+    float *out;
+    int32_t *y;
+} Member;
+
+static void take_member(void *user, const float *o, const int32_t *y, const float *x, int64_t start, int64_t rows) {
+    Member *m = user;
+    memcpy(m->out + start * m->width, o, sizeof(float) * (size_t)(rows * m->width));
+    memcpy(m->y + start, y, sizeof(int32_t) * (size_t)rows);
+}
+
 static int member_over(Run *r, const char *name, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n,
                        int noisy, int64_t width, float *out, int32_t *y, char *err) {
-    const lethe_entry *e = run_entry(r, name, err);
-    if (!e)
-        return LETHE_ENOTFOUND;
-    frame_models fm = {NULL, model};
-    lethe_frame *f = frame_new(e, &fm, 1, NULL, err);
-    if (!f)
-        return LETHE_EARG;
-    int64_t b = r->plan->eval_batch;
-    float *x = frame_arg(f, "x"), *o = frame_arg(f, "out");
-    int32_t *fy = frame_arg(f, "y"), *own_y = fy ? NULL : malloc(sizeof(int32_t) * (size_t)b);
-    int64_t *idx = malloc(sizeof(int64_t) * (size_t)b);
-    if (!fy)
-        fy = own_y;
-    int rc = !x || !o || !fy || !idx ? lethe_errf(err, LETHE_EFORMAT, "entry %s lacks x or out", name) : LETHE_OK;
-    ds_poison p = run_poison_of(r);
-    for (int64_t start = 0; !rc && start < n; start += b) {
-        int64_t rows = n - start < b ? n - start : b;
-        for (int64_t i = 0; i < b; i++)
-            idx[i] = pos[start + (i < rows ? i : rows - 1)];
-        rc = ds_batch(ds, idx, b, noisy ? &p : NULL, NULL, x, fy, err);
-        if (!rc)
-            rc = frame_call(f, &r->ctx, err);
-        if (!rc) {
-            memcpy(out + start * width, o, sizeof(float) * (size_t)(rows * width));
-            memcpy(y + start, fy, sizeof(int32_t) * (size_t)rows);
-        }
-    }
-    if (!rc)
-        rc = lethe_ctx_sync(&r->ctx, err);
-    free(idx);
-    free(own_y);
-    frame_free(f);
-    return rc;
+    Member m = {width, out, y};
+    return run_eval_over(r, name, model, ds, pos, n, noisy, take_member, &m, err);
 }
 
 int sisa_eval_over(Run *r, const char *name, const ts_store *ensemble, const lethe_dataset *ds, const int64_t *pos, int64_t n,
