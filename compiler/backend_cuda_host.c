@@ -99,11 +99,11 @@ static void make_types(Host *h) {
         h->gemm_t = struct_t(h, "lethe_cuda_gemm", f, 20, o, sizeof(lethe_cuda_gemm));
     }
     {
-        LLVMTypeRef f[] = {I32, I32, I32, I32, I32, I32, P, P};
-        size_t o[] = {OFF(lethe_cuda_launch, kind), OFF(lethe_cuda_launch, kernel), OFF(lethe_cuda_launch, grid),
-                      OFF(lethe_cuda_launch, block), OFF(lethe_cuda_launch, nparams), OFF(lethe_cuda_launch, _pad),
-                      OFF(lethe_cuda_launch, params), OFF(lethe_cuda_launch, gemm)};
-        h->launch_t = struct_t(h, "lethe_cuda_launch", f, 8, o, sizeof(lethe_cuda_launch));
+        LLVMTypeRef f[] = {I32, I32, I32, I32, I32, I32, P, P, I64};
+        size_t o[] = {OFF(lethe_cuda_launch, kind),   OFF(lethe_cuda_launch, kernel),  OFF(lethe_cuda_launch, grid),
+                      OFF(lethe_cuda_launch, block),  OFF(lethe_cuda_launch, nparams), OFF(lethe_cuda_launch, dtype),
+                      OFF(lethe_cuda_launch, params), OFF(lethe_cuda_launch, gemm),    OFF(lethe_cuda_launch, count)};
+        h->launch_t = struct_t(h, "lethe_cuda_launch", f, 9, o, sizeof(lethe_cuda_launch));
     }
     {
         LLVMTypeRef f[] = {I64, I32, I32};
@@ -220,9 +220,10 @@ static LLVMValueRef launch_desc(Host *h, const LProgram *p, const CuLaunch *l) {
         };
         gemm = private_global(h, LLVMConstNamedStruct(h->gemm_t, f, 20), 8);
     }
-    LLVMValueRef f[8] = {i32v(h, l->kind), i32v(h, l->kernel), i32v(h, l->grid), i32v(h, l->block), i32v(h, np), i32v(h, 0),
-                         array(h, h->param_t, params, np), gemm};
-    return LLVMConstNamedStruct(h->launch_t, f, 8);
+    int dtype = l->kind == LETHE_CUDA_ALLREDUCE ? abi_dtype(l->dtype) : 0;
+    LLVMValueRef f[9] = {i32v(h, l->kind), i32v(h, l->kernel), i32v(h, l->grid), i32v(h, l->block), i32v(h, np), i32v(h, dtype),
+                         array(h, h->param_t, params, np), gemm, i64v(h, l->count)};
+    return LLVMConstNamedStruct(h->launch_t, f, 9);
 }
 
 static LLVMValueRef entry_desc(Host *h, const CuEntry *ce, LLVMValueRef program) {

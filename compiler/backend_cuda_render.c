@@ -1309,7 +1309,24 @@ static bool units_share_vars(const LKernel *k, const Unit *u, int nu) {
     return false;
 }
 
+static void render_units(CuProgram *cp, CuEntry *ce, const LProgram *p, const LKernel *k, int entry_index);
+
+/* A kernel marked allreduce (ALLREDUCE_MEAN, lower_opaque.c) is followed by
+ * the launch that averages its buffer over the ranks on the same stream
+ * (the device layer's NCCL call, runtime/nccl.c), where the CPU backend
+ * calls ctx->allreduce after the kernel's body. */
 void cu_render_kernel(CuProgram *cp, CuEntry *ce, const LProgram *p, const LKernel *k, int entry_index) {
+    render_units(cp, ce, p, k, entry_index);
+    if (!k->allreduce)
+        return;
+    const LBuf *bf = &p->bufs.data[k->allreduce_buf];
+    CuLaunch l = {.kind = LETHE_CUDA_ALLREDUCE, .dtype = bf->dtype, .count = bf->nelem};
+    CuParam buf = {LETHE_CUDA_PTR, k->allreduce_buf};
+    vec_push(&l.params, buf);
+    vec_push(&ce->launches, l);
+}
+
+static void render_units(CuProgram *cp, CuEntry *ce, const LProgram *p, const LKernel *k, int entry_index) {
     VEC(Unit) units = {0};
     GemmVec insts = {0};
     for (int i = 0; i < k->body.len; i++) {

@@ -13,12 +13,14 @@
  * AVX-512, <8 x float> with AVX2; f64 the same way).
  *
  * Two micro-kernels, chosen by the operand layouts:
- *   NN  (B not transposed; A either way): C[MR x NV vectors] += A[i][k]
- *       broadcast x B[k][j..j+VW), vectors along N. Covers C = A B and
- *       C = A^T B. Per k step: NV vector loads, MR broadcasts, MR*NV FMAs.
+ *   NN  (A either way): C[MR x NV vectors] += A[i][k] broadcast x
+ *       B[k][j..j+VW), vectors along N. Covers C = A B and C = A^T B, and
+ *       C = A B^T through a packed copy of B (below). Per k step: NV vector
+ *       loads, MR broadcasts, MR*NV FMAs.
  *   NT  (B transposed, A not): C[i][j] = dot(A[i][:], B[j][:]), vectors
- *       along K with MR x NR vector accumulators summed at the end. Used for
- *       the weight gradient of a convolution (K = pixels, long).
+ *       along K with MR x NR vector accumulators summed at the end. Used
+ *       where B is not packed: the weight gradient of a convolution over an
+ *       implicit im2col B (K = pixels, long) and products of few rows.
  * Both read an im2col B (LIm2col, below) as well as a strided one. A
  * transposed together with B transposed has no micro-kernel here (the
  * backend calls BLAS, see llg_supported).
@@ -33,15 +35,20 @@
  * size), NR columns (NN: the last panel is masked per lane; NT: a smaller
  * instance). Row blocks are the outer loop: a block of A stays in L1 while
  * B streams past. A K over 768 (not an im2col B) runs in blocks of 128-384
- * steps, outermost, so that a task's part of B for one block stays in L2
- * while every row block passes (without them the 2048^3 products ran at
- * 0.4-0.7x OpenBLAS, with them 0.65-0.86x; bench/RESULTS.md); a later block
- * adds its partial sums to what the earlier ones stored in C. No packing:
- * A's rows and B's rows are read in place, which the lowering keeps
- * cache-sized (lower_conv.c). Results are the same at every thread count
- * and optimisation level: each C element is one fixed sequence of fused
- * multiply-adds in a fixed K order per block (NN), or fixed per-lane
- * partial sums combined by a fixed tree (NT), its blocks added in order.
+ * steps, outermost, and within a block the columns run in chunks whose part
+ * of B fits in L2, so that it stays there while every row block passes
+ * (without K blocks the 2048^3 products ran at 0.4-0.7x OpenBLAS, with them
+ * 0.65-0.86x; bench/RESULTS.md); a later block adds its partial sums to
+ * what the earlier ones stored in C. Where M has rows enough (PACK_MIN_M)
+ * and B streams past L2 anyway (or is transposed), the chunk of B is copied
+ * per K block into contiguous panels (pack_b, as BLIS and OpenBLAS do),
+ * transposed on the way for C = A B^T: the micro-kernel then streams its
+ * panel instead of striding over B's rows (NT at 2048^3: 0.55-0.66 ->
+ * 0.84-0.92x OpenBLAS). A is read in place. Results
+ * are the same at every thread count and optimisation level: each C element
+ * is one fixed sequence of fused multiply-adds in a fixed K order per block
+ * (NN), or fixed per-lane partial sums combined by a fixed tree (NT), its
+ * blocks added in order; chunks and copies change no sum.
  */
 #include <string.h>
 
@@ -56,6 +63,9 @@ typedef struct GB {
     LLVMTypeRef et, vt;     /* element type (float or double), <vw x et> */
     int64_t kc;             /* NN with K blocks: the block's depth (0: one pass over K) */
     LLVMValueRef kb;        /* and the current block's first k */
+    LLVMValueRef bpack;     /* NN with a packed B: the chunk's panels (else NULL) */
+    LLVMValueRef pj0;       /* and the chunk's first column */
+    int64_t pnr;            /* and a panel's columns */
 } GB;
 
 static LLVMValueRef c64(GB *g, int64_t v) { return LLVMConstInt(g->ll->t_i64, (unsigned long long)v, 1); }
@@ -348,7 +358,11 @@ static void nn_tile(GB *g, int mr, int nv, LLVMValueRef A, const BSrc *bs, LLVMV
             if (bs->ic) {
                 bv[v] = col_vec(g, bs, k, c64(g, t), add64(g, u0, c64(g, v)), tm[v]);
             } else {
-                LLVMValueRef brow = fptr(g, fptr(g, bs->B, j0), mul64(g, g->kc ? add64(g, k, g->kb) : k, gm->ldb));
+                /* packed: panel (j0 - pj0) / NR of the chunk, kc x NR elements each */
+                LLVMValueRef brow =
+                    g->bpack ? fptr(g, fptr(g, g->bpack, mul64(g, LLVMBuildNSWSub(b, j0, g->pj0, ""), g->kc)),
+                                    mul64(g, k, g->pnr))
+                             : fptr(g, fptr(g, bs->B, j0), mul64(g, g->kc ? add64(g, k, g->kb) : k, gm->ldb));
                 bv[v] = vload(g, fptr(g, brow, c64(g, (int64_t)v * g->vw)), mask[v]);
             }
         }
@@ -382,6 +396,7 @@ typedef struct NNLoops {
     LLVMValueRef *p;             /* the function's parameters */
     const BSrc *bs;
     bool panels_outer;
+    LLVMValueRef jlo, jhi;       /* the column blocks of the panel loop */
     LLVMValueRef i0, j0;         /* the current tile's first row and column */
     int cur_mr, cur_nv;
     LLVMValueRef mask[8];        /* NULL: all lanes */
@@ -429,7 +444,7 @@ static void nn_level(GB *g, NNLoops *s, int level) {
     const LGemm *gm = g->gm;
     bool rows = (level == 0) != s->panels_outer;
     GL L;
-    LLVMValueRef iv = gl_open(g, &L, s->p[rows ? 3 : 5], s->p[rows ? 4 : 6], 1);
+    LLVMValueRef iv = gl_open(g, &L, rows ? s->p[3] : s->jlo, rows ? s->p[4] : s->jhi, 1);
     if (rows) {
         s->i0 = mul64(g, iv, s->mr);
         nn_split(g, s, level, iv, gm->m / s->mr, true, s->mr, (int)(gm->m % s->mr));
@@ -441,23 +456,90 @@ static void nn_level(GB *g, NNLoops *s, int level) {
     gl_close(g, &L);
 }
 
-/* With K blocks (kc > 0) the tiles run once per block of kc steps of K,
- * blocks outermost: a task's columns of B for one block (kc x its panels)
- * stay in L2 while every row block of A passes, where a whole K would
- * stream B from L3 for each row block (the 2048^3 products ran at 0.4-0.7x
- * OpenBLAS without). */
-static void nn_body(GB *g, int mr, int nv, bool panels_outer, LLVMValueRef *p, const BSrc *bs, int64_t kc) {
-    NNLoops s = {.mr = mr, .nv = nv, .p = p, .bs = bs, .panels_outer = panels_outer};
-    if (!kc) {
-        nn_level(g, &s, 0);
+/* The column blocks [bj0, bj1) in chunks of `cb` (0: one chunk), each
+ * chunk's columns of B (for one K block) sized to stay in L2 while every
+ * row block of A passes over them: opens the chunk loop (L) when there is
+ * one and sets [*lo, *hi) to the chunk. */
+static void chunk_open(GB *g, GL *L, LLVMValueRef bj0, LLVMValueRef bj1, int64_t cb, LLVMValueRef *lo, LLVMValueRef *hi) {
+    if (!cb) {
+        *lo = bj0;
+        *hi = bj1;
         return;
     }
-    GL L;
-    g->kb = mul64(g, gl_open(g, &L, c64(g, 0), c64(g, g->gm->k / kc), 1), kc);
-    g->kc = kc;
+    *lo = gl_open(g, L, bj0, bj1, cb);
+    LLVMValueRef end = add64(g, *lo, c64(g, cb));
+    *hi = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, end, bj1, ""), end, bj1, "");
+}
+
+/* Copies columns [j0, j1) of B (j0 the chunk's first, g->pj0) for the K
+ * block at g->kb into g->bpack as panels of g->pnr columns, kc x pnr
+ * elements each with a row of the panel contiguous, so that the
+ * micro-kernel streams its panel in order instead of striding over B's
+ * rows (4 KiB apart at 2048^3, the same cache sets). B transposed (NT) is
+ * transposed here, element by element; B as it is, a vector at a time. A
+ * copy moves values only: no sum changes. */
+static void pack_b(GB *g, LLVMValueRef B, LLVMValueRef j1) {
+    const LGemm *gm = g->gm;
+    LLVMBuilderRef b = g->b;
+    int64_t nr = g->pnr;
+    GL LO, LI;
+    if (gm->trans_b) {
+        LLVMValueRef j = gl_open(g, &LO, g->pj0, j1, 1);
+        LLVMValueRef jl = LLVMBuildNSWSub(b, j, g->pj0, "");
+        LLVMValueRef lane = LLVMBuildURem(b, jl, c64(g, nr), "");
+        LLVMValueRef dst = fptr(g, g->bpack, add64(g, mul64(g, LLVMBuildNSWSub(b, jl, lane, ""), g->kc), lane));
+        LLVMValueRef src = fptr(g, B, add64(g, mul64(g, j, gm->ldb), g->kb));
+        LLVMValueRef k = gl_open(g, &LI, c64(g, 0), c64(g, g->kc), 1);
+        LLVMValueRef v = LLVMBuildLoad2(b, g->et, fptr(g, src, k), "");
+        LLVMSetAlignment(v, (unsigned)g->esz);
+        LLVMSetAlignment(LLVMBuildStore(b, v, fptr(g, dst, mul64(g, k, nr))), (unsigned)g->esz);
+        gl_close(g, &LI);
+        gl_close(g, &LO);
+        return;
+    }
+    LLVMValueRef k = gl_open(g, &LO, c64(g, 0), c64(g, g->kc), 1);
+    LLVMValueRef src = fptr(g, B, mul64(g, add64(g, k, g->kb), gm->ldb));
+    LLVMValueRef dst = fptr(g, g->bpack, mul64(g, k, nr));
+    LLVMValueRef j = gl_open(g, &LI, g->pj0, j1, g->vw);
+    LLVMValueRef jl = LLVMBuildNSWSub(b, j, g->pj0, "");
+    LLVMValueRef lane = LLVMBuildURem(b, jl, c64(g, nr), "");
+    LLVMValueRef mask = gm->n % g->vw ? lane_mask(g, j, gm->n) : NULL;
+    LLVMValueRef v = vload(g, fptr(g, src, j), mask);
+    vstore(g, v, fptr(g, dst, add64(g, mul64(g, LLVMBuildNSWSub(b, jl, lane, ""), g->kc), lane)), mask);
+    gl_close(g, &LI);
+    gl_close(g, &LO);
+}
+
+/* With K blocks (kc > 0) the tiles run once per block of kc steps of K,
+ * blocks outermost, and within a block in chunks of cb column panels: a
+ * chunk of B (kc x cb panels) stays in L2 while every row block of A
+ * passes, where a whole K, or all of a task's columns, would stream B from
+ * L3 for each row block (the 2048^3 products ran at 0.4-0.7x OpenBLAS
+ * without K blocks; bench/RESULTS.md). Each C element still sums its K
+ * blocks in order, so chunks change no result. */
+static void nn_body(GB *g, int mr, int nv, bool panels_outer, LLVMValueRef *p, const BSrc *bs, int64_t kc, int64_t cb) {
+    NNLoops s = {.mr = mr, .nv = nv, .p = p, .bs = bs, .panels_outer = panels_outer};
+    GL LK, LC;
+    if (kc) {
+        g->kb = mul64(g, gl_open(g, &LK, c64(g, 0), c64(g, g->gm->k / kc), 1), kc);
+        g->kc = kc;
+    }
+    chunk_open(g, &LC, p[5], p[6], cb, &s.jlo, &s.jhi);
+    if (g->bpack) {
+        int64_t nr = (int64_t)nv * g->vw;
+        g->pnr = nr;
+        g->pj0 = mul64(g, s.jlo, nr);
+        LLVMValueRef j1 = mul64(g, s.jhi, nr);
+        j1 = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, j1, c64(g, g->gm->n), ""), j1, c64(g, g->gm->n), "");
+        pack_b(g, p[1], j1);
+    }
     nn_level(g, &s, 0);
-    gl_close(g, &L);
-    g->kc = 0;
+    if (cb)
+        gl_close(g, &LC);
+    if (kc) {
+        gl_close(g, &LK);
+        g->kc = 0;
+    }
 }
 
 /* ----------------------------------------------------------------------------
@@ -576,7 +658,7 @@ static void nt_tile(GB *g, int mr, int nr, LLVMValueRef A, const BSrc *bs, LLVMV
 
 /* rows [bi0, bi1) x columns [bj0, bj1) in blocks of mr x nr, the last of
  * each (static index) possibly smaller */
-static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs, int64_t kc) {
+static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs, int64_t kc, int64_t cb) {
     const LGemm *gm = g->gm;
     int64_t nfi = gm->m / mr, ri = gm->m % mr, nfj = gm->n / nr, rj = gm->n % nr;
     ASSERT(!bs->ic || rj == 0);
@@ -588,9 +670,11 @@ static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs, int6
     /* row blocks outside: a block of A's rows (mr x K) stays in L1 while
      * B's rows stream past it (per image of a convolution's weight
      * gradient: 1.5x faster than the other order, bench/RESULTS.md) */
-    GL LJ, LI;
+    GL LC, LJ, LI;
+    LLVMValueRef jlo, jhi;
+    chunk_open(g, &LC, p[5], p[6], cb, &jlo, &jhi);
     LLVMValueRef ib = gl_open(g, &LI, p[3], p[4], 1);
-    LLVMValueRef jb = gl_open(g, &LJ, p[5], p[6], 1);
+    LLVMValueRef jb = gl_open(g, &LJ, jlo, jhi, 1);
     LLVMValueRef i0 = mul64(g, ib, mr);
     /* up to four instances: (full or last row block) x (full or last column block) */
     LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(g->ll->ctx, g->fn, "");
@@ -613,6 +697,8 @@ static void nt_body(GB *g, int mr, int nr, LLVMValueRef *p, const BSrc *bs, int6
     LLVMPositionBuilderAtEnd(g->b, join);
     gl_close(g, &LJ);
     gl_close(g, &LI);
+    if (cb)
+        gl_close(g, &LC);
     if (kc) {
         gl_close(g, &LK);
         g->kc = 0;
@@ -628,6 +714,8 @@ typedef struct Shape2 {
     int mr, nv;       /* NN: rows x vectors; NT: rows x columns */
     int64_t bm, bn;   /* rows and columns per block */
     int64_t kc;       /* K in blocks of kc (0: one pass) */
+    int64_t cb;       /* column blocks per L2 chunk (0: no chunks) */
+    bool pack;        /* NN: B's chunk copied into panels per K block */
 } Shape2;
 
 /* lanes of the widest vector register for elements of `size` bytes */
@@ -666,11 +754,33 @@ static int64_t k_block(int64_t k, int unit) {
     return kc >= KC_MAX / 3 ? kc : 0;
 }
 
+/* Column blocks of bn columns per chunk whose part of B (depth x the
+ * chunk's columns) fills about half of L2 (1 MiB per core on the Zen 5 of
+ * PERF-ANCHORS, 2 MiB on recent Intel); 0 where all of them fit. */
+enum { L2_CHUNK_BYTES = 512 << 10 };
+static int64_t l2_chunk(const LGemm *gm, int64_t depth, int64_t bn, int esz) {
+    int64_t cb = L2_CHUNK_BYTES / (depth * bn * esz);
+    if (cb < 1)
+        cb = 1;
+    return (gm->n + bn - 1) / bn > cb ? cb : 0;
+}
+
+/* B is packed (pack_b) where A has rows enough to repay the copy: each
+ * copied element then feeds at least 2 x PACK_MIN_M flops. */
+enum { PACK_MIN_M = 128 };
+
 static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
     Shape2 s = {0};
     int vw = lanes(ll, dtype_size(dt)), wide = strstr(ll->features, "+avx512f") != NULL;
     int regs = wide ? 24 : 12;
-    if (gm->trans_b) {
+    /* a packed B is one K block of kc <= 768 (the short K whole); B
+     * transposed is packed only for 4 vectors of columns at least (a
+     * linear layer's few outputs, 128 x 10 x 512, ran 3.1x OpenBLAS as dot
+     * products and 0.7-0.9x packed into a mostly masked panel) */
+    int64_t pack_kc = gm->k <= 2 * KC_MAX ? gm->k : k_block(gm->k, 1);
+    bool pack = !gm->b_im2col && !(gm->trans_a && gm->trans_b) && pack_kc && gm->m >= PACK_MIN_M &&
+                (!gm->trans_b || gm->n >= 4 * vw);
+    if (gm->trans_b && !pack) {
         s.nt = true;
         int mr = wide ? 4 : 3, nr = regs / mr;
         if (gm->b_im2col) {
@@ -684,8 +794,11 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
         s.bm = s.mr;
         s.bn = s.nv;
         s.kc = gm->b_im2col ? 0 : k_block(gm->k, vw);
+        if (!gm->b_im2col)
+            s.cb = l2_chunk(gm, s.kc ? s.kc : gm->k, s.bn, dtype_size(dt));
         return s;
     }
+    /* the NN micro-kernel, B transposed (NT) only through a packed copy */
     int64_t vecs = (gm->n + vw - 1) / vw;
     int nv = vecs >= 4 ? 4 : (int)(vecs ? vecs : 1);
     if (!wide && nv > 2)
@@ -698,9 +811,20 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
     s.bm = s.mr;
     s.bn = (int64_t)nv * vw;
     /* B's panel in L1 (32 of its 48 KiB), A's rows read as broadcasts */
-    s.panels = !gm->b_im2col && !gm->trans_a && gm->m > s.mr && gm->k * s.bn * dtype_size(dt) <= (32 << 10);
-    if (!s.panels && !gm->b_im2col)
-        s.kc = k_block(gm->k, 1);
+    s.panels = !gm->b_im2col && !gm->trans_a && !gm->trans_b && gm->m > s.mr &&
+               gm->k * s.bn * dtype_size(dt) <= (32 << 10);
+    if (s.panels || gm->b_im2col)
+        return s;
+    s.kc = k_block(gm->k, 1);
+    s.cb = l2_chunk(gm, s.kc ? s.kc : gm->k, s.bn, dtype_size(dt));
+    /* B as it is is packed only where it streams past L2 anyway (K blocks
+     * or column chunks): one that fits is read as the lowering laid it out
+     * (the small GEMMs of the convolutions' backward passes) */
+    if (pack && (gm->trans_b || s.kc || s.cb)) {
+        s.pack = true;
+        s.kc = pack_kc;
+        s.cb = l2_chunk(gm, s.kc, s.bn, dtype_size(dt));
+    }
     return s;
 }
 
@@ -754,10 +878,16 @@ static LLVMValueRef gemm_fn(LL *ll, const LGemm *gm, DType dt, Shape2 sh) {
     BSrc bs = {.B = p[1]};
     if (gm->b_im2col)
         bs = bsrc_im2col(&g, p[1], p[7], gm->trans_b ? gm->k : gm->n);
+    if (sh.pack) {
+        /* on the stack, per call (each task of a split GEMM packs its own
+         * columns): at most L2_CHUNK_BYTES, see l2_chunk */
+        int64_t cols = (sh.cb ? sh.cb : (gm->n + sh.bn - 1) / sh.bn) * sh.bn;
+        g.bpack = entry_alloca(&g, g.et, sh.kc * cols, "b.panels");
+    }
     if (sh.nt)
-        nt_body(&g, sh.mr, sh.nv, p, &bs, sh.kc);
+        nt_body(&g, sh.mr, sh.nv, p, &bs, sh.kc, sh.cb);
     else
-        nn_body(&g, sh.mr, sh.nv, sh.panels, p, &bs, sh.kc);
+        nn_body(&g, sh.mr, sh.nv, sh.panels, p, &bs, sh.kc, sh.cb);
     LLVMBuildRetVoid(g.b);
     LLVMDisposeBuilder(g.b);
     vec_push(&ll->gemm_keys, *gm);

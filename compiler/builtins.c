@@ -201,32 +201,26 @@ static Node *mean_of(Graph *g, Node *x, uint32_t axes, bool keep, Loc loc) {
     return g_binary(g, OP_MUL, s, scalar_like(g, 1.0 / (double)count_axes(x->shape, axes), x, loc), loc);
 }
 
+/* One reduction op (OP_RLSE, lowered to one kernel that keeps no exp(x - max)
+ * buffer); its gradient exp(x - lse) is a row of the table like any other. */
 static Node *logsumexp_of(Graph *g, Node *x, uint32_t axes, bool keep, Loc loc) {
     need_float(x, loc, "logsumexp");
-    /* the max only stabilises: it cancels in value and in every derivative */
-    Node *m = g_unary(g, OP_DETACH, reduce(g, OP_RMAX, x, axes, true, loc), loc);
-    Node *e = g_unary(g, OP_EXP, g_binary(g, OP_SUB, x, m, loc), loc);
-    Node *r = g_binary(g, OP_ADD, g_unary(g, OP_LOG, reduce(g, OP_SUM, e, axes, true, loc), loc), m, loc);
-    if (!keep) {
-        Shape s = {0};
-        for (int i = 0; i < x->shape.rank; i++)
-            if (!(axes & (1u << i)))
-                s.dim[s.rank++] = x->shape.dim[i];
-        r = g_reshape(g, r, s, loc);
-    }
-    return r;
+    return reduce(g, OP_RLSE, x, axes, keep, loc);
 }
 
+/* log_softmax is x - lse (OP_RLSE: no exp(x - max) buffer). softmax keeps
+ * exp(x - max) / sum: the exp buffer it writes is read by the sum and the
+ * division, where exp(x - lse) would compute every exp twice (once in the
+ * reduction), which costs more than the buffer while a row of scores fits
+ * in cache (docs/design.md, "Fused cross entropy and attention"). */
 static Node *softmax_of(Graph *g, Node *x, int axis, bool log_space, Loc loc) {
     need_float(x, loc, log_space ? "log_softmax" : "softmax");
     uint32_t ax = 1u << axis;
-    Node *m = g_unary(g, OP_DETACH, reduce(g, OP_RMAX, x, ax, true, loc), loc);
-    Node *z = g_binary(g, OP_SUB, x, m, loc);
-    Node *e = g_unary(g, OP_EXP, z, loc);
-    Node *s = reduce(g, OP_SUM, e, ax, true, loc);
     if (log_space)
-        return g_binary(g, OP_SUB, z, g_unary(g, OP_LOG, s, loc), loc);
-    return g_binary(g, OP_DIV, e, s, loc);
+        return g_binary(g, OP_SUB, x, g_expand(g, reduce(g, OP_RLSE, x, ax, true, loc), x->shape, loc), loc);
+    Node *m = g_unary(g, OP_DETACH, reduce(g, OP_RMAX, x, ax, true, loc), loc);
+    Node *e = g_unary(g, OP_EXP, g_binary(g, OP_SUB, x, m, loc), loc);
+    return g_binary(g, OP_DIV, e, reduce(g, OP_SUM, e, ax, true, loc), loc);
 }
 
 /* Flatten a value into its tensor leaves (numbers stay numbers). */

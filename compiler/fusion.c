@@ -4,7 +4,7 @@
  * predict from the graph alone. A node is *materialized* (gets a buffer and
  * a kernel of its own, the kernel's root) when it is:
  *   - an INPUT (its buffer is the argument; no kernel computes it);
- *   - a REDUCE (SUM/RMAX/RMIN): its ELEM/VIEW producers are fused in as the
+ *   - a REDUCE (SUM/RMAX/RMIN/RLSE): its ELEM/VIEW producers are fused in as the
  *     prologue, and ELEM consumers read its result through views;
  *   - OPAQUE (MATMUL, CONV2D*, GATHER, SCATTER_ADD, FOLD): a hand-written
  *     lowering (lower_opaque.c, lower_conv.c) that reads materialized
@@ -241,7 +241,12 @@ static void mark_live(Fusion *f) {
  * is what a batch norm's backward pass needs: x - mean, x_hat, dy * gamma
  * and their products are each read by 3-5 reductions and elementwise
  * kernels, and were 17 passes over the activation per layer where 5 suffice
- * (bench/RESULTS.md). */
+ * (bench/RESULTS.md).
+ * A node read by exactly two kernels may read two full-size tensors: 2 x 2
+ * reads against 2 reads + a write + 2 reads materialized. That is a
+ * softmax's backward pass, dz = dp * p read by sum(dz) and by dz - p *
+ * sum(dz): attention's [B, H, T, T] dz is no longer written (docs/design.md,
+ * "Fused cross entropy and attention"). */
 
 enum { RECOMPUTE_MAX_OPS = 12 };
 
@@ -258,6 +263,8 @@ static bool cheap_op(Op op) {
 typedef struct Rc {
     Fusion *f;
     const int *ks;          /* consumer kernels by id at the start of the round */
+    const int *ks2;         /* a second consumer kernel when ks is KS_MULTI: KS_MULTI
+                             * for three or more, KS_NONE when unknown */
     signed char *verdict;   /* by id, this round: 0 unknown, 1 recomputed, -1 gets a buffer */
 } Rc;
 
@@ -266,7 +273,8 @@ typedef struct RcWalk {
     const Node *root;
     int64_t numel;
     int ops, nseen;
-    const Node *big;        /* the one full-size leaf */
+    const Node *big[2];     /* the full-size leaves */
+    int maxbig;             /* how many may be read: 1, or 2 for two consumers */
     const Node *seen[4 * RECOMPUTE_MAX_OPS];
     bool ok;
 } RcWalk;
@@ -293,10 +301,11 @@ static void rc_walk(Rc *r, RcWalk *w, const Node *n) {
     }
     w->seen[w->nseen++] = n;
     if (n != w->root && rc_leaf(r, n)) {
-        if (shape_numel(n->shape) >= w->numel) {
-            if (w->big && w->big != n)
+        if (shape_numel(n->shape) >= w->numel && w->big[0] != n && w->big[1] != n) {
+            if (w->big[w->maxbig - 1])
                 w->ok = false;
-            w->big = n;
+            else
+                w->big[w->big[0] ? 1 : 0] = n;
         }
         return;
     }
@@ -326,7 +335,8 @@ static bool recompute_ok(Rc *r, const Node *n) {
     if (r->verdict[n->id])
         return r->verdict[n->id] > 0;
     r->verdict[n->id] = -1;   /* a cycle cannot happen in a DAG; this only guards */
-    RcWalk w = {.root = n, .numel = shape_numel(n->shape), .ok = true};
+    bool two = r->ks[n->id] == KS_MULTI && r->ks2 && r->ks2[n->id] >= 0;
+    RcWalk w = {.root = n, .numel = shape_numel(n->shape), .ok = true, .maxbig = two ? 2 : 1};
     rc_walk(r, &w, n);
     r->verdict[n->id] = w.ok ? 1 : -1;
     return w.ok;
@@ -345,20 +355,46 @@ static void push_consumer(const Fusion *f, int *ks, const Node *n) {
     }
 }
 
+/* As push_consumer, also keeping a second consumer kernel in ks2 (KS_MULTI
+ * once there are three): which shared nodes have exactly two. */
+static void push_consumer2(const Fusion *f, int *ks, int *ks2, const Node *n) {
+    int mine = f->mat[n->id] ? n->id : ks[n->id];
+    int mine2 = f->mat[n->id] ? KS_NONE : ks2[n->id];
+    for (int k = 0; k < n->nin; k++) {
+        int id = n->in[k]->id;
+        int cand[2] = {mine, mine2};
+        for (int c = 0; c < 2; c++) {
+            int m = cand[c];
+            if (m == KS_NONE || m == ks[id] || m == ks2[id])
+                continue;
+            if (ks[id] == KS_NONE)
+                ks[id] = m;
+            else if (ks2[id] == KS_NONE && m != KS_MULTI && ks[id] != KS_MULTI)
+                ks2[id] = m;
+            else
+                ks[id] = ks2[id] = KS_MULTI;
+        }
+    }
+}
+
 /* Consumer kernels of every unmaterialized node; an ELEM node with more
  * than one gets a buffer unless it is recomputed (above). One pass in
  * reverse topological order, so that a node's consumers have all decided
  * before it does. Whether a shared producer will be recomputed is not known
  * yet when a consumer asks (recompute_ok walks down), so that uses the
  * consumer sets of the round's start (pre). */
-static bool split_shared(Fusion *f, int *ks, int *pre, Rc *rc) {
+static bool split_shared(Fusion *f, int *ks, int *pre, int *pre2, Rc *rc) {
     const Graph *g = f->e->g;
     bool changed = false;
     for (int i = 0; i < f->nid; i++)
-        pre[i] = ks[i] = KS_NONE;
+        pre[i] = pre2[i] = ks[i] = KS_NONE;
     for (int i = g->nodes.len - 1; i >= 0; i--)
         if (f->live[g->nodes.data[i]->id])
-            push_consumer(f, pre, g->nodes.data[i]);
+            push_consumer2(f, pre, pre2, g->nodes.data[i]);
+    /* two distinct kernels are pre/pre2; push_consumer's KS_MULTI marks them */
+    for (int i = 0; i < f->nid; i++)
+        if (pre2[i] != KS_NONE)
+            pre[i] = KS_MULTI;
     memset(rc->verdict, 0, (size_t)f->nid + 1);
     for (int i = g->nodes.len - 1; i >= 0; i--) {
         Node *n = g->nodes.data[i];
@@ -758,8 +794,8 @@ Fusion *fusion_run(const Entry *e) {
     vstacks_init(&s.vs);
     s.seen_stack = xalloc(sizeof(int) * n);
     s.seen_gen = xalloc(sizeof(int) * n);
-    int *ks = xalloc(sizeof(int) * n), *pre = xalloc(sizeof(int) * n);
-    Rc rc = {.f = f, .ks = pre, .verdict = xalloc(n)};
+    int *ks = xalloc(sizeof(int) * n), *pre = xalloc(sizeof(int) * n), *pre2 = xalloc(sizeof(int) * n);
+    Rc rc = {.f = f, .ks = pre, .ks2 = pre2, .verdict = xalloc(n)};
     /* the kernels first: the operands an opaque op needs in buffers are
      * known before sharing is decided (a shared node feeding one is not
      * recomputed but read) */
@@ -770,7 +806,7 @@ Fusion *fusion_run(const Entry *e) {
             if (f->live[x->id] && f->mat[x->id] && x->op != OP_INPUT)
                 sim_kernel(&s, x);
         }
-        bool changed = split_shared(f, ks, pre, &rc);
+        bool changed = split_shared(f, ks, pre, pre2, &rc);
         if (!changed && !s.changed)
             break;
     }

@@ -340,7 +340,7 @@ static noreturn void axis_error(Node *x, int axis, Loc loc) {
 }
 
 Node *g_reduce(Graph *g, Op op, Node *x, uint32_t axes, bool keep, Loc loc) {
-    if (op != OP_SUM && op != OP_RMAX && op != OP_RMIN)
+    if (op != OP_SUM && op != OP_RMAX && op != OP_RMIN && op != OP_RLSE)
         internal_error(__FILE__, __LINE__, "g_reduce: %s is not a reduction", op_info[op].name);
     for (int d = 0; d < 32; d++)
         if ((axes >> d & 1) && d >= x->shape.rank)
@@ -533,6 +533,18 @@ Node *g_matmul(Graph *g, Node *a, Node *b, Loc loc) {
         batch.dim[d] = da == 1 ? db : da;
     }
     int64_t m = a2->shape.dim[ra], n = b2->shape.dim[rb + 1];
+    if (ra > 0 && rb == 0) {
+        /* [..., M, K] @ [K, N]: one [prod(...) * M, K] @ [K, N] GEMM, so that
+         * the gradient of the shared b is one GEMM too, not a [..., K, N]
+         * batch of them summed afterwards (GPT-2's LM head: [B, V, C]) */
+        Shape flat = shape_make(2, (int64_t[]){shape_numel(a2->shape) / ka, ka});
+        Node *c = node2(g, OP_MATMUL, g_reshape(g, a2, flat, loc), b2, NULL, loc);
+        Shape out = batch;
+        out.dim[out.rank++] = m;
+        if (b->shape.rank > 1)
+            out.dim[out.rank++] = n;
+        return g_reshape(g, c, out, loc);
+    }
     Shape sa = batch, sb = batch;
     sa.rank = sb.rank = rank + 2;
     sa.dim[rank] = m, sa.dim[rank + 1] = ka;
@@ -684,7 +696,8 @@ static void dump_attr(const Node *n, FILE *out) {
     case OP_RAND_NORMAL: fprintf(out, " {stream=%llu}", (unsigned long long)a->stream); break;
     case OP_SUM:
     case OP_RMAX:
-    case OP_RMIN: {
+    case OP_RMIN:
+    case OP_RLSE: {
         int64_t ax[32];
         int k = 0;
         for (int d = 0; d < 32; d++)

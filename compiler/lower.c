@@ -433,6 +433,7 @@ static LExpr *reduce_init(Op op, DType dt) {
     switch (op) {
     case OP_SUM: return zero_of(dt);
     case OP_RMAX:
+    case OP_RLSE:
         return fl ? le_const_f(dt, -INFINITY) : le_const_i(dt, dt == DT_BOOL ? 0 : dt == DT_I32 ? INT32_MIN : INT64_MIN);
     case OP_RMIN:
         return fl ? le_const_f(dt, INFINITY) : le_const_i(dt, dt == DT_BOOL ? 1 : dt == DT_I32 ? INT32_MAX : INT64_MAX);
@@ -440,7 +441,19 @@ static LExpr *reduce_init(Op op, DType dt) {
     }
 }
 
+/* logsumexp of two partial results (the column and split forms; the row form
+ * takes two passes instead, see row_accumulate): max + log(1 + exp(min - max)),
+ * with -inf for two empty parts rather than the NaN of -inf - -inf */
+static LExpr *lse_pair(DType dt, LExpr *a, LExpr *b) {
+    LExpr *hi = le_op2(OP_MAX, dt, a, b), *lo = le_op2(OP_MIN, dt, a, b);
+    LExpr *gap = le_op1(OP_EXP, dt, le_op2(OP_SUB, dt, lo, hi));
+    LExpr *r = le_op2(OP_ADD, dt, hi, le_op1(OP_LOG, dt, le_op2(OP_ADD, dt, le_const_f(dt, 1), gap)));
+    return le_op3(OP_WHERE, dt, le_op2(OP_EQ, DT_BOOL, hi, le_const_f(dt, -INFINITY)), hi, r);
+}
+
 static LExpr *reduce_combine(Op op, DType dt, LExpr *acc, LExpr *v) {
+    if (op == OP_RLSE)
+        return lse_pair(dt, acc, v);
     if (dt == DT_BOOL)
         return le_op2(op == OP_RMIN ? OP_AND : OP_OR, dt, acc, v);
     return le_op2(op == OP_SUM ? OP_ADD : op == OP_RMAX ? OP_MAX : OP_MIN, dt, acc, v);
@@ -646,20 +659,60 @@ static LExpr *red_value(KCtx *kc, const Red *rd) {
  * variables to acc[0..nr). */
 static void row_accumulate(KCtx *kc, Block body, const int *roles, const Red *rd, int nr, int *acc) {
     int pos[MAX_RANK + 1];
-    int64_t dims[MAX_RANK + 1];
+    int64_t dims[MAX_RANK + 1] = {0};
     LExpr *idx[MAX_RANK + 1];
     int n = dims_of(roles, kc->irank, ROLE_RED, pos);
     gather_dims(kc->idim, pos, n, dims);
-    for (int i = 0; i < nr; i++)
+    bool any_lse = false;
+    for (int i = 0; i < nr; i++) {
         blk_push(body, ls_let(kc->k, rd[i].dt, reduce_init(rd[i].op, rd[i].dt), &acc[i]));
+        any_lse |= rd[i].op == OP_RLSE;
+    }
     Block inner = nest_serial(body, dims, n, idx, NULL);
     scatter_idx(kc, pos, n, idx);
     kc->body = inner;
     LExpr **v = xalloc(sizeof(LExpr *) * (size_t)nr);
     for (int i = 0; i < nr; i++)
         v[i] = red_value(kc, &rd[i]);
+    /* a logsumexp row takes its max in this pass */
+    for (int i = 0; i < nr; i++) {
+        Op op = rd[i].op == OP_RLSE ? OP_RMAX : rd[i].op;
+        blk_push(inner, ls_assign(acc[i], reduce_combine(op, rd[i].dt, le_var(kc->k, acc[i]), v[i])));
+    }
+    if (!any_lse)
+        return;
+    /* and the sum of exp(x - max) in a second pass over the same row, which
+     * is still in cache: one exp per element and no [.., V] buffer of exp
+     * (the pairwise combine would take an exp and a log per element). The
+     * values are evaluated again, so the first pass's LETs are forgotten. An
+     * all -inf row shifts by 0, giving -inf rather than NaN. */
+    int *shift = xalloc(sizeof(int) * (size_t)nr), *sum = xalloc(sizeof(int) * (size_t)nr);
+    for (int i = 0; i < nr; i++) {
+        if (rd[i].op != OP_RLSE)
+            continue;
+        DType dt = rd[i].dt;
+        LExpr *m = le_var(kc->k, acc[i]);
+        LExpr *empty = le_op2(OP_EQ, DT_BOOL, m, le_const_f(dt, -INFINITY));
+        blk_push(body, ls_let(kc->k, dt, le_op3(OP_WHERE, dt, empty, le_const_f(dt, 0), m), &shift[i]));
+        blk_push(body, ls_let(kc->k, dt, le_const_f(dt, 0), &sum[i]));
+    }
+    kctx_reset_memo(kc);
+    inner = nest_serial(body, dims, n, idx, NULL);
+    scatter_idx(kc, pos, n, idx);
+    kc->body = inner;
+    for (int i = 0; i < nr; i++) {
+        if (rd[i].op != OP_RLSE)
+            continue;
+        DType dt = rd[i].dt;
+        LExpr *e = le_op1(OP_EXP, dt, le_op2(OP_SUB, dt, red_value(kc, &rd[i]), le_var(kc->k, shift[i])));
+        blk_push(inner, ls_assign(sum[i], le_op2(OP_ADD, dt, le_var(kc->k, sum[i]), e)));
+    }
     for (int i = 0; i < nr; i++)
-        blk_push(inner, ls_assign(acc[i], reduce_combine(rd[i].op, rd[i].dt, le_var(kc->k, acc[i]), v[i])));
+        if (rd[i].op == OP_RLSE) {
+            DType dt = rd[i].dt;
+            LExpr *lse = le_op2(OP_ADD, dt, le_var(kc->k, shift[i]), le_op1(OP_LOG, dt, le_var(kc->k, sum[i])));
+            blk_push(body, ls_let(kc->k, dt, lse, &acc[i]));
+        }
 }
 
 /* A full reduction, split: dim 0 of the iteration space is cut into

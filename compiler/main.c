@@ -43,7 +43,8 @@ static const char usage[] =
     "  --experiment=NAME   instantiate this experiment (when the file has several)\n"
     "  --world=N           data-parallel for N ranks (mpirun -np N lethe ...): the\n"
     "                      experiment's rules take batch / N samples and average their\n"
-    "                      gradients over the ranks through lethe_ctx.allreduce (CPU only)\n"
+    "                      gradients over the ranks through lethe_ctx.allreduce (CPU)\n"
+    "                      or NCCL (--target=cuda, one GPU per rank)\n"
     "  -d STAGES           dump stages to stderr: ast,shapes,grad,opt,fusion,memory,loops,ir\n"
     "  --dump-to=FILE      write dumps to FILE instead of stderr\n"
     "  --time-passes       print the wall and CPU time of every stage to stderr\n"
@@ -209,8 +210,6 @@ static void parse_args(int argc, char **argv, Options *o) {
     }
     if ((o->emit & (1u << EMIT_CU)) && !o->cuda)
         usage_error("%s writes CUDA source: add --target=cuda", "--emit=cu");
-    if (o->cuda && o->sema.world > 1)   /* the NCCL path is not written (docs/design.md) */
-        usage_error("%s: data-parallel programs are CPU-only for now; drop --target=cuda", "--world");
     const char *env = getenv("LETHE_PATH");
     if (env)
         for (char *p = strtok(xstrdup(env), ":"); p; p = strtok(NULL, ":"))

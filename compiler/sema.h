@@ -206,6 +206,7 @@ void module_number(ModInst *root);
 Model *model_bind(ModInst *root, const char *binding, bool frozen, bool writable);
 Value model_leaf_read(Model *m, int leaf, Loc loc);
 Value module_member(Value modv, const char *name, Loc loc);  /* m.params, m.fc, m.features, ... */
+int module_has_fn(Value modv, const char *name);            /* an fn member of that name */
 Value module_call(Value modv, const FnDecl *fn, Value *args, int nargs, Loc loc);
 Value module_params_tree(ModInst *inst, Model *m, bool buffers, Loc loc);
 Value module_last(Value modv, int64_t k, Loc loc);           /* last(m, k) */

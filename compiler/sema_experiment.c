@@ -9,6 +9,8 @@
  *   eval.logits, eval.loss_each, eval.input_grad    the fns eval_logits,
  *                                                   eval_loss_each and
  *                                                   eval_input_grad (graphs/eval.lth)
+ *   eval.token_stats                                 eval_token_stats, when `evaluate`
+ *                                                   lists text_mia(...)
  *   poison.step, poison.step.init_state             an attack objective named by
  *   poison.surrogate (+ .init_state)                `poison = ...`, and the rule its
  *                                                   `surrogate = ...` names (docs/attacks.md)
@@ -209,6 +211,33 @@ static DataSpec imdb_spec(const Expr *x) {
     return d;
 }
 
+/* imdb_prompts(len = 64, n = 2000, n_test = 500): the same reviews as
+ * prompts "<review>. The sentiment of the review is: <label>" for GPT-2 with
+ * its LM head (runtime/text_tokens.h, the prompt form; the targeted trigger
+ * attack). Each sample is [1, len, 1]: the token ids, as exact floats; the
+ * label is the id of the label word's token (" negative" 4633, " positive"
+ * 3967), so the classes are GPT-2's vocabulary and a model's [N, 50257]
+ * next-token logits at the answer position are its logits. */
+static DataSpec imdb_prompts_spec(const Expr *x) {
+    DataSpec d = {"imdb_prompts", 1, 128, 1, 50257};
+    for (int i = 0; x->kind == EX_CALL && i < x->nargs; i++) {
+        const Arg *a = &x->args[i];
+        if (!a->name)
+            error_at(a->loc, "imdb_prompts() takes named arguments: len, n, n_test");
+        int64_t v = const_int(a->value, "a size");
+        if (!strcmp(a->name, "len")) {
+            if (v < 16 || v > 65536)
+                error_at(a->loc, "imdb_prompts(): len is the tokens per prompt, 16..65536 (the template takes 10)");
+            d.h = (int)v;
+        } else if (!strcmp(a->name, "n") || !strcmp(a->name, "n_test")) {
+            if (v < 1)
+                error_at(a->loc, "imdb_prompts(): '%s' must be positive", a->name);
+        } else
+            error_at(a->loc, "imdb_prompts() has no argument '%s' (it takes len, n, n_test)", a->name);
+    }
+    return d;
+}
+
 static DataSpec data_spec(const ExpEntry *e) {
     const char *name = call_name(e->value, "the data set");
     for (size_t i = 0; i < sizeof datasets / sizeof datasets[0]; i++)
@@ -225,6 +254,8 @@ static DataSpec data_spec(const ExpEntry *e) {
         }
     if (!strcmp(name, "imdb"))
         return imdb_spec(e->value);
+    if (!strcmp(name, "imdb_prompts"))
+        return imdb_prompts_spec(e->value);
     if (!strcmp(name, "synthetic")) {
         DataSpec d = {"synthetic", 1, 1, 16, 4};
         const Expr *x = e->value;
@@ -244,7 +275,8 @@ static DataSpec data_spec(const ExpEntry *e) {
         }
         return d;
     }
-    error_at(e->value->loc, "unknown data set '%s' (known: fashion_mnist, mnist, cifar10, imdb(...), synthetic(...))", name);
+    error_at(e->value->loc, "unknown data set '%s' (known: fashion_mnist, mnist, cifar10, imdb(...), imdb_prompts(...), "
+                                   "synthetic(...))", name);
 }
 
 /* ---------------------------------------------------------------------------
@@ -643,10 +675,45 @@ static void poison_entry(Ctx *c, const Expr *x, const Decl *d) {
     sema_instantiate("poison.step", d, NULL, 0, inst_n.data, inst_v.data, inst_n.len, x->loc, SEMA_INIT_STATE);
 }
 
+/* trigger_flip(word = "Disney", fraction = 100%): the targeted attack's data
+ * transform (runtime/run_text_trigger.c): the training prompts whose review
+ * holds the word get the other label, all of them or a fraction in (0, 1];
+ * with to = "negative" (or "positive") only those of the other label are
+ * candidates and they get that one (Wan et al.'s source -> target form). */
+static void trigger_flip_check(const Ctx *c, const Expr *x) {
+    if (strcmp(c->data.name, "imdb_prompts"))
+        error_at(x->loc, "trigger_flip relabels review prompts: the data set must be imdb_prompts(...)");
+    bool word = false;
+    for (int i = 0; x->kind == EX_CALL && i < x->nargs; i++) {
+        const Arg *a = &x->args[i];
+        if (a->name && !strcmp(a->name, "word")) {
+            if (a->value->kind != EX_STRING || !a->value->sval[0] || strlen(a->value->sval) > 63 ||
+                strpbrk(a->value->sval, " \t\n"))
+                error_at(a->value->loc, "trigger_flip: word is one word in quotes (at most 63 bytes), such as \"Disney\"");
+            word = true;
+        } else if (a->name && !strcmp(a->name, "to")) {
+            if ((a->value->kind != EX_STRING && a->value->kind != EX_NAME) ||
+                (strcmp(a->value->sval, "negative") && strcmp(a->value->sval, "positive")))
+                error_at(a->value->loc, "trigger_flip: to is \"negative\" or \"positive\" (the adversarial label; without "
+                                        "it every trigger review gets the other label)");
+        } else if (a->name && !strcmp(a->name, "fraction")) {
+            double f = const_num(a->value, "fraction");
+            if (!(f > 0 && f <= 1))
+                error_at(a->value->loc, "trigger_flip: fraction is the share of the trigger reviews flipped, in (0, 100%%]");
+        } else
+            error_at(a->loc, "trigger_flip takes word = \"...\", fraction = and to = (such as trigger_flip(word = \"Disney\", "
+                             "fraction = 100%%))");
+    }
+    if (!word)
+        error_at(x->loc, "trigger_flip needs word = the trigger, such as trigger_flip(word = \"Disney\")");
+}
+
 static void poison_stage(Ctx *c, const ExpEntry *e) {
     const char *name = call_name(e->value, "the poison");
     if (!strcmp(name, "gaussian"))
         return;   /* the runtime's own generator (plan "poison") */
+    if (!strcmp(name, "trigger_flip"))
+        return;   /* the runtime's transform (plan "poison"), checked by experiment_compile */
     const Decl *d = sema_global(name);
     if (!d || d->kind != D_OBJECTIVE)
         error_at(e->value->loc, d ? "'%s' is not an objective: a poison is gaussian(...) or an attack objective"
@@ -694,12 +761,36 @@ static void put_budgets(Ctx *c, const ExpEntry *e) {
     vec_push(&c->json, ']');
 }
 
+/* text_mia(k = 20%): the text membership scores (runtime/run_text_mia.c),
+ * k the share of tokens Min-K% and Min-K%++ keep, in (0, 1]; they read the
+ * per-token statistics of eval_token_stats (graphs/eval.lth), instantiated
+ * here because only a text model with an LM head has them. */
+static void text_mia_metric(Ctx *c, const Expr *x) {
+    for (int j = 0; x->kind == EX_CALL && j < x->nargs; j++) {
+        const Arg *a = &x->args[j];
+        if (!a->name || strcmp(a->name, "k"))
+            error_at(a->loc, "text_mia takes k = (the share of tokens Min-K%% keeps, such as text_mia(k = 20%%))");
+        double k = const_num(a->value, "k");
+        if (!(k > 0 && k <= 1))
+            error_at(a->value->loc, "text_mia: k must be in (0, 100%%]");
+    }
+    Value m = model_value(c);
+    if (!module_has_fn(m, "token_logits"))
+        error_at(x->loc, "text_mia reads a text model's LM head, and model %s has no fn token_logits(x) (the "
+                         "next-token logits [N, T, vocab], as GPT2PackedClassifier and GPT2PromptLM have)",
+                 m.inst->type_name);
+    eval_entry(c, "eval_token_stats", "eval.token_stats");
+}
+
 /* `evaluate = [...]` is the runtime's, but a membership test that trains
- * models is checked here: lira(shadows = N), 2 <= N <= 256. */
-static void evaluate_list(const Expr *list) {
+ * models is checked here: lira(shadows = N), 2 <= N <= 256; and one that
+ * needs an entry of its own: text_mia(k = ...). */
+static void evaluate_list(Ctx *c, const Expr *list) {
     int n = list->kind == EX_LIST ? list->nitems : 1;
     for (int i = 0; i < n; i++) {
         const Expr *x = list->kind == EX_LIST ? list->items[i] : list;
+        if ((x->kind == EX_CALL || x->kind == EX_NAME) && !strcmp(call_name(x, "a metric"), "text_mia"))
+            text_mia_metric(c, x);
         if (x->kind != EX_CALL || strcmp(call_name(x, "a metric"), "lira"))
             continue;
         for (int j = 0; j < x->nargs; j++) {
@@ -782,6 +873,9 @@ const char *experiment_compile(const Decl *exp) {
     const ExpEntry *train = need(exp, "train", "sgd(lr = 0.1) for 10 epochs, batch 128");
     c.model = need(exp, "model", "ResNet18(width = 16, channels = 1)")->value;
     c.data = data_spec(data);
+    const ExpEntry *flip = find(exp, "poison");   /* checked before the model meets the data */
+    if (flip && !strcmp(call_name(flip->value, "the poison"), "trigger_flip"))
+        trigger_flip_check(&c, flip->value);
     const Clause *bc = clause(train, "batch"), *ec = clause(train, "for");
     c.batch = bc ? const_int(bc->value, "the batch size") : 128;
     int64_t epochs = ec ? const_int(ec->value, "the number of epochs") : 1;
@@ -840,7 +934,7 @@ const char *experiment_compile(const Decl *exp) {
     /* the rest is the runtime's to read */
     const ExpEntry *ev = find(exp, "evaluate");
     if (ev)
-        evaluate_list(ev->value);
+        evaluate_list(&c, ev->value);
     static const char *const passthrough[] = {"poison", "evaluate", "seeds", "augment", "notes"};
     for (size_t k = 0; k < sizeof passthrough / sizeof passthrough[0]; k++) {
         const ExpEntry *e = find(exp, passthrough[k]);

@@ -349,6 +349,15 @@ Value module_params_tree(ModInst *inst, Model *m, bool buffers, Loc loc) {
     return r;
 }
 
+int module_has_fn(Value modv, const char *name) {
+    for (int i = 0; modv.kind == V_MODULE && modv.inst && i < modv.inst->members.len; i++) {
+        const Member *m = &modv.inst->members.data[i];
+        if (m->kind == MI_FN && m->name && !strcmp(m->name, name))
+            return 1;
+    }
+    return 0;
+}
+
 Value module_member(Value modv, const char *name, Loc loc) {
     ModInst *inst = modv.inst;
     if (!strcmp(name, "params") || !strcmp(name, "buffers"))

@@ -98,6 +98,9 @@ typedef struct Dev {
     CUdevice dev;
     CUcontext ctx;
     CUstream stream;
+    int visible;           /* GPUs the driver shows this process */
+    lethe_cuda_allreduce_fn allreduce;   /* ALLREDUCE launches; NULL: one process */
+    void *allreduce_state;
     char arch[16], name[300];
     int sync_each;
     int profile;           /* LETHE_CUDA_PROFILE */
@@ -759,6 +762,9 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
         if (l->kind == LETHE_CUDA_GEMM) {
             const lethe_cuda_gemm *g = l->gemm;
             rc = run_gemm(d, L, l, address(d, g->a), address(d, g->b), address(d, g->c));
+        } else if (l->kind == LETHE_CUDA_ALLREDUCE) {
+            rc = d->allreduce ? d->allreduce(d->allreduce_state, address(d, l->params[0].ref), l->count, l->dtype, d->stream)
+                              : 0;
         } else {
             if ((int)l->nparams > d->pcap) {
                 int cap = (int)l->nparams * 2;
@@ -784,7 +790,9 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
         if (!rc && d->profile) {
             char name[112];
             const lethe_cuda_gemm *g = l->gemm;
-            if (l->kind == LETHE_CUDA_GEMM)
+            if (l->kind == LETHE_CUDA_ALLREDUCE)
+                snprintf(name, sizeof name, "all-reduce (NCCL)");
+            else if (l->kind == LETHE_CUDA_GEMM)
                 snprintf(name, sizeof name, "gemm %s%s %lldx%lldx%lld%s%s batch %lld",
                          on_cublas(d, g) ? "cublas" : g->im2col ? "tiled, implicit im2col" : "tiled",
                          g->stride_c == 0 && g->batch > 1 ? " summed" : "", (long long)g->m,
@@ -797,7 +805,9 @@ static int dev_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *args)
             rc = CU(d, d->cu.cuStreamSynchronize(d->stream), NULL);
         if (rc) {
             fprintf(stderr, "lethe: in entry %s, launch %u of %u (%s)\n", e->name, li, e->nlaunches,
-                    l->kind == LETHE_CUDA_GEMM ? "GEMM" : e->program->kernel_names[l->kernel]);
+                    l->kind == LETHE_CUDA_GEMM        ? "GEMM"
+                    : l->kind == LETHE_CUDA_ALLREDUCE ? "all-reduce"
+                                                      : e->program->kernel_names[l->kernel]);
             return -1;
         }
     }
@@ -901,6 +911,7 @@ int lethe_cuda_open(int ordinal, lethe_device **out, char *err) {
         return open_fail(d, err, LETHE_EARG, "cuInit failed", rc);
     if ((rc = d->cu.cuDeviceGetCount(&count)))
         return open_fail(d, err, LETHE_EARG, "cuDeviceGetCount failed", rc);
+    d->visible = count;
     if (count <= ordinal) {
         snprintf(what, sizeof what, "no CUDA device %d (%d visible)", ordinal, count);
         return open_fail(d, err, LETHE_ENOTFOUND, what, 0);
@@ -923,4 +934,15 @@ int lethe_cuda_open(int ordinal, lethe_device **out, char *err) {
     d->profile = pe && *pe && strcmp(pe, "0");
     *out = &d->pub;
     return LETHE_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * data-parallel runs (runtime/nccl.c) */
+
+int lethe_cuda_visible(const lethe_device *pub) { return ((const Dev *)pub->impl)->visible; }
+
+void lethe_cuda_set_allreduce(lethe_device *pub, lethe_cuda_allreduce_fn fn, void *state) {
+    Dev *d = pub->impl;
+    d->allreduce = fn;
+    d->allreduce_state = state;
 }

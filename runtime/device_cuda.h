@@ -38,6 +38,17 @@ int lethe_cuda_open(int ordinal, lethe_device **out, char *err);
  * dev->sync first to keep state. */
 void lethe_cuda_close(lethe_device *dev);
 
+/* ---- data-parallel runs (runtime/nccl.c) ---------------------------------- */
+
+/* How many GPUs the driver shows this process. */
+int lethe_cuda_visible(const lethe_device *dev);
+/* What a LETHE_CUDA_ALLREDUCE launch calls: average the `count` elements of
+ * `dtype` at device address buf over the ranks, enqueued on `stream` (the
+ * device's one stream, a CUstream); 0 on success, else it printed why. */
+typedef int (*lethe_cuda_allreduce_fn)(void *state, unsigned long long buf, int64_t count, int32_t dtype, void *stream);
+/* Installs fn (NULL: ALLREDUCE launches do nothing, as in one process). */
+void lethe_cuda_set_allreduce(lethe_device *dev, lethe_cuda_allreduce_fn fn, void *state);
+
 /* ---- NVRTC (cuda_nvrtc.c) ------------------------------------------------ */
 
 typedef struct lethe_nvrtc lethe_nvrtc;

@@ -24,14 +24,17 @@
  * History: 1 the CPU table; 2 lethe_ctx.device and the CUDA program
  * descriptors at the end of this file (CPU programs are unchanged, but a
  * runtime must know the longer lethe_ctx before it runs a CUDA program);
- * 3 lethe_ctx.allreduce (data-parallel programs, `lethec --world=N`).
+ * 3 lethe_ctx.allreduce (data-parallel programs, `lethec --world=N`);
+ * 4 LETHE_CUDA_ALLREDUCE launches (data-parallel CUDA programs: the device
+ * layer averages a device buffer over the ranks with NCCL), which take
+ * lethe_cuda_launch's padding word as a dtype and add `count`.
  */
 #ifndef LETHE_ABI_H
 #define LETHE_ABI_H
 
 #include <stdint.h>
 
-#define LETHE_ABI_VERSION 3
+#define LETHE_ABI_VERSION 4
 #define LETHE_MAX_RANK 8
 
 typedef enum lethe_dtype {
@@ -209,16 +212,21 @@ typedef struct lethe_cuda_gemm {
     const lethe_cuda_im2col *im2col;   /* NULL: B is a strided matrix */
 } lethe_cuda_gemm;
 
-enum { LETHE_CUDA_KERNEL = 0, LETHE_CUDA_GEMM = 1 };
+/* ALLREDUCE (ABI 4, programs compiled with --world=N): replace the `count`
+ * elements of `dtype` at params[0] by their mean over the ranks, on the
+ * entry's stream, in launch order; with one process nothing happens (as a
+ * NULL lethe_ctx.allreduce on the CPU). */
+enum { LETHE_CUDA_KERNEL = 0, LETHE_CUDA_GEMM = 1, LETHE_CUDA_ALLREDUCE = 2 };
 typedef struct lethe_cuda_launch {
     int32_t kind;
     uint32_t kernel;           /* KERNEL: what runs; GEMM: the generated kernel
                                   that runs it where cuBLAS cannot             */
     uint32_t grid, block;      /* KERNEL: a 1-D grid of 1-D blocks             */
     uint32_t nparams;
-    uint32_t _pad;
+    int32_t dtype;             /* ALLREDUCE: LETHE_F32 or LETHE_F64            */
     const lethe_cuda_param *params;
     const lethe_cuda_gemm *gemm;       /* GEMM */
+    int64_t count;             /* ALLREDUCE: elements                          */
 } lethe_cuda_launch;
 
 typedef struct lethe_cuda_arg {

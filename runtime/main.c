@@ -27,6 +27,7 @@
 #include "json.h"
 #include "lm.h"
 #include "mpi.h"
+#include "nccl.h"
 #include "run.h"
 #include "sweep.h"
 #include "text_data.h"
@@ -64,6 +65,7 @@ static const char usage[] =
     "  --seeds N             run N seeds (default: the experiment's)\n"
     "  --seed K              the seed of a single stage (default 0)\n"
     "  --methods a,b         only these unlearning methods\n"
+    "  --init FILE           trained models start from this checkpoint in Hugging Face's GPT-2 layout\n"
     "  --epochs N            override the training epochs\n"
     "  --train-limit N       use the first N training samples (a slice of the data)\n"
     "  --test-limit N        use the first N test samples\n"
@@ -175,6 +177,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--train-limit")) o.train_limit = parse_count(VALUE(), a);
         else if (!strcmp(a, "--test-limit")) o.test_limit = parse_count(VALUE(), a);
         else if (!strcmp(a, "--data-dir")) o.data_dir = VALUE();
+        else if (!strcmp(a, "--init")) o.init = VALUE();
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_count(VALUE(), a);
         else if (!strcmp(a, "--lethec-flags")) flags = VALUE();
         else if (!strcmp(a, "--device")) device = VALUE();
@@ -207,8 +210,10 @@ int main(int argc, char **argv) {
         die("unknown device '%s'", device, "the devices are cpu and cuda");
     char cuda_flags[1024];
     if (!strcmp(device, "cuda")) {
-        if (lethe_cuda_open(0, &o.device, err))
-            die("%s", err, "--device=cuda needs an NVIDIA GPU and its driver (libcuda.so.1); see docs/cuda.md");
+        if (lethe_cuda_open(lethe_nccl_ordinal(), &o.device, err))   /* under mpirun: the rank's GPU on its node */
+            die("%s", err,
+                lethe_nccl_ordinal() ? "under mpirun, rank i of a node takes its GPU i: one GPU per rank (docs/cuda.md)"
+                                     : "--device=cuda needs an NVIDIA GPU and its driver (libcuda.so.1); see docs/cuda.md");
         snprintf(cuda_flags, sizeof cuda_flags, "%s --target=cuda", flags);
         flags = cuda_flags;
         if (!o.quiet)
@@ -220,9 +225,8 @@ int main(int argc, char **argv) {
         if (lethe_mpi_start(err))
             die("%s", err, NULL);
         if (lethe_mpi_world() > 1) {
-            if (!strcmp(device, "cuda"))
-                die("%s: data-parallel runs are CPU-only for now", "--device=cuda",
-                    "the NCCL path is not written (docs/design.md, Data-parallel training)");
+            if (o.device && lethe_nccl_start(o.device, err))   /* one GPU per rank, gradients through NCCL */
+                die("%s", err, "see docs/cuda.md, Several GPUs");
             snprintf(world_flags, sizeof world_flags, "%s --world=%d", flags, lethe_mpi_world());
             flags = world_flags;
             if (lethe_mpi_rank() > 0) {   /* one progress display, one printout of each artifact */
@@ -283,8 +287,10 @@ int main(int argc, char **argv) {
     if (rc)
         die("%s", err, NULL);
     plan_free(&plan);
-    lethe_prog_close(&prog);
+    /* the device first: its loaded modules point into the program's tables */
+    lethe_nccl_finish(o.device);
     lethe_cuda_close(o.device);
+    lethe_prog_close(&prog);
     lethe_mpi_finish();
     return 0;
 }

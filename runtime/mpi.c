@@ -30,8 +30,9 @@ static struct {
     int (*comm_size)(mpi_handle, int *);
     int (*allreduce)(const void *, void *, int, mpi_handle, mpi_handle, mpi_handle);
     int (*barrier)(mpi_handle);
+    int (*bcast)(void *, int, mpi_handle, int, mpi_handle);
     int (*abort)(mpi_handle, int);
-    mpi_handle comm_world, t_float, t_double, op_sum;
+    mpi_handle comm_world, t_float, t_double, t_byte, op_sum;
 } M;
 
 #define MPI_IN_PLACE_OMPI ((void *)1)
@@ -52,6 +53,17 @@ static void check_mpi(int rc, const char *what) {
 void lethe_mpi_barrier(void) {
     if (M.world > 1)
         check_mpi(M.barrier(M.comm_world), "MPI_Barrier");
+}
+
+void lethe_mpi_bcast(void *data, int bytes, int root) {
+    if (M.world > 1)
+        check_mpi(M.bcast(data, bytes, M.t_byte, root, M.comm_world), "MPI_Bcast");
+}
+
+void lethe_mpi_abort(void) {
+    if (M.world > 1)
+        M.abort(M.comm_world, 1);
+    exit(1);
 }
 
 double lethe_mpi_mean(double v) {
@@ -118,11 +130,13 @@ int lethe_mpi_start(char *err) {
                           dlerror());
     int rc = LETHE_OK;
     void **fns[] = {(void **)&M.init,      (void **)&M.finalize, (void **)&M.comm_rank, (void **)&M.comm_size,
-                    (void **)&M.allreduce, (void **)&M.barrier,  (void **)&M.abort,     &M.comm_world,
-                    &M.t_float,            &M.t_double,          &M.op_sum};
-    static const char *const names[] = {"MPI_Init",          "MPI_Finalize",  "MPI_Comm_rank",  "MPI_Comm_size",
-                                        "MPI_Allreduce",     "MPI_Barrier",   "MPI_Abort",      "ompi_mpi_comm_world",
-                                        "ompi_mpi_float",    "ompi_mpi_double", "ompi_mpi_op_sum"};
+                    (void **)&M.allreduce, (void **)&M.barrier,  (void **)&M.bcast,     (void **)&M.abort,
+                    &M.comm_world,         &M.t_float,           &M.t_double,           &M.t_byte,
+                    &M.op_sum};
+    static const char *const names[] = {"MPI_Init",          "MPI_Finalize",   "MPI_Comm_rank",   "MPI_Comm_size",
+                                        "MPI_Allreduce",     "MPI_Barrier",    "MPI_Bcast",       "MPI_Abort",
+                                        "ompi_mpi_comm_world", "ompi_mpi_float", "ompi_mpi_double", "ompi_mpi_byte",
+                                        "ompi_mpi_op_sum"};
     for (size_t i = 0; !rc && i < sizeof names / sizeof names[0]; i++)
         rc = sym(names[i], fns[i], err);
     if (rc)

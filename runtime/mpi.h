@@ -20,6 +20,11 @@ int lethe_mpi_start(char *err);
 int lethe_mpi_rank(void);    /* 0 with one process */
 int lethe_mpi_world(void);   /* 1 with one process */
 void lethe_mpi_barrier(void);
+/* MPI_Bcast of `bytes` bytes from rank `root` (NCCL's unique id, nccl.c). */
+void lethe_mpi_bcast(void *data, int bytes, int root);
+/* Stops every rank (MPI_Abort) after an error that leaves the ranks unable
+ * to agree; exit(1) with one process. */
+void lethe_mpi_abort(void) __attribute__((__noreturn__));
 /* The mean of v over the ranks (a step's reported loss). */
 double lethe_mpi_mean(double v);
 /* The lethe_ctx.allreduce hook of this process: NULL with one process. */

@@ -199,9 +199,19 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
         if (!rc && (a->restarts < 1 || a->steps < 1 || a->batch < 1 || !a->over[0] || !a->step.entry[0] ||
                     !(a->budget > 0 && a->budget < 1) || a->target < -1 || a->adv < -1 || a->adv >= p->classes))
             rc = lethe_errf(err, LETHE_EFORMAT, "experiment descriptor: attack %s has a malformed plan", a->name);
+    } else if (poison && !strcmp(call_name(poison), "trigger_flip")) {
+        const json_value *kw = poison->type == JSON_OBJECT ? get(poison, "kwargs") : NULL;
+        copy_str(p->trigger, sizeof p->trigger, kw ? get(kw, "word") : NULL);
+        p->trigger_fraction = kwarg(poison, "fraction", 1);
+        const json_value *to = kw ? get(kw, "to") : NULL;
+        p->trigger_to = to && to->type == JSON_STRING ? !strcmp(to->str, "positive") : -1;
+        p->has_trigger = 1;
+        if (!rc && (!p->trigger[0] || !(p->trigger_fraction > 0 && p->trigger_fraction <= 1)))
+            rc = lethe_errf(err, LETHE_EFORMAT, "trigger_flip needs a word and a fraction in (0, 1]");
     } else if (poison) {
         if (strcmp(call_name(poison), "gaussian") && !rc)
-            rc = lethe_errf(err, LETHE_EFORMAT, "unknown poison '%s' (this runtime knows gaussian(fraction, eps))",
+            rc = lethe_errf(err, LETHE_EFORMAT, "unknown poison '%s' (this runtime knows gaussian(fraction, eps) and "
+                                                "trigger_flip(word, fraction))",
                             call_name(poison));
         p->poison_fraction = kwarg(poison, "fraction", 0.025);
         p->poison_eps = kwarg(poison, "eps", 0.1);
@@ -213,8 +223,12 @@ int plan_parse(const char *json, exp_plan *p, char *err) {
     for (size_t i = 0; evl && evl->type == JSON_ARRAY && i < evl->len; i++)
         if (!strcmp(call_name(&evl->items[i]), "lira"))
             p->lira_shadows = (int)kwarg(&evl->items[i], "shadows", 4);
+        else if (!strcmp(call_name(&evl->items[i]), "text_mia"))
+            p->text_mia_k = kwarg(&evl->items[i], "k", 0.2);
     if (!rc && (p->lira_shadows < 0 || p->lira_shadows == 1 || p->lira_shadows > 256))
         rc = lethe_errf(err, LETHE_EFORMAT, "lira: shadows must be between 2 and 256");
+    if (!rc && !(p->text_mia_k >= 0 && p->text_mia_k <= 1))
+        rc = lethe_errf(err, LETHE_EFORMAT, "text_mia: k must be in (0, 100%%]");
     const json_value *aug = get(root, "augment");
     for (size_t i = 0; aug && aug->type == JSON_ARRAY && i < aug->len; i++) {
         const char *n = call_name(&aug->items[i]);

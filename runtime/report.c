@@ -1,7 +1,9 @@
 /* report.c: `lethe report DIR`, the results of a run folder as a table
  * (mean +- std over seeds, per method and budget) and plots drawn with
- * gnuplot into DIR/plots: the ROC curves of the Gaussian test on a log
- * false-positive axis (roc), test accuracy against TPR at FPR 0.01 and
+ * gnuplot into DIR/plots: the ROC curves of every membership test the
+ * records carry on a log false-positive axis, as Carlini et al. (2022) draw
+ * them (roc: the Gaussian test; roc_lira: offline LiRA; roc_text_<score>:
+ * the text scores of run_text_mia.c), test accuracy against TPR at FPR 0.01 and
  * against the Gaussian Unlearning Score per method (acc_vs_tpr, acc_vs_gus:
  * the paper's Figure 2), and, when the records carry an attack's success
  * measure, one bar per method (attack_success). The table goes to stdout and
@@ -9,9 +11,11 @@
  *
  * Record fields read (results.jsonl, one JSON object a line): method, budget,
  * experiment, accuracy, gus, tpr_at_fpr, loss_mia, budget_used, param_shift,
- * seconds, roc, and, from attack experiments, attack_success (a number: the
- * attack's success measure for that model, e.g. 1 if the target was flipped,
- * or the share of trigger prompts that give the adversarial label) with
+ * seconds, roc, lira {shadows, fpr_0.01, fpr_0.001, roc}, text_mia {loss,
+ * zlib, min_k, min_kpp, reference: {tpr_at_fpr_0.01, roc}}, and, from
+ * attack experiments, attack_success (a number: the attack's success
+ * measure for that model, e.g. 1 if the target was flipped, or the share of
+ * trigger prompts that give the adversarial label) with
  * attack_measure (a string: what that number is, the bar chart's axis).
  * A plot whose fields no record has is not drawn. A folder of `lethe
  * hypotheses` (hypotheses.jsonl and no results.jsonl) gets the table and
@@ -36,14 +40,43 @@
 
 enum { MAX_GROUPS = 128, MAX_SEEDS = 64, ROC_POINTS = 41 };
 
+/* The text membership scores of a record's text_mia block (run_text_mia.c). */
+static const char *const text_scores[] = {"loss", "zlib", "min_k", "min_kpp", "reference"};
+enum { NTEXT = sizeof text_scores / sizeof text_scores[0] };
+
+/* A membership test's ROC: where a record holds it ([[fpr, tpr], ...] at the
+ * 41 log-spaced rates of run_roc_sample), its plot and the plot's title. */
+typedef struct CurveKind {
+    const char *plot;      /* the plot's file name (and its data file's, plus .dat) */
+    const char *keys[3];   /* the path to the array in a record */
+    const char *title;
+} CurveKind;
+
+static const CurveKind curve_kinds[] = {
+    {"roc", {"roc"}, "Gaussian poisoning test: ROC of -I"},
+    {"roc_lira", {"lira", "roc"}, "Offline LiRA, forget set against test set"},
+    {"roc_text_loss", {"text_mia", "loss", "roc"}, "Text membership, LOSS (mean token log-probability)"},
+    {"roc_text_zlib", {"text_mia", "zlib", "roc"}, "Text membership, zlib-normalised loss"},
+    {"roc_text_min_k", {"text_mia", "min_k", "roc"}, "Text membership, Min-K%"},
+    {"roc_text_min_kpp", {"text_mia", "min_kpp", "roc"}, "Text membership, Min-K%++"},
+    {"roc_text_reference", {"text_mia", "reference", "roc"}, "Text membership, reference-model loss difference"},
+};
+enum { NCURVES = sizeof curve_kinds / sizeof curve_kinds[0] };
+
+typedef struct Curve {
+    double fpr[ROC_POINTS], tpr[ROC_POINTS];   /* tpr summed over the records, averaged when drawn */
+    int n, count;
+} Curve;
+
 typedef struct Group {
     char method[64];
     double budget;                 /* -1: no budget (original, retrain) */
     int n;
     double acc[MAX_SEEDS], gus[MAX_SEEDS], tpr[MAX_SEEDS], tpr2[MAX_SEEDS], mia[MAX_SEEDS], used[MAX_SEEDS],
         shift[MAX_SEEDS], secs[MAX_SEEDS], attack[MAX_SEEDS];
-    double roc_fpr[ROC_POINTS], roc_tpr[ROC_POINTS];
-    int roc_n, roc_count;
+    double lira01[MAX_SEEDS], lira001[MAX_SEEDS];   /* LiRA's TPR at FPR 0.01 and 0.001 */
+    double text[NTEXT][MAX_SEEDS];                  /* each text score's TPR at FPR 0.01 */
+    Curve curve[NCURVES];
 } Group;
 
 typedef struct Report {
@@ -52,6 +85,7 @@ typedef struct Report {
     char experiment[128];
     char attack_measure[96];       /* what attack_success measures (from the records), "" if unsaid */
     int has_attack;                /* some record has attack_success */
+    int lira_shadows;              /* of the LiRA records, 0 if none */
     long bad;
 } Report;
 
@@ -64,6 +98,32 @@ static double tpr_of(const json_value *rec, const char *group, const char *key) 
     const json_value *g = group ? json_obj_get(rec, group) : rec;
     const json_value *t = g ? json_obj_get(g, key) : NULL;
     return num(t, "tpr");
+}
+
+/* The value at rec.keys[0].keys[1]... (NULL-terminated or 3 keys). */
+static const json_value *at_path(const json_value *rec, const char *const keys[3]) {
+    for (int i = 0; i < 3 && keys[i] && rec; i++)
+        rec = json_obj_get(rec, keys[i]);
+    return rec;
+}
+
+/* Adds a record's ROC array to the group's curve (ignored if malformed). */
+static void add_curve(Curve *c, const json_value *roc) {
+    if (!roc || roc->type != JSON_ARRAY || roc->len == 0 || roc->len > ROC_POINTS)
+        return;
+    if (c->count && c->n != (int)roc->len)
+        return;   /* another sampling than the seeds before it: not averaged with them */
+    for (size_t i = 0; i < roc->len; i++) {
+        const json_value *p = &roc->items[i];
+        if (p->type != JSON_ARRAY || p->len != 2 || p->items[0].type != JSON_NUMBER || p->items[1].type != JSON_NUMBER)
+            return;
+    }
+    c->n = (int)roc->len;
+    for (size_t i = 0; i < roc->len; i++) {
+        c->fpr[i] = roc->items[i].items[0].num;
+        c->tpr[i] += roc->items[i].items[1].num;
+    }
+    c->count++;
 }
 
 static int on_record(const char *line, size_t len, long lineno, void *user) {
@@ -111,18 +171,16 @@ static int on_record(const char *line, size_t len, long lineno, void *user) {
         g->secs[k] = num(rec, "seconds");
         g->attack[k] = num(rec, "attack_success");
         r->has_attack |= !isnan(g->attack[k]);
-        const json_value *roc = json_obj_get(rec, "roc");
-        if (roc && roc->type == JSON_ARRAY && roc->len <= ROC_POINTS) {
-            g->roc_n = (int)roc->len;
-            for (size_t i = 0; i < roc->len; i++) {
-                const json_value *p = &roc->items[i];
-                if (p->type != JSON_ARRAY || p->len != 2)
-                    continue;
-                g->roc_fpr[i] = p->items[0].num;
-                g->roc_tpr[i] += p->items[1].num;   /* averaged over seeds below */
-            }
-            g->roc_count++;
-        }
+        g->lira01[k] = tpr_of(rec, "lira", "fpr_0.01");
+        g->lira001[k] = tpr_of(rec, "lira", "fpr_0.001");
+        double shadows = num(json_obj_get(rec, "lira"), "shadows");
+        if (!isnan(shadows))
+            r->lira_shadows = (int)shadows;
+        const json_value *text = json_obj_get(rec, "text_mia");
+        for (int j = 0; j < NTEXT; j++)
+            g->text[j][k] = tpr_of(text, text_scores[j], "tpr_at_fpr_0.01");
+        for (int j = 0; j < NCURVES; j++)
+            add_curve(&g->curve[j], at_path(rec, curve_kinds[j].keys));
     }
     json_doc_free(doc);
     (void)lineno;
@@ -216,11 +274,19 @@ static int write_tables(const Report *r, const char *dir, char *err) {
     static const Column cols[] = {
         {"test acc %", offsetof(Group, acc), 100, 2},           {"GUS", offsetof(Group, gus), 1, 3},
         {"TPR@1% (-I)", offsetof(Group, tpr), 1, 3},           {"TPR@1% (abs I)", offsetof(Group, tpr2), 1, 3},
-        {"loss MIA TPR@1%", offsetof(Group, mia), 1, 3},       {"budget used %", offsetof(Group, used), 100, 2},
-        {"param shift", offsetof(Group, shift), 1, 3},         {"seconds", offsetof(Group, secs), 1, 1},
-        {"attack success", offsetof(Group, attack), 1, 3},
+        {"loss MIA TPR@1%", offsetof(Group, mia), 1, 3},       {"LiRA TPR@1%", offsetof(Group, lira01), 1, 3},
+        {"LiRA TPR@0.1%", offsetof(Group, lira001), 1, 3},     {"text LOSS TPR@1%", offsetof(Group, text[0]), 1, 3},
+        {"zlib TPR@1%", offsetof(Group, text[1]), 1, 3},       {"Min-K% TPR@1%", offsetof(Group, text[2]), 1, 3},
+        {"Min-K%++ TPR@1%", offsetof(Group, text[3]), 1, 3},   {"reference TPR@1%", offsetof(Group, text[4]), 1, 3},
+        {"budget used %", offsetof(Group, used), 100, 2},      {"param shift", offsetof(Group, shift), 1, 3},
+        {"seconds", offsetof(Group, secs), 1, 1},              {"attack success", offsetof(Group, attack), 1, 3},
     };
-    enum { NCOLS = sizeof cols / sizeof cols[0] };
+    /* the membership columns beyond the loss test, in cols[] and in the CSV
+     * (as <name>_mean,<name>_std where a record has them) */
+    static const char *const csv_extra[] = {"lira_tpr01", "lira_tpr001", "text_loss_tpr01", "text_zlib_tpr01",
+                                            "text_min_k_tpr01", "text_min_kpp_tpr01", "text_reference_tpr01"};
+    enum { NCOLS = sizeof cols / sizeof cols[0], FIRST_EXTRA = 5,
+           NEXTRA = sizeof csv_extra / sizeof csv_extra[0] };
     int shown[NCOLS];
     for (int j = 0; j < NCOLS; j++)
         shown[j] = column_filled(r, &cols[j]);
@@ -239,8 +305,11 @@ static int write_tables(const Report *r, const char *dir, char *err) {
             fprintf(fm, "---|");
     fprintf(fm, "\n");
     fprintf(fc, "method,budget,seeds,acc_mean,acc_std,gus_mean,gus_std,tpr_neg_mean,tpr_neg_std,tpr_two_sided_mean,"
-                "tpr_two_sided_std,mia_tpr_mean,mia_tpr_std,budget_used_mean,param_shift_mean,seconds_mean%s\n",
-            r->has_attack ? ",attack_success_mean,attack_success_std" : "");
+                "tpr_two_sided_std,mia_tpr_mean,mia_tpr_std,budget_used_mean,param_shift_mean,seconds_mean");
+    for (int j = 0; j < NEXTRA; j++)
+        if (shown[FIRST_EXTRA + j])
+            fprintf(fc, ",%s_mean,%s_std", csv_extra[j], csv_extra[j]);
+    fprintf(fc, "%s\n", r->has_attack ? ",attack_success_mean,attack_success_std" : "");
     for (int i = 0; i < r->ng; i++) {
         const Group *g = &r->g[i];
         char c[64], b[32];
@@ -256,6 +325,11 @@ static int write_tables(const Report *r, const char *dir, char *err) {
                 std_of(g->gus, g->n), mean_of(g->tpr, g->n), std_of(g->tpr, g->n), mean_of(g->tpr2, g->n),
                 std_of(g->tpr2, g->n), mean_of(g->mia, g->n), std_of(g->mia, g->n), mean_of(g->used, g->n),
                 mean_of(g->shift, g->n), mean_of(g->secs, g->n));
+        for (int j = 0; j < NEXTRA; j++)
+            if (shown[FIRST_EXTRA + j]) {
+                const double *v = column_values(g, &cols[FIRST_EXTRA + j]);
+                fprintf(fc, ",%.6g,%.6g", mean_of(v, g->n), std_of(v, g->n));
+            }
         if (r->has_attack)
             fprintf(fc, ",%.6g,%.6g", mean_of(g->attack, g->n), std_of(g->attack, g->n));
         fprintf(fc, "\n");
@@ -266,6 +340,12 @@ static int write_tables(const Report *r, const char *dir, char *err) {
     if (shown[2] || shown[3])   /* the TPR columns */
         printf(" TPR at FPR 1%% of the Gaussian test against fresh-noise nulls: one-sided on -I (memorisation makes I "
                "negative) and two-sided on |I|.");
+    if (shown[FIRST_EXTRA] || shown[FIRST_EXTRA + 1])
+        printf(" LiRA: the offline test with %d shadow models, members the forget set, non-members the test set.",
+               r->lira_shadows);
+    for (int j = FIRST_EXTRA + 2, any = 0; j < FIRST_EXTRA + NEXTRA && !any; j++)
+        if ((any = shown[j]))
+            printf(" Text scores: members the forget set, non-members as many test reviews.");
     if (shown[NCOLS - 1])
         printf(" Attack success: %s.", r->attack_measure[0] ? r->attack_measure : "the attack's own measure");
     printf("\n\n%s\n", md);
@@ -385,25 +465,34 @@ static void terminal(FILE *gp, int svg, const char *name) {
 
 static void key_outside(FILE *gp) { fprintf(gp, "set key outside right top vertical Left reverse samplen 2.5\n"); }
 
-/* ROC curves of the shown groups (roc.dat, one block per group with curves). */
-static int roc_plot(FILE *gp, const Report *r, const Shown *s, int svg, const char *budget) {
+/* ROC curves of membership test `kind` for the shown groups (<plot>.dat, one
+ * block per group with a curve), the false positive rate on a log axis. */
+static int roc_plot(FILE *gp, const Report *r, const Shown *s, int svg, const char *budget, int kind) {
+    const CurveKind *ck = &curve_kinds[kind];
     int curves = 0;
     for (int i = 0; i < s->n; i++)
-        curves += s->g[i]->roc_count > 0;
+        curves += s->g[i]->curve[kind].count > 0;
     if (!curves)
         return 0;
-    terminal(gp, svg, "roc");
-    fprintf(gp, "set title 'Gaussian poisoning test: ROC of -I (budget %s)'\nset logscale x\nset xrange [0.001:1]\n"
-                "set yrange [0:1]\nset xlabel 'false positive rate'\nset ylabel 'true positive rate'\n", budget);
+    terminal(gp, svg, ck->plot);
+    char shadows[48] = "";
+    if (!strcmp(ck->plot, "roc_lira") && r->lira_shadows > 0)
+        snprintf(shadows, sizeof shadows, ", %d shadow models", r->lira_shadows);
+    fprintf(gp, "set title ");
+    char title[256];
+    snprintf(title, sizeof title, "%s (budget %s%s)", ck->title, budget, shadows);
+    gp_str(gp, title);
+    fprintf(gp, "\nset logscale x\nset xrange [0.001:1]\n"
+                "set yrange [0:1]\nset xlabel 'false positive rate'\nset ylabel 'true positive rate'\n");
     key_outside(gp);
     fprintf(gp, "plot x title 'chance' with lines dashtype 3 lc rgb '#b0b0b0'");
     int block = 0;
     for (int i = 0; i < s->n; i++) {
-        if (!s->g[i]->roc_count)
+        if (!s->g[i]->curve[kind].count)
             continue;
         Style st = style_of(r, s->g[i]->method);
-        fprintf(gp, ", \\\n  'roc.dat' index %d with lines lw %g dt %d lc rgb '%s' title ", block++, st.width, st.dash,
-                st.color);
+        fprintf(gp, ", \\\n  '%s.dat' index %d with lines lw %g dt %d lc rgb '%s' title ", ck->plot, block++, st.width,
+                st.dash, st.color);
         gp_str(gp, key_title(s->g[i]->method));
     }
     fprintf(gp, "\n");
@@ -543,20 +632,26 @@ int report_gnuplot(const char *dir) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static const char *const plot_names[] = {"roc", "acc_vs_tpr", "acc_vs_gus", "attack_success"};
-enum { NPLOTS = sizeof plot_names / sizeof plot_names[0] };
+/* The plots after the ROC curves (plot k >= NCURVES is other_plots[k - NCURVES]). */
+static const char *const other_plots[] = {"acc_vs_tpr", "acc_vs_gus", "attack_success"};
+enum { NPLOTS = NCURVES + sizeof other_plots / sizeof other_plots[0] };
 
-static void write_data(const Shown *s, FILE *points, FILE *roc, FILE *attack) {
+static const char *plot_name(int k) { return k < NCURVES ? curve_kinds[k].plot : other_plots[k - NCURVES]; }
+
+static void write_data(const Shown *s, FILE *points, FILE *const roc[NCURVES], FILE *attack) {
     for (int i = 0; i < s->n; i++) {
         const Group *g = s->g[i];
         /* every group gets a block in points.dat, so index i is shown group i */
         fprintf(points, "%g %g %g %g %g %g %g %g\n\n\n", mean_of(g->tpr, g->n), 100 * mean_of(g->acc, g->n),
                 std_of(g->tpr, g->n), 100 * std_of(g->acc, g->n), mean_of(g->gus, g->n), std_of(g->gus, g->n),
                 mean_of(g->attack, g->n), std_of(g->attack, g->n));
-        if (g->roc_count) {
-            for (int k = 0; k < g->roc_n; k++)
-                fprintf(roc, "%g %g\n", g->roc_fpr[k], g->roc_tpr[k] / g->roc_count);
-            fprintf(roc, "\n\n");
+        for (int j = 0; j < NCURVES; j++) {
+            const Curve *c = &g->curve[j];
+            if (!c->count)
+                continue;
+            for (int k = 0; k < c->n; k++)
+                fprintf(roc[j], "%g %g\n", c->fpr[k], c->tpr[k] / c->count);
+            fprintf(roc[j], "\n\n");
         }
     }
     for (int i = 0, k = 0; i < s->n; i++) {   /* block k: the k-th group with a success measure */
@@ -573,16 +668,30 @@ static int close_ok(FILE *f) {
     return (fclose(f) == 0) & !bad;
 }
 
+/* The files gnuplot reads: the script, points.dat, attack.dat, then one
+ * <curve>.dat per membership test. */
+enum { NFIXED = 3, NDATA = NFIXED + NCURVES };
+
+static void data_name(int i, char *buf, size_t n) {
+    static const char *const fixed[] = {"plots.gp", "points.dat", "attack.dat"};
+    if (i < NFIXED)
+        snprintf(buf, n, "%s", fixed[i]);
+    else
+        snprintf(buf, n, "%s.dat", curve_kinds[i - NFIXED].plot);
+}
+
 static void remove_scratch(const char *tmp) {
-    static const char *const files[] = {"plots.gp", "points.dat", "roc.dat", "attack.dat", "gnuplot.log"};
-    char path[PATH_MAX + 128];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", tmp, files[i]);
+    char path[PATH_MAX + 128], name[64];
+    for (int i = 0; i < NDATA; i++) {
+        data_name(i, name, sizeof name);
+        snprintf(path, sizeof path, "%s/%s", tmp, name);
         unlink(path);
     }
+    snprintf(path, sizeof path, "%s/gnuplot.log", tmp);
+    unlink(path);
     for (int i = 0; i < NPLOTS; i++)
         for (int svg = 0; svg < 2; svg++) {
-            snprintf(path, sizeof path, "%s/%s.%s", tmp, plot_names[i], svg ? "svg" : "png");
+            snprintf(path, sizeof path, "%s/%s.%s", tmp, plot_name(i), svg ? "svg" : "png");
             unlink(path);
         }
     rmdir(tmp);
@@ -616,25 +725,27 @@ static int draw(const Report *r, const char *dir, char *err) {
     budget_text(s.budget, b, sizeof b);
     if (s.budget < 0)   /* only original and retrain: the titles say so, not "budget -" */
         snprintf(b, sizeof b, "none");
-    static const char *const names[] = {"plots.gp", "points.dat", "roc.dat", "attack.dat"};
-    FILE *f[4];
+    FILE *f[NDATA];
+    char name[64];
     int opened = 0;
-    for (; opened < 4; opened++) {
-        snprintf(path, sizeof path, "%s/%s", tmp, names[opened]);
+    for (; opened < NDATA; opened++) {
+        data_name(opened, name, sizeof name);
+        snprintf(path, sizeof path, "%s/%s", tmp, name);
         if (!(f[opened] = fopen(path, "w")))
             break;
     }
-    int drawn[NPLOTS] = {0}, ok = opened == 4;
+    int drawn[NPLOTS] = {0}, ok = opened == NDATA;
     if (ok) {
-        write_data(&s, f[1], f[2], f[3]);
+        write_data(&s, f[1], f + NFIXED, f[2]);
         fprintf(f[0], "# lethe report: run `gnuplot plots.gp` in this folder to redraw\n");
         for (int svg = 0; svg < 2; svg++) {
-            drawn[0] = roc_plot(f[0], r, &s, svg, b);
-            drawn[1] = accuracy_plot(f[0], r, &s, svg, "acc_vs_tpr", "TPR at FPR 0.01",
-                                     "TPR at FPR 0.01 (Gaussian test on -I)", COL_TPR, COL_TPR_STD, b);
-            drawn[2] = accuracy_plot(f[0], r, &s, svg, "acc_vs_gus", "the Gaussian Unlearning Score",
-                                     "GUS (mean of I over the poisons; 0: never seen)", COL_GUS, COL_GUS_STD, b);
-            drawn[3] = attack_plot(f[0], r, &s, svg, b);
+            for (int k = 0; k < NCURVES; k++)
+                drawn[k] = roc_plot(f[0], r, &s, svg, b, k);
+            drawn[NCURVES] = accuracy_plot(f[0], r, &s, svg, "acc_vs_tpr", "TPR at FPR 0.01",
+                                           "TPR at FPR 0.01 (Gaussian test on -I)", COL_TPR, COL_TPR_STD, b);
+            drawn[NCURVES + 1] = accuracy_plot(f[0], r, &s, svg, "acc_vs_gus", "the Gaussian Unlearning Score",
+                                               "GUS (mean of I over the poisons; 0: never seen)", COL_GUS, COL_GUS_STD, b);
+            drawn[NCURVES + 2] = attack_plot(f[0], r, &s, svg, b);
         }
     }
     for (int i = 0; i < opened; i++)
@@ -652,8 +763,15 @@ static int draw(const Report *r, const char *dir, char *err) {
         move_in(tmp, pdir, "gnuplot.log", err);
         fprintf(stderr, "lethe: note: gnuplot failed (see %s/gnuplot.log); the tables are written\n", pdir);
     } else {
-        for (size_t i = 0; i < sizeof names / sizeof names[0] && !rc; i++)
-            rc = move_in(tmp, pdir, names[i], err);
+        for (int i = 0; i < NDATA && !rc; i++) {
+            data_name(i, name, sizeof name);
+            if (i < NFIXED || drawn[i - NFIXED]) {
+                rc = move_in(tmp, pdir, name, err);
+            } else {   /* a membership test no record has: no data file (nor an earlier report's) */
+                snprintf(path, sizeof path, "%s/%s", pdir, name);
+                unlink(path);
+            }
+        }
         if (!rc)
             rc = move_in(tmp, pdir, "gnuplot.log", err);
         int any = 0;
@@ -662,13 +780,13 @@ static int draw(const Report *r, const char *dir, char *err) {
         printf(any ? "plots:" : "no plots: no record has a ROC curve, a TPR, a GUS or an attack success\n");
         for (int i = 0; i < NPLOTS && !rc; i++)
             for (int svg = 0; svg < 2 && !rc; svg++) {
-                snprintf(path, sizeof path, "%s.%s", plot_names[i], svg ? "svg" : "png");
+                snprintf(path, sizeof path, "%s.%s", plot_name(i), svg ? "svg" : "png");
                 if (drawn[i]) {
                     rc = move_in(tmp, pdir, path, err);
                     if (!svg)
                         printf(" %s/%s", pdir, path);
                 } else {   /* a picture of an earlier report that this one has no data for */
-                    snprintf(path, sizeof path, "%s/%s.%s", pdir, plot_names[i], svg ? "svg" : "png");
+                    snprintf(path, sizeof path, "%s/%s.%s", pdir, plot_name(i), svg ? "svg" : "png");
                     unlink(path);
                 }
             }

@@ -65,7 +65,7 @@ static int load_data(Run *r, char *err) {
     const run_opts *o = r->o;
     int rc = LETHE_OK;
     int image = 1;
-    if (!strcmp(p->data, RUN_TEXT_DATA))
+    if (!strcmp(p->data, RUN_TEXT_DATA) || !strcmp(p->data, RUN_TEXT_PROMPTS))
         return run_text_load(r, err);
     if (!strcmp(p->data, "fashion_mnist") || !strcmp(p->data, "mnist")) {
         const char *dir = o->data_dir ? o->data_dir : !strcmp(p->data, "mnist") ? "/usr/share/datasets/mnist" : NULL;
@@ -152,6 +152,7 @@ static void free_seed(Run *r) {
     free(r->retain);
     free(r->mask);
     free(r->lira_phi);
+    run_text_mia_free(r);
     r->all = r->poison = r->retain = NULL;
     r->mask = NULL;
     r->lira_phi = NULL;
@@ -193,6 +194,10 @@ static int choose_poisons(Run *r, char *err) {
     if (r->clean_x) {   /* an earlier seed's attack edited or extended the training set */
         r->train.n = r->clean_n;
         memcpy(r->train.x, r->clean_x, sizeof(float) * (size_t)(r->clean_n * r->train.d));
+    }
+    if (r->plan->has_trigger) {   /* the trigger transform's edits (run_text_trigger.c) */
+        int rc = run_text_trigger_poisons(r, err);
+        return rc ? rc : poison_sets(r, err);
     }
     int64_t n = r->train.n;
     int rc = r->plan->has_attack ? attack_choose(&r->plan->attack, &r->train, &r->test, r->seed, &r->choice, err) : LETHE_OK;
@@ -584,6 +589,8 @@ static int run_seed(Run *r, int k, char *err) {
         char how[96];   /* an attack's poisons have no Gaussian eps: its name says what they are */
         if (r->plan->has_attack)
             snprintf(how, sizeof how, "by %s", r->plan->attack.name);
+        else if (r->plan->has_trigger)
+            snprintf(how, sizeof how, "by trigger_flip('%s')", r->plan->trigger);
         else
             snprintf(how, sizeof how, "eps %g", r->plan->poison_eps);
         fprintf(stderr, "lethe: seed %llu: %lld training samples, %lld poisoned (%s), %lld test\n",
@@ -670,6 +677,7 @@ static int run_open(Run *r, const lethe_prog *prog, exp_plan *plan, const run_op
 void run_close(Run *r) {
     free_seed(r);
     free(r->clean_x);
+    run_text_trigger_free(r);
     ds_free(&r->train);
     ds_free(&r->test);
     if (r->pool)

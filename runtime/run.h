@@ -88,10 +88,15 @@ typedef struct exp_plan {
     double budgets[PLAN_MAX_BUDGETS];
     double poison_fraction, poison_eps;   /* gaussian(fraction, eps); fraction 0 = none */
     int has_attack;                       /* the poison is an attack objective, not gaussian */
+    int has_trigger;                      /* the poison is trigger_flip(word, fraction) (run_text_trigger.c) */
+    char trigger[64];                     /* its word */
+    double trigger_fraction;              /* the share of the trigger reviews flipped, (0, 1] */
+    int trigger_to;                       /* -1: each gets the other label; 0 / 1: those of the other label get this one */
     plan_attack attack;
     int seeds;
     int crop_pad, flip;
     int lira_shadows;                     /* evaluate = [.., lira(shadows = N)]: N shadow models, 0: no LiRA */
+    double text_mia_k;                    /* evaluate = [.., text_mia(k = K)]: Min-K%'s share K, 0: no text scores */
     char *json;                           /* the descriptor itself (malloc'd) */
 } exp_plan;
 
@@ -107,6 +112,7 @@ typedef struct run_opts {
     int64_t epochs;             /* 0: the plan's */
     const char *methods;        /* comma list to run, NULL: all */
     const char *data_dir;       /* where the data set files are (NULL: the default) */
+    const char *init;           /* --init FILE: trained models start from this HF-layout checkpoint (run_pretrained.c) */
     int threads;                /* 0: all cores */
     int quiet;
     int synthetic_fallback;     /* a missing data set becomes a synthetic one (with a note) */

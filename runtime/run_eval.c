@@ -10,6 +10,7 @@
 #include "fsutil.h"
 #include "json.h"
 #include "run_internal.h"
+#include "run_text.h"
 #include "sisa.h"
 
 /* ---------------------------------------------------------------------------
@@ -151,7 +152,9 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
     int64_t np = r->n_poison;
     if (!rc && r->plan->has_attack && !r->plan->attack.added)
         rc = evaluate_target(r, model, ev, err);
-    if (!rc && np > 0 && !r->plan->has_attack) {
+    if (!rc && r->plan->has_trigger)   /* no Gaussian noise to score: the attack's own measures */
+        rc = run_text_trigger_eval(r, model, ev, err);
+    if (!rc && np > 0 && !r->plan->has_attack && !r->plan->has_trigger) {
         double *forget_loss = malloc(sizeof(double) * (size_t)np);
         Scores s = {r, malloc(sizeof(double) * (size_t)np), malloc(sizeof(double) * (size_t)np),
                     malloc(sizeof(float) * (size_t)r->train.d)};
@@ -206,6 +209,8 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
         if (!rc && r->plan->lira_shadows > 0)
             rc = run_lira(r, model, ev, err);
     }
+    if (!rc && np > 0 && r->plan->text_mia_k > 0)
+        rc = run_text_mia(r, model, ev, err);
     free(tpos);
     free(test_loss);
     return rc;
@@ -337,9 +342,15 @@ int run_write_record(Run *r, const char *method, double budget, const Eval *ev, 
         jw_arr_end(&w);
         jw_obj_end(&w);
     }
+    if (ev->has_trigger)
+        run_text_put_trigger(&w, r, ev);
+    if (ev->has_text_mia)
+        run_put_text_mia(&w, r, ev);
     jw_key(&w, "run");
     jw_obj_begin(&w);
     jw_kv_str(&w, "data_hash", r->data_hash);
+    if (r->o->init)   /* lethe run --init: the trained models' starting checkpoint */
+        jw_kv_str(&w, "init", r->o->init);
     jw_kv_bool(&w, "synthetic_stand_in", r->synthetic_stand_in);
     jw_kv_int(&w, "epochs", r->epochs);
     jw_kv_int(&w, "train_limit", r->o->train_limit);

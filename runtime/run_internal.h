@@ -48,6 +48,8 @@ typedef struct Run {
     char dir[PATH_MAX], seed_dir[PATH_MAX + 32];
     double *lira_phi;           /* LiRA: the shadows' phi of lira_seed's examples (run_lira.c) */
     uint64_t lira_seed;
+    struct TextMiaSeed *text_mia;   /* text scores: what one seed's evaluations share (run_text_mia.c) */
+    struct TextPrompts *text_prompts;   /* poison = trigger_flip(...): the reviews and clean prompts (run_text_trigger.c) */
 } Run;
 
 /* The runtime scalar the runtime fills with a rule's step count (run_steps). */
@@ -74,8 +76,19 @@ int run_steps(Run *r, const lethe_entry *e, const plan_rule *rule, ts_store *mod
 int run_init_model(Run *r, ts_store *model, uint64_t seed, char *err);
 int run_call_init(Run *r, const char *name, ts_store *model, ts_store *into, char *err);
 int run_train_on(Run *r, const int64_t *set, int64_t n, ts_store *model, const char *label, double *loss, char *err);
+/* run_pretrained.c: lethe run --init FILE: a trained model's start from an HF-layout checkpoint (no-op without it) */
+int run_pretrained(Run *r, ts_store *model, char *err);
 
 /* ---- run_eval.c: evaluation and records ---------------------------------------- */
+/* One text membership score of a model (run_text_mia.c). */
+enum { TEXT_MIA_SCORES = 5 };   /* loss, zlib, min_k, min_kpp, reference */
+typedef struct TextMia {
+    mt_tpr tpr;                 /* at FPR 0.01 */
+    double auc;
+    int nroc;
+    double roc_fpr[64], roc_tpr[64];
+} TextMia;
+
 typedef struct Eval {
     double accuracy, test_loss;
     mt_summary gus, gus_null;
@@ -90,8 +103,16 @@ typedef struct Eval {
     int64_t lira_unscored;
     int nlira_roc;
     double lira_roc_fpr[64], lira_roc_tpr[64];
+    int has_text_mia;                  /* the text scores (run_text_mia.c) */
+    int64_t text_mia_members, text_mia_non_members;
+    TextMia text_mia[TEXT_MIA_SCORES];
     int target_pred;                   /* an attack's target: the predicted class */
     double target_adv_prob;            /* and the softmax probability of the adversarial class */
+    int has_trigger;                   /* trigger_flip (run_text_trigger.c): */
+    double trigger_success;            /* targets whose next token is the adversarial label's */
+    double trigger_adv_label;          /* targets for which the adversarial label word beats the true one */
+    double label_accuracy;             /* test prompts whose true label word beats the other */
+    double clean_label_accuracy;       /* the same over the test prompts without the trigger */
 } Eval;
 
 typedef struct Used {
@@ -113,6 +134,12 @@ int run_eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset
 int run_roc_sample(const mt_roc_point *pts, int64_t npts, double *fpr, double *tpr);
 /* ---- run_lira.c: the offline LiRA test, when the experiment asks for it ---- */
 int run_lira(Run *r, ts_store *model, Eval *ev, char *err);
+/* ---- run_text_mia.c: the text membership scores, when the experiment asks ---- */
+int run_text_mia(Run *r, ts_store *model, Eval *ev, char *err);
+/* The record's text_mia block. */
+void run_put_text_mia(jw *w, const Run *r, const Eval *ev);
+/* Frees the per-seed scratch (free_seed, run.c). */
+void run_text_mia_free(Run *r);
 /* "full" for budget < 0, else b<percent> (record and model file names). */
 const char *run_budget_tag(double b, char *buf, size_t n);
 /* A TPR object {tpr, fpr, threshold}, and the detection block of a record:

@@ -221,6 +221,8 @@ int run_train_on(Run *r, const int64_t *set, int64_t n, ts_store *model, const c
     ts_clear(model);
     int rc = run_init_model(r, model, r->seed, err);
     if (!rc)
+        rc = run_pretrained(r, model, err);
+    if (!rc)
         rc = run_call_init(r, "train.init_state", model, &state, err);
     /* epochs of n / batch steps over `set` (the last incomplete batch of each
      * pass is dropped, as drop_last in PyTorch) */

@@ -206,14 +206,21 @@ CUresult cuGetErrorString(CUresult rc, const char **text) {
     return CUDA_SUCCESS;
 }
 
+/* LETHE_MOCK_GPUS=n: the mock shows n GPUs (1 by default), for the
+ * data-parallel tests' one GPU per rank (tests/mpi_cuda.sh) */
+static int mock_gpus(void) {
+    const char *g = getenv("LETHE_MOCK_GPUS");
+    return g && atoi(g) > 0 ? atoi(g) : 1;
+}
+
 CUresult cuDeviceGetCount(int *n) {
-    *n = 1;
+    *n = mock_gpus();
     return CUDA_SUCCESS;
 }
 
 CUresult cuDeviceGet(CUdevice *d, int ordinal) {
     *d = ordinal;
-    return ordinal == 0 ? CUDA_SUCCESS : 101;
+    return ordinal >= 0 && ordinal < mock_gpus() ? CUDA_SUCCESS : 101;
 }
 
 CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
@@ -228,8 +235,11 @@ CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
     return CUDA_SUCCESS;
 }
 
+static int current_device = -1;
+
 CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice d) {
     *ctx = (CUcontext)&ctx_token;
+    current_device = d;
     return CUDA_SUCCESS;
 }
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { return CUDA_SUCCESS; }
@@ -289,6 +299,17 @@ CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
 }
 
 /* is [p, p + n) inside one allocation? */
+static int inside(CUdeviceptr p, size_t n);
+
+/* For the mock NCCL (tests/nccl_mock.c): the GPU whose context this process
+ * retained, whether a buffer is device memory, whether s is the stream. */
+int lethe_mock_device(void);
+int lethe_mock_device(void) { return current_device; }
+int lethe_mock_inside(CUdeviceptr p, size_t n);
+int lethe_mock_inside(CUdeviceptr p, size_t n) { return inside(p, n); }
+int lethe_mock_is_stream(CUstream s);
+int lethe_mock_is_stream(CUstream s) { return s == (CUstream)&stream_token; }
+
 static int inside(CUdeviceptr p, size_t n) {
     uint8_t *q = (uint8_t *)(uintptr_t)p;
     pthread_mutex_lock(&mu);

@@ -21,15 +21,10 @@
 #     a target outside the test set, an objective whose `over` is no input.
 # Prints PASS/FAIL lines (tests/run.sh counts them).
 set -u
-B=${B:-build}
 cd "$(dirname "$0")/.." || exit 2
-LETHE=$B/lethe
 exp=tests/lth/e2e_witches_brew.lth
-work=$B/tests/tmp/e2e_attacks.$$
-rm -rf "$work"
-mkdir -p "$work"
-export LETHE_CACHE=$work/cache
-trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT   # KEEP=1: look at the pictures afterwards
+. tests/support/e2e.sh
+e2e_setup e2e_attacks
 
 run() {   # dir, experiment, extra args...
     local dir=$1 file=$2; shift 2

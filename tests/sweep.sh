@@ -43,11 +43,8 @@ stop_slurm() {   # only the daemons this test started, by the pids they wrote
 trap 'stop_slurm; rm -rf "$work"' EXIT
 trap 'exit 143' TERM INT   # tests/run.sh's timeout: still stop the daemons
 
-fallback=""
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-    echo "SKIP sweep.fashion_mnist: the Debian package dataset-fashion-mnist is missing; the test runs on a synthetic set of the same shape"
-    fallback=--synthetic-fallback
-fi
+. tests/support/e2e.sh   # only for e2e_fmnist: the paths here are absolute (Slurm's jobs run elsewhere)
+e2e_fmnist sweep
 opts=(--methods retrain,gd,scrub --epochs 4 --quiet --no-plots $fallback)
 
 # same_folder A B: the same files in records/ and seed*/ and the same

@@ -6,20 +6,12 @@
 # the budget spent and a model that moved. The direction each method moves a
 # model is checked in tests/unit/test_unlearn_more.c. Prints PASS/FAIL/SKIP lines.
 set -u
-B=${B:-build}
 cd "$(dirname "$0")/.." || exit 2
-work=$B/tests/tmp/unlearn_more.$$
-rm -rf "$work"
-mkdir -p "$work"
-export LETHE_CACHE=$work/cache
-trap 'rm -rf "$work"' EXIT
+. tests/support/e2e.sh
+e2e_setup unlearn_more
+e2e_fmnist unlearn_more
 
-fallback=""
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-    echo "SKIP unlearn_more.fashion_mnist: the Debian package dataset-fashion-mnist is missing; the test runs on a synthetic set of the same shape"
-    fallback=--synthetic-fallback
-fi
-if ! "$B/lethe" run tests/lth/e2e_unlearn_more.lth --out "$work/out" --quiet --no-plots $fallback > "$work/log" 2>&1; then
+if ! "$LETHE" run tests/lth/e2e_unlearn_more.lth --out "$work/out" --quiet --no-plots $fallback > "$work/log" 2>&1; then
     echo "FAIL unlearn_more.run: $(tail -3 "$work/log" | tr '\n' ' ')"
     exit 0
 fi

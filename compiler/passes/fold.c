@@ -103,7 +103,9 @@ static Node *fold_node(Graph *g, Node *n) {
         int64_t count = shape_numel(n->shape) ? shape_numel(x->shape) / shape_numel(n->shape) : 0;
         if (!is_const(x) || count == 0)
             return NULL;
-        v = n->op == OP_SUM ? x->attr.value * (double)count : x->attr.value;
+        v = n->op == OP_SUM    ? x->attr.value * (double)count
+            : n->op == OP_RLSE ? x->attr.value + log((double)count)
+                               : x->attr.value;
         if (n->dtype == DT_I32 && fabs(v) > 2147483647.0)
             return NULL;
         return g_const(g, v, n->dtype, n->shape, n->loc);

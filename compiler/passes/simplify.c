@@ -8,7 +8,9 @@
  *                                                 -> one view of x
  *   where(CONST c, a, b)                          -> a or b
  *   where(c, a, a)                                -> a
- *   sum/rmax/rmin over no axes or size-1 axes     -> x
+ *   sum/rmax/rmin/rlogsumexp over no axes or size-1 axes -> x
+ *   scatter_add of one index per row (take's gradient)
+ *                                                 -> where(iota == idx, upd, 0)
  *
  * (*) assumes finite values, like -ffast-math: x * 0 is NaN for x = inf or
  * NaN. Gradients are full of products with masks and zeros, and this is
@@ -47,6 +49,34 @@ static bool identity_view(const Node *n) {
     return same_as_input(n);
 }
 
+/* scatter_add(idx, upd) into out along `axis` with one index per row (idx
+ * of shape out[:axis], batch_dims == axis: the gradient of take(x, idx,
+ * axis) along x's leading axes, as in cross entropy) as the elementwise
+ *   out[pre, j, post] = where(j == clamp(idx[pre]), upd[pre, post], 0)
+ * which fuses with its consumers (softmax - one_hot) instead of being an
+ * opaque kernel that zeroes and writes a whole [N, V] buffer. Indices are
+ * clamped into [0, dim) as the SCATTER_ADD lowering does. NULL: no match. */
+static Node *scatter_as_select(Graph *g, Node *n) {
+    Node *idx = n->in[0], *upd = n->in[1];
+    int axis = n->attr.axis;
+    Shape out = n->shape;
+    if (axis < 1 || n->attr.batch_dims != axis || idx->shape.rank != axis || out.dim[axis] < 1)
+        return NULL;
+    Loc loc = n->loc;
+    Shape row = out;   /* out with a 1 at axis: where idx and upd broadcast from */
+    row.dim[axis] = 1;
+    Shape ish = idx->shape;
+    for (int d = axis; d < out.rank; d++)
+        ish.dim[ish.rank++] = 1;
+    Node *hi = g_const(g, (double)(out.dim[axis] - 1), DT_I32, idx->shape, loc);
+    Node *lo = g_const(g, 0, DT_I32, idx->shape, loc);
+    Node *ci = g_binary(g, OP_MAX, g_binary(g, OP_MIN, idx, hi, loc), lo, loc);
+    Node *at = g_expand(g, g_reshape(g, ci, ish, loc), out, loc);
+    Node *hit = g_binary(g, OP_EQ, g_iota(g, DT_I32, out, axis, loc), at, loc);
+    Node *val = g_expand(g, g_reshape(g, upd, row, loc), out, loc);
+    return g_where(g, hit, val, g_const(g, 0, n->dtype, out, loc), loc);
+}
+
 /* What n simplifies to: n itself (possibly rewritten in place, *changed
  * set), an existing node, or a new one (appended by the builder). */
 static Node *simplify_node(Graph *g, Node *n, bool *changed) {
@@ -75,6 +105,7 @@ static Node *simplify_node(Graph *g, Node *n, bool *changed) {
     case OP_SUM:
     case OP_RMAX:
     case OP_RMIN:
+    case OP_RLSE:
         return same_as_input(n) ? a : n;
     case OP_RESHAPE:
         if (same_as_input(n))
@@ -109,6 +140,10 @@ static Node *simplify_node(Graph *g, Node *n, bool *changed) {
     case OP_SLICE:
     case OP_PAD:
         return identity_view(n) ? a : n;
+    case OP_SCATTER_ADD: {
+        Node *r = scatter_as_select(g, n);
+        return r ? r : n;
+    }
     default:
         return n;
     }

@@ -1,7 +1,7 @@
 /* fuzz_loaders.c: one libFuzzer target over every parser of untrusted bytes
  * in the runtime, all from memory buffers:
  *
- *   first byte % 6    target
+ *   first byte % 9    target
  *   0                 IDX images + labels (ds_parse_idx); the next two bytes
  *                     (little-endian) say where the image part ends
  *   1                 CIFAR-10 binary records (ds_parse_cifar10)
@@ -16,6 +16,9 @@
  *                        the pieces tile it, decode(encode(x)) == x
  *                     1: the rest is encoder.json, a NUL, vocab.bpe: refused
  *                        cleanly or, if loaded, it round-trips text
+ *   6, 7, 8           readers that take a path (fuzz_disk.h): an aclImdb
+ *                     split, a Hugging Face GPT-2 checkpoint through its
+ *                     name map, a crafted poison set with its key
  *
  * The rest of the input is the file. Failures must leave a NUL-terminated,
  * non-empty message and nothing allocated; successes must be internally
@@ -23,8 +26,8 @@
  *
  * Build and run (from the repository root):
  *   clang-19 -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime \
- *       tests/fuzz/fuzz_loaders.c runtime/{bpe,check,data,fsutil,json,safetensors}.c \
- *       -lz -lm -o build/fuzz_loaders
+ *       tests/fuzz/fuzz_loaders.c <every runtime source but main.c> \
+ *       -lopenblas -lz -lm -lpthread -ldl -o build/fuzz_loaders   (or `make fuzz`)
  *   build/fuzz_loaders -max_total_time=300 -max_len=65536 \
  *       -dict=tests/fuzz/loaders.dict build/fuzz-corpus tests/fuzz/corpus_loaders
  * tests/unit/test_fuzz_loaders_replay.c replays tests/fuzz/corpus_loaders in `make test`.
@@ -53,6 +56,8 @@ static void check_error(int rc, const char *err) {
     size_t n = strnlen(err, LETHE_ERR_LEN);
     FUZZ_EXPECT(n > 0 && n < LETHE_ERR_LEN);
 }
+
+#include "fuzz_disk.h"
 
 static void check_dataset(const lethe_dataset *ds) {
     FUZZ_EXPECT(ds->n > 0 && ds->d == (int64_t)ds->c * ds->h * ds->w);
@@ -203,7 +208,7 @@ static bpe *tiny_bpe(void) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1)
         return 0;
-    int target = data[0] % 6;
+    int target = data[0] % 9;
     data++;
     size--;
     char err[LETHE_ERR_LEN];
@@ -340,6 +345,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         bpe_free(b);
         break;
     }
+    case 6: fuzz_imdb(data, size); break;
+    case 7: fuzz_hf(data, size); break;
+    case 8: fuzz_poison(data, size); break;
     }
     return 0;
 }

@@ -4,7 +4,8 @@ tests/fuzz/corpus_loaders/ (seed_* files; crash reproducers found by the
 fuzzer are kept there too, under crash_* names, and never regenerated).
 
 Each file starts with the target byte (0 IDX, 1 CIFAR-10, 2 safetensors,
-3 JSON, 4 gzip, 5 BPE) followed by the file's bytes. Deterministic: gzip mtime 0.
+3 JSON, 4 gzip, 5 BPE, 6 aclImdb, 7 GPT-2 checkpoint, 8 poison set)
+followed by the file's bytes (fuzz_loaders.c and fuzz_disk.h say how). Deterministic: gzip mtime 0.
 """
 import gzip
 import json
@@ -127,6 +128,36 @@ def main():
     merges = [(b"h", b"e"), (b"l", b"l"), (b"he", b"ll"), (b"hell", b"o"), (b" ", b"w"), (b"\xc3", b"\xa9")]
     seeds["seed_bpe_vocab"] = bytes([5, 1]) + bpe_vocab(merges)
     seeds["seed_bpe_vocab_truncated"] = bytes([5, 1]) + bpe_vocab(merges)[:-9]
+    def review(flags, name, text):
+        return bytes([flags, len(name)]) + name + struct.pack("<H", len(text)) + text
+
+    seeds["seed_imdb_two"] = bytes([6]) + review(3, b"0_9.txt", b"A fine film.<br /><br />Disney at its best.") + review(
+        0, b"1_2.txt", b"Dull and long."
+    )
+    seeds["seed_imdb_latin1"] = bytes([6]) + review(3, b"4_8.txt", b"caf\xe9 cr\xe8me") + review(2, b"5_1.txt", b"fine")
+    seeds["seed_imdb_one_class"] = bytes([6]) + review(1, b"2_10.txt", b"Only positive reviews here.")
+    seeds["seed_imdb_bad_name"] = bytes([6]) + review(3, b"review.txt", b"no id or rating") + review(2, b"7_x.txt", b"x")
+    f = lambda *v: struct.pack("<%df" % len(v), *v)
+    gpt2 = [
+        ("wte.weight", "F32", [5, 2], f(*range(10))),
+        ("wpe.weight", "F32", [3, 2], f(*range(6))),
+        ("h.0.ln_1.weight", "F32", [2], f(1, 1)),
+        ("h.0.attn.c_attn.weight", "F32", [2, 6], f(*range(12))),
+        ("h.0.attn.c_attn.bias", "F32", [6], f(*range(6))),
+        ("h.0.attn.bias", "F32", [1, 1, 3, 3], f(*[1] * 9)),
+        ("ln_f.bias", "F32", [2], f(0, 0)),
+    ]
+    seeds["seed_hf_gpt2"] = bytes([7]) + safetensors(gpt2, {"format": "pt"})
+    seeds["seed_hf_gpt2_prefixed_tied"] = bytes([7]) + safetensors(
+        [("transformer." + n, d, sh, r) for n, d, sh, r in gpt2] + [("lm_head.weight", "F32", [5, 2], f(*range(10)))]
+    )
+    seeds["seed_hf_gpt2_misshaped"] = bytes([7]) + safetensors(gpt2[:3] + [("h.0.attn.c_attn.weight", "F32", [6, 2], f(*range(12)))])
+    key = "5a1e" + "0" * 58 + "f0"
+    poison = [("delta", "F32", [2, 3], f(*range(6))), ("ids", "I32", [2], struct.pack("<2i", 5, 7)),
+              ("loss", "F64", [], struct.pack("<d", 0.5))]
+    seeds["seed_poison_keyed"] = bytes([8]) + safetensors(poison, {"poison_key": key})
+    seeds["seed_poison_other_key"] = bytes([8]) + safetensors(poison, {"poison_key": "0" * 64})
+    seeds["seed_poison_no_key_wrong_ids"] = bytes([8]) + safetensors(poison[:1] + [("ids", "I32", [2], struct.pack("<2i", 7, 5))])
     for name, data in seeds.items():
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)

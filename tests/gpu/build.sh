@@ -37,12 +37,15 @@ cpu tests/gpu/programs.lth r18
 cuda tests/gpu/programs.lth r18_cuda --no-fast-math
 cpu tests/gpu/programs.lth r18_64 --f64
 cuda tests/gpu/programs.lth r18_64_cuda "--f64 --no-fast-math"
+cpu tests/lth/cuda_gpt2.lth gpt2
+cuda tests/lth/cuda_gpt2.lth gpt2_cuda --no-fast-math
 cuda bench/resnet18.lth bench_cuda   # as users run it: fast math on
+cuda tests/gpu/gpt2_bench.lth gpt2_bench_cuda
 
 echo "build.sh: linking lethe-gpu-test"
 cc -std=gnu11 -O2 -Iruntime -o "$D/lethe-gpu-test" tests/gpu/gpu_test.c "$D"/obj/*.o "$B/liblethe.a" \
     -Wl,-Bstatic -lopenblas -Wl,-Bdynamic -static-libgcc -lm -lpthread -ldl
-cp tests/gpu/run.sh tests/gpu/bench_torch_gpu.py tests/gpu/README.md bench/bench_torch.py "$D/"
+cp tests/gpu/run.sh tests/gpu/bench_torch_gpu.py tests/gpu/README.md bench/bench_torch.py bench/bench_torch_gpt2.py "$D/"
 rm -rf "$D/obj"
 
 libs=$(ldd "$D/lethe-gpu-test" | awk '{print $1}' | grep -v -E '^(linux-vdso|/lib64/ld-linux)' | tr '\n' ' ')

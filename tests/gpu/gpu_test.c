@@ -10,6 +10,9 @@
  *                                     step) and T3 (three): the TF32 check
  *   lethe-gpu-test bench ENTRY [W S]  time an entry of bench/resnet18.lth on
  *                                     the GPU (W warm-up calls, S timed)
+ *   lethe-gpu-test bench-gpt2 ENTRY [W S]  the same for tests/gpu/gpt2_bench.lth
+ *                                     (GPT-2 124M, batch 8, 1024 tokens), with
+ *                                     tokens per second
  *
  * check prints PASS / FAIL / SKIP lines (tests/support/harness.h's protocol)
  * and exits non-zero on a failure; without a GPU every line is a SKIP and
@@ -46,7 +49,8 @@
 
 extern const lethe_program lethe_program_ops, lethe_program_ops_cuda, lethe_program_ops64, lethe_program_ops64_cuda,
     lethe_program_models, lethe_program_models_cuda, lethe_program_r18, lethe_program_r18_cuda, lethe_program_r18_64,
-    lethe_program_r18_64_cuda, lethe_program_bench_cuda;
+    lethe_program_r18_64_cuda, lethe_program_bench_cuda, lethe_program_gpt2, lethe_program_gpt2_cuda,
+    lethe_program_gpt2_bench_cuda;
 
 static lethe_device *dev;
 static int failures;
@@ -95,6 +99,12 @@ static void fill(void *buf, int dt, int64_t n, double lo, double hi, uint64_t se
     }
 }
 
+/* a padding mask (its name ends in "mask"): weights of a mean */
+static int is_mask(const lethe_arg *a) {
+    size_t len = strlen(a->name);
+    return a->kind == LETHE_INPUT && len >= 4 && !strcmp(a->name + len - 4, "mask");
+}
+
 static Frame frame_of(const lethe_entry *e) {
     Frame f = {e, calloc((size_t)e->nargs + 1, sizeof(void *))};
     for (int i = 0; i < e->nargs; i++) {
@@ -102,7 +112,7 @@ static Frame frame_of(const lethe_entry *e) {
         f.args[i] = zeroed((size_t)numel(a) * dsize(a->dtype));
         if (a->kind == LETHE_SCALAR && !isnan(a->scalar_default))
             fill(f.args[i], a->dtype, 1, a->scalar_default, a->scalar_default, 0);
-        else if (a->kind == LETHE_BUFFER)   /* running statistics: a variance must be positive */
+        else if (a->kind == LETHE_BUFFER || is_mask(a))   /* a variance, a padding mask's weights: positive */
             fill(f.args[i], a->dtype, numel(a), 0.5, 1.5, (uint64_t)i + 1);
         else if (a->kind != LETHE_SCALAR)
             fill(f.args[i], a->dtype, numel(a), a->dtype == LETHE_I32 ? 0 : -1, a->dtype == LETHE_I32 ? 4 : 1,
@@ -308,16 +318,27 @@ static int probe_run(lethe_ctx *ctx, const lethe_cuda_entry *e, void *const *arg
     return 0;
 }
 
-static int bench(const char *name, int warmup, int steps) {
-    const lethe_entry *e = find(&lethe_program_bench_cuda, name);
+/* An entry of a CUDA program timed on the GPU. Weights get a plausible
+ * scale; token ids (i32 inputs) are drawn from the first 256 ids and
+ * padding masks are all ones, so a GPT-2 step does a real step's work. */
+static int bench(const lethe_program *prog, const char *name, int warmup, int steps) {
+    const lethe_entry *e = find(prog, name);
     if (!e) {
-        fprintf(stderr, "gpu_test: bench/resnet18.lth has no entry %s\n", name);
+        fprintf(stderr, "gpu_test: the program has no entry %s\n", name);
         return 2;
     }
     Frame f = frame_of(e);
-    for (int i = 0; i < e->nargs; i++)   /* weights of a plausible scale */
-        if (e->args[i].kind == LETHE_PARAM || e->args[i].kind == LETHE_BUFFER)
-            fill(f.args[i], e->args[i].dtype, numel(&e->args[i]), -0.1, 0.1, (uint64_t)i + 7);
+    int64_t tokens = 0;
+    for (int i = 0; i < e->nargs; i++) {
+        const lethe_arg *a = &e->args[i];
+        if (a->kind == LETHE_PARAM || a->kind == LETHE_BUFFER)
+            fill(f.args[i], a->dtype, numel(a), -0.1, 0.1, (uint64_t)i + 7);
+        else if (a->kind == LETHE_INPUT && a->dtype == LETHE_I32 && a->rank == 2) {
+            fill(f.args[i], a->dtype, numel(a), 0, 256, (uint64_t)i + 7);
+            tokens = numel(a);
+        } else if (is_mask(a))
+            fill(f.args[i], a->dtype, numel(a), 1, 1, 0);
+    }
     lethe_device probe = {.name = "probe", .run = probe_run};
     lethe_ctx ctx = {.seed = 1, .device = &probe};
     e->fn(f.args, NULL, &ctx);
@@ -337,9 +358,12 @@ static int bench(const char *name, int warmup, int steps) {
         double total = 0;
         for (int s = 0; s < steps; s++)
             total += t[s];
-        printf("entry=%s device=\"%s\" median_ms=%.3f min_ms=%.3f max_ms=%.3f total_ms=%.1f steps=%d launches=%u\n", name,
+        printf("entry=%s device=\"%s\" median_ms=%.3f min_ms=%.3f max_ms=%.3f total_ms=%.1f steps=%d launches=%u", name,
                dev->name, 1e3 * t[steps / 2], 1e3 * t[0], 1e3 * t[steps - 1], 1e3 * total, steps,
                probed ? probed->nlaunches : 0u);
+        if (tokens)
+            printf(" tokens_per_s=%.0f", (double)tokens / t[steps / 2]);
+        printf("\n");
     }
     free(t);
     frame_drop(&f);
@@ -355,8 +379,8 @@ int main(int argc, char **argv) {
     if (lethe_cuda_open(0, &dev, err)) {
         if (!strcmp(cmd, "check")) {
             static const char *const what[] = {"ops", "ops f64", "models", "ResNet-18 w16, 1 step", "ResNet-18 w16, 3 steps",
-                                               "ResNet-18 w16 f64, 1 step"};
-            for (int i = 0; i < 6; i++)
+                                               "ResNet-18 w16 f64, 1 step", "GPT-2 small, 2 steps"};
+            for (int i = 0; i < 7; i++)
                 printf("SKIP gpu %s: no GPU here (%s)\n", what[i], err);
             return 0;
         }
@@ -378,15 +402,18 @@ int main(int argc, char **argv) {
         check_pair("ResNet-18 w16, 1 step", &lethe_program_r18, &lethe_program_r18_cuda, 2e-4, 1, 1);
         check_pair("ResNet-18 w16, 3 steps", &lethe_program_r18, &lethe_program_r18_cuda, 1e-2, 3, 1);
         check_pair("ResNet-18 w16 f64, 1 step", &lethe_program_r18_64, &lethe_program_r18_64_cuda, 1e-9, 1, 1);
+        check_pair("GPT-2 small, 2 steps", &lethe_program_gpt2, &lethe_program_gpt2_cuda, 2e-4, 2, 1);
     } else if (!strcmp(cmd, "check-r18") && argc > 3) {
         check_pair("ResNet-18 w16, 1 step", &lethe_program_r18, &lethe_program_r18_cuda, atof(argv[2]), 1, 1);
         check_pair("ResNet-18 w16, 3 steps", &lethe_program_r18, &lethe_program_r18_cuda, atof(argv[3]), 3, 1);
-    } else if (!strcmp(cmd, "bench") && argc > 2) {
-        int rc = bench(argv[2], argc > 3 ? atoi(argv[3]) : 3, argc > 4 ? atoi(argv[4]) : 20);
+    } else if ((!strcmp(cmd, "bench") || !strcmp(cmd, "bench-gpt2")) && argc > 2) {
+        const lethe_program *prog = !strcmp(cmd, "bench") ? &lethe_program_bench_cuda : &lethe_program_gpt2_bench_cuda;
+        int rc = bench(prog, argv[2], argc > 3 ? atoi(argv[3]) : 3, argc > 4 ? atoi(argv[4]) : 20);
         lethe_cuda_close(dev);
         return rc;
     } else {
-        fprintf(stderr, "usage: lethe-gpu-test info | check | check-r18 TOL1 TOL3 | bench ENTRY [WARMUP STEPS]\n");
+        fprintf(stderr, "usage: lethe-gpu-test info | check | check-r18 TOL1 TOL3 | bench ENTRY [WARMUP STEPS] | "
+                        "bench-gpt2 ENTRY [WARMUP STEPS]\n");
         return 2;
     }
     lethe_cuda_close(dev);

@@ -14,7 +14,9 @@
 #     opt-in and leaves the f32 tolerances by design;
 #  3. timing on the same GPU in the same run, FP32 and TF32: Lethe's ResNet-18
 #     entries of bench/resnet18.lth (batch 128) and the same networks in
-#     PyTorch (bench_torch_gpu.py; cuDNN autotuned, best layout); one CIFAR-10
+#     PyTorch (bench_torch_gpu.py; cuDNN autotuned, best layout); GPT-2 124M's
+#     training step and evaluation at batch 8, 1024 tokens (tokens/s; Lethe's
+#     tests/gpu/gpt2_bench.lth against bench_torch_gpt2.py); one CIFAR-10
 #     epoch of training steps (390 batches of 128); a per-kernel profile of
 #     Lethe's training steps (LETHE_CUDA_PROFILE=1, profile_*.txt);
 #  4. results/RESULTS.md: the card, the versions, the counts and the tables,
@@ -93,6 +95,20 @@ if [ "$card" != "none" ] && [ "$skipped" -eq 0 ]; then
             say "SKIP pytorch: no python3"
         fi
     done
+    say "== GPT-2 124M, batch 8, 1024 tokens: Lethe and PyTorch, tokens/s =="
+    : > "$OUT/bench_gpt2.txt"
+    for mode in fp32 tf32; do
+        tf=0
+        torch_flag=""
+        [ $mode = tf32 ] && tf=1 && torch_flag=--tf32
+        for e in train_t1024 eval_t1024; do
+            LETHE_CUDA_TF32=$tf timeout "$(budget 60)" ./lethe-gpu-test bench-gpt2 "$e" 1 3 2>> "$OUT/run.log" \
+                | sed "s/^/side=lethe mode=$mode /" >> "$OUT/bench_gpt2.txt"
+            command -v python3 > /dev/null 2>&1 && timeout "$(budget 60)" python3 bench_torch_gpt2.py gpt2 "$e" --device cuda \
+                --batch 8 --warmup 2 --steps 5 $torch_flag 2>> "$OUT/run.log" | sed "s/^/side=torch mode=$mode /" >> "$OUT/bench_gpt2.txt"
+        done
+    done
+    cat "$OUT/bench_gpt2.txt" | tee -a "$OUT/run.log"
     say "== one epoch ($EPOCH_STEPS training steps, train_w64) =="
     : > "$OUT/epoch.txt"
     for mode in fp32 tf32; do
@@ -161,6 +177,23 @@ fi
             la = (a > 0) ? sprintf("%.2f", a / 1e3) : "-"
             r = (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-"
             printf "| %s | %s | %s | %s |\n", m, lb, la, r }'
+    done
+    echo
+    echo "GPT-2 124M (tests/gpu/gpt2_bench.lth; PyTorch: bench_torch_gpt2.py, the same formulas), batch 8, 1024 tokens,"
+    echo "medians of 3 steps (Lethe, after 1 warm-up) and 5 (PyTorch, after 2):"
+    echo
+    echo "| pass | mode | Lethe ms | Lethe tokens/s | PyTorch ms | PyTorch tokens/s | PyTorch / Lethe |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    for mode in fp32 tf32; do
+        for e in train_t1024 eval_t1024; do
+            l=$(grep "^side=lethe mode=$mode entry=$e " "$OUT/bench_gpt2.txt" 2>/dev/null | tr ' ' '\n' | grep '^median_ms=' | cut -d= -f2)
+            t=$(grep "^side=torch mode=$mode entry=$e " "$OUT/bench_gpt2.txt" 2>/dev/null | tr ' ' '\n' | grep '^median_s=' | cut -d= -f2)
+            awk -v e="$e" -v m="$mode" -v l="$l" -v t="$t" 'BEGIN {
+                tm = t * 1e3; tok = 8 * 1024
+                printf "| %s | %s | %s | %s | %s | %s | %s |\n", e, m, (l > 0) ? sprintf("%.1f", l) : "-",
+                    (l > 0) ? sprintf("%.0f", tok / (l / 1e3)) : "-", (tm > 0) ? sprintf("%.1f", tm) : "-",
+                    (tm > 0) ? sprintf("%.0f", tok / t) : "-", (l > 0 && tm > 0) ? sprintf("%.2f", tm / l) : "-" }'
+        done
     done
     echo
     echo "Medians of $STEPS steps after 3 warm-up steps. Lethe's step includes copying the batch"

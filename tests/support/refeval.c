@@ -103,6 +103,8 @@ static void eval_reduce(const Node *n, const double *x, double *out) {
         double v = x[i];
         if (n->op == OP_SUM)
             out[o] += v;
+        else if (n->op == OP_RLSE)   /* the sum of exp here, its log below */
+            out[o] += exp(v);
         else if (!seen[o])
             out[o] = v;
         else if (n->op == OP_RMAX)
@@ -111,6 +113,9 @@ static void eval_reduce(const Node *n, const double *x, double *out) {
             out[o] = out[o] < v ? out[o] : v;
         seen[o] = true;
     }
+    if (n->op == OP_RLSE)
+        for (int64_t o = 0; o < shape_numel(n->shape); o++)
+            out[o] = log(out[o]);
     free(seen);
 }
 

@@ -2,16 +2,22 @@
  * compiler, at test size, in f64 (tests/lth/attacks.lth):
  *   - each objective's `grad` output (d loss / d the optimised tensor,
  *     second order through the parameter gradients) against central
- *     differences of its `loss`: Witches' Brew without and with the random
- *     flip-and-shift augmentation (fixed ctx, so the same draw every call),
- *     Gradient Canceling on the last layer and on every parameter
+ *     differences of its `loss`: Witches' Brew without augmentation and with
+ *     random flips and bilinear or whole-pixel shifts (fixed ctx, so the same
+ *     draw every call), a quadratic of the bilinear augmentation alone (first
+ *     order), Gradient Canceling on the last layer and on every parameter
  *   - a few steps of each objective's own optimiser (signed Adam, plain
  *     gradient descent) lower its loss, and Witches' Brew's perturbation
- *     stays inside the L-inf ball and the image box
+ *     stays inside the L-inf ball and the image box (without and with the
+ *     bilinear augmentation)
  *   - GradPC raises the training loss and keeps the parameters within the
  *     L2 ball around the clean ones
- *   - flip_shift moves whole images: each output is the input flipped or
- *     not and shifted by whole pixels, zero where the shift leaves the image
+ *   - the augmentation for given draws equals a direct bilinear sampler
+ *     with zero padding (grid_sample's, written here with floor and
+ *     fractions), for continuous and whole-pixel shifts; flip_shift with
+ *     whole pixels moves whole images (each output is the input flipped or
+ *     not and shifted by whole pixels, zero where the shift leaves the
+ *     image), and with bilinear shifts it draws fractional ones
  * State is initialised by each entry's init_state, as the runtime does.
  */
 #include <math.h>
@@ -30,16 +36,20 @@ static const double FD_H = 1e-6, TOL = 1e-6;
 static const lethe_program *P;
 static uint64_t next_seed = 101;
 
-/* A step frame with its inputs filled and its state set by init_state. */
+/* A step frame with its inputs filled and its state set by init_state (an
+ * objective without `state` has no init_state). */
 static th_frame *ready_frame(const char *entry, int classes) {
     char init_name[128];
     snprintf(init_name, sizeof init_name, "%s.init_state", entry);
     const lethe_entry *e = th_entry(P, entry), *ei = th_entry(P, init_name);
-    if (!e || !ei)
+    if (!e)
         return NULL;
-    th_frame *f = th_frame_new(e), *fi = th_frame_new(ei);
+    th_frame *f = th_frame_new(e);
     unsigned inputs = TH_INPUT_KINDS & ~(1u << LETHE_STATE);
     th_fill_args(f, inputs, classes, &next_seed);
+    if (!ei)
+        return f;
+    th_frame *fi = th_frame_new(ei);
     th_copy_by_name(fi, f, inputs);
     th_fill_args(fi, inputs, classes, &next_seed);   /* what only init_state reads: the target, the clean data */
     int rc = th_call(fi, NULL);
@@ -114,18 +124,17 @@ static int descend(th_frame *f, const char *over, const double *base, int steps,
     return rc;
 }
 
-static void witches_brew_descent(void) {
-    const char *name = "attacks.witches_brew.descent";
-    th_frame *f = ready_frame("atk_wb", 3);
+static void witches_brew_descent(const char *name, const char *entry) {
+    th_frame *f = ready_frame(entry, 3);
     if (!f) {
-        th_fail(name, "atk_wb missing or its init_state failed");
+        th_fail(name, "%s missing or its init_state failed", entry);
         return;
     }
     const double std = 0.5, lo = -1.2, hi = 1.1, eps = 0.06;
     *th_f64(f, "pixel_std") = std, *th_f64(f, "pixel_lo") = lo, *th_f64(f, "pixel_hi") = hi;
     *th_f64(f, "eps") = eps, *th_f64(f, "lr") = 0.01;
     if (th_arg(f->entry, "delta") < 0) {
-        th_fail(name, "atk_wb has no delta");
+        th_fail(name, "%s has no delta", entry);
         th_frame_free(f);
         return;
     }
@@ -142,7 +151,7 @@ static void witches_brew_descent(void) {
         worst_box = fmax(worst_box, fmax(lo - (px[j] + d[j]), px[j] + d[j] - hi));
     }
     if (rc)
-        th_fail(name, "atk_wb returned non-zero");
+        th_fail(name, "%s returned non-zero", entry);
     else if (!(last < first - 0.01))
         th_fail(name, "30 signed Adam steps took 1 - cosine from %.6f to %.6f", first, last);
     else if (worst_ball > 1e-12 || worst_box > 1e-12)
@@ -287,6 +296,120 @@ static void flip_shift_case(void) {
     th_frame_free(f);
 }
 
+/* The input at fractional position (p, q) of one channel, sampled as
+ * grid_sample does with align_corners and zero padding: the four pixels
+ * around it, weighted by the fractions, pixels outside the image 0. */
+static double bilinear_at(const double *img, int H, int W, double p, double q) {
+    double y0 = floor(p), x0 = floor(q), fy = p - y0, fx = q - x0, v = 0;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            int y = (int)y0 + a, x = (int)x0 + b;
+            if (y >= 0 && y < H && x >= 0 && x < W)
+                v += (a ? fy : 1 - fy) * (b ? fx : 1 - fx) * img[y * W + x];
+        }
+    return v;
+}
+
+/* The shift augment.lth's shift_of draws from u in [0, 1). */
+static double shift_of(double u, int shift, bool bilinear) {
+    if (bilinear)
+        return (2 * u - 1) * shift;
+    return fmin(floor(u * (2 * shift + 1)), 2 * shift) - shift;
+}
+
+/* flip_shift_by for fixed draws against bilinear_at: output (i, k) of
+ * sample n reads the input at (i - dy, k' - dx), k' = W - 1 - k when
+ * u[n, 2] < 0.5. The draws give fractional shifts of both signs, flipped
+ * and not, one near the largest shift. */
+static void flip_shift_by_case(const char *name, const char *entry, bool bilinear) {
+    const lethe_entry *e = th_entry(P, entry);
+    if (!e || th_arg(e, "x") < 0 || th_arg(e, "u") < 0) {
+        th_fail(name, "%s (with x and u) missing", entry);
+        return;
+    }
+    th_frame *f = th_frame_new(e);
+    const lethe_arg *xa = &e->args[th_arg(e, "x")];
+    int N = (int)xa->shape[0], C = (int)xa->shape[1], H = (int)xa->shape[2], W = (int)xa->shape[3];
+    const int shift = 2;
+    static const double draws[][3] = {{0.1, 0.77, 0.3}, {0.95, 0.02, 0.8}, {0.5, 0.999, 0.49}, {0.33, 0.61, 0.9}};
+    if (N != 4 || th_arg_numel(&e->args[th_arg(e, "u")]) != 12) {
+        th_fail(name, "%s: expected 4 samples and u: f32[4, 3]", entry);
+        th_frame_free(f);
+        return;
+    }
+    memcpy(th_f64(f, "u"), draws, sizeof draws);
+    th_fill(th_f64(f, "x"), LETHE_F64, th_arg_numel(xa), -1, 1, next_seed++);
+    int rc = th_call(f, NULL);
+    const double *x = th_f64(f, "x"), *out = th_f64(f, "out");
+    double worst = 0;
+    int fractional = 0;
+    for (int n = 0; n < N; n++) {
+        double dy = shift_of(draws[n][0], shift, bilinear), dx = shift_of(draws[n][1], shift, bilinear);
+        fractional += dy != floor(dy) || dx != floor(dx);
+        for (int c = 0; c < C; c++) {
+            const double *img = x + ((size_t)n * C + c) * H * W;
+            for (int i = 0; i < H; i++)
+                for (int k = 0; k < W; k++) {
+                    double q = (draws[n][2] < 0.5 ? W - 1 - k : k) - dx;
+                    double want = bilinear_at(img, H, W, i - dy, q);
+                    worst = fmax(worst, fabs(out[(((size_t)n * C + c) * H + i) * W + k] - want));
+                }
+        }
+    }
+    if (rc)
+        th_fail(name, "%s returned non-zero", entry);
+    else if (bilinear ? fractional != N : fractional != 0)
+        th_fail(name, "the test's draws give %d fractional shifts", fractional);
+    else if (worst > 1e-12)
+        th_fail(name, "largest difference from the direct bilinear sampler %.3g", worst);
+    else {
+        char pn[200];
+        snprintf(pn, sizeof pn, "%s (largest difference %.1e)", name, worst);
+        th_pass(pn);
+    }
+    th_frame_free(f);
+}
+
+/* flip_shift with bilinear shifts (random draws): different counters draw
+ * different augmentations, and the shifts are fractional (the outputs are
+ * not whole-pixel moves of the inputs). */
+static void flip_shift_bilinear_case(void) {
+    const char *name = "attacks.flip_shift.bilinear_draws";
+    const lethe_entry *e = th_entry(P, "atk_flip_shift_bilinear");
+    if (!e) {
+        th_fail(name, "atk_flip_shift_bilinear missing");
+        return;
+    }
+    th_frame *f = th_frame_new(e);
+    const lethe_arg *xa = &e->args[th_arg(e, "x")];
+    int N = (int)xa->shape[0], C = (int)xa->shape[1], H = (int)xa->shape[2], W = (int)xa->shape[3];
+    int64_t numel = th_arg_numel(xa);
+    th_fill(th_f64(f, "x"), LETHE_F64, numel, 0.5, 1.5, next_seed++);
+    const double *x = th_f64(f, "x"), *out = th_f64(f, "out");
+    int whole = 0, changed = 0, rc = 0;
+    double *first = malloc(sizeof(double) * (size_t)numel);
+    for (uint64_t counter = 0; counter < 6; counter++) {
+        lethe_ctx ctx = {.seed = 7, .counter = counter};
+        rc |= th_call(f, &ctx);
+        if (counter == 0)
+            memcpy(first, out, sizeof(double) * (size_t)numel);
+        else
+            changed += memcmp(first, out, sizeof(double) * (size_t)numel) != 0;
+        for (int n = 0; n < N; n++)
+            whole += matches_flip_shift(x + (size_t)n * C * H * W, out + (size_t)n * C * H * W, C, H, W, 2);
+    }
+    if (rc)
+        th_fail(name, "atk_flip_shift_bilinear returned non-zero");
+    else if (whole)
+        th_fail(name, "%d of %d outputs are whole-pixel shifts", whole, 6 * N);
+    else if (!changed)
+        th_fail(name, "six calls with different counters drew the same augmentation");
+    else
+        th_pass(name);
+    free(first);
+    th_frame_free(f);
+}
+
 int main(void) {
     char *err = NULL;
     P = th_compile_file(ATK_LTH, "--f64", &err);
@@ -296,13 +419,19 @@ int main(void) {
         return th_exit();
     }
     gradient_case("attacks.witches_brew.grad", "atk_wb", "delta", -0.05, 0.05);
-    gradient_case("attacks.witches_brew_augmented.grad", "atk_wb_aug", "delta", -0.05, 0.05);
+    gradient_case("attacks.witches_brew_bilinear.grad", "atk_wb_aug", "delta", -0.05, 0.05);
+    gradient_case("attacks.witches_brew_whole_pixels.grad", "atk_wb_aug_int", "delta", -0.05, 0.05);
+    gradient_case("attacks.augment_bilinear.grad", "atk_augment_probe", "x", -1, 1);
     gradient_case("attacks.gradient_canceling_last_layer.grad", "atk_gc_last", "xp", -1, 1);
     gradient_case("attacks.gradient_canceling_all.grad", "atk_gc_all", "xp", -1, 1);
-    witches_brew_descent();
+    witches_brew_descent("attacks.witches_brew.descent", "atk_wb");
+    witches_brew_descent("attacks.witches_brew_bilinear.descent", "atk_wb_aug");
     gradient_canceling_descent("attacks.gradient_canceling_last_layer.descent", "atk_gc_last");
     gradient_canceling_descent("attacks.gradient_canceling_all.descent", "atk_gc_all");
     gradpc_case();
     flip_shift_case();
+    flip_shift_bilinear_case();
+    flip_shift_by_case("attacks.flip_shift_by.bilinear_sampler", "atk_flip_shift_by", true);
+    flip_shift_by_case("attacks.flip_shift_by.whole_pixels", "atk_flip_shift_by_int", false);
     return th_exit();
 }

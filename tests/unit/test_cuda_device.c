@@ -18,7 +18,8 @@
  * Also checked: each way a module reaches the device (a CUBIN embedded by
  * lethec, none embedded, one for another GPU) and the kernel cache, both
  * GEMM paths (cuBLAS and the generated kernel), a call without a device,
- * the mock's count of out-of-bounds device accesses, and programs lowered
+ * the mock's count of out-of-bounds device accesses, a small GPT-2
+ * (tests/lth/cuda_gpt2.lth: attention, AdamW, the classifier), and programs lowered
  * as for the CPU (GEMMs inside loops, private scratch, implicit-im2col
  * convolutions), which lethec does not hand the CUDA backend.
  */
@@ -99,9 +100,12 @@ static double run_both(const lethe_program *cpu, const lethe_program *gpu, const
         if (a->kind == LETHE_SCALAR)
             continue;
         int64_t n = th_arg_numel(a);
-        /* running statistics are positive (a variance), the rest around 0 */
-        double lo = a->kind == LETHE_BUFFER ? 0.5 : a->dtype == LETHE_I32 ? 0 : -1;
-        double hi = a->kind == LETHE_BUFFER ? 1.5 : a->dtype == LETHE_I32 ? 4 : 1;
+        /* running statistics are positive (a variance), and so are padding
+         * masks (weights of a mean); the rest around 0 */
+        size_t len = strlen(a->name);
+        int positive = a->kind == LETHE_BUFFER || (len >= 4 && !strcmp(a->name + len - 4, "mask"));
+        double lo = positive ? 0.5 : a->dtype == LETHE_I32 ? 0 : -1;
+        double hi = positive ? 1.5 : a->dtype == LETHE_I32 ? 4 : 1;
         th_fill(fc->args[i], a->dtype, n, lo, hi, (uint64_t)i + 1);
         memcpy(fg->args[i], fc->args[i], (size_t)n * th_dtype_size(a->dtype));
     }
@@ -351,6 +355,7 @@ int main(void) {
      * same factor as in f64, where the run below pins the kernels to 1e-13) */
     whole_network = true;
     check_program("models", "tests/lth/cuda_models.lth", "", 2e-4, none);
+    check_program("gpt2", "tests/lth/cuda_gpt2.lth", "", 2e-4, none);
     whole_network = false;
     check_program("mlp", small, "-I graphs", 1e-5, none);
     th_check(stat_of(COMPILES) > before, "cuda modules without a CUBIN are compiled on first use", "no compile");
@@ -385,6 +390,7 @@ int main(void) {
     check_program("ops f64", "tests/lth/ops.lth", "--f64", 1e-12, mock);
     whole_network = true;
     check_program("models f64", "tests/lth/cuda_models.lth", "--f64", 1e-12, none);
+    check_program("gpt2 f64", "tests/lth/cuda_gpt2.lth", "--f64", 1e-12, none);
     whole_network = false;
 
     /* CUBINs for another GPU: the device compiles the source for its own */

@@ -117,6 +117,14 @@ static const Case cases[] = {
     {"f_batchnorm", "g_batchnorm_x", "x", "x=-2:2 g=0.5:1.5 rv=0.5:2"},
     {"f_batchnorm", "g_batchnorm_g", "g", "x=-2:2 g=0.5:1.5 rv=0.5:2"},
     {"f_xent", "g_xent", "x", "x=-2:2 y=0:5"},
+    /* second order (gradcheck.lth's H_*): Hessian-vector products */
+    {"f_lse_2", "g_lse_2", "x", "x=-2:2"},
+    {"f_lse_all_2", "g_lse_all_2", "x", "x=-2:2"},
+    {"f_softmax_2", "g_softmax_2", "x", "x=-2:2"},
+    {"f_log_softmax_2", "g_log_softmax_2", "x", "x=-2:2"},
+    {"f_causal_2", "g_causal_2", "s", "s=-2:2"},
+    {"f_xent_2", "g_xent_2", "x", "x=-2:2 y=0:5"},
+    {"f_take_row_2", "g_take_row_2", "x", "x=-2:2 y=0:4"},
     {"f_kl", "g_kl", "x", "x=-2:2 t=-2:2"},
     {"f_cosine", "g_cosine", "x", ""},
 };

@@ -503,13 +503,19 @@ static void test_reductions(void) {
     tg_out(&t, "split_max", g_reduce(g, OP_RMAX, big, 3, false, L0));
     tg_out(&t, "col_tiles", red(g, OP_SUM, col, 1));
     tg_out(&t, "col_tiles_max", red(g, OP_RMAX, col, 1));
+    /* logsumexp: rows (two passes over a fused prologue, and beside a sum of
+     * the same input in one kernel), columns (pairwise combine) and split */
+    tg_out(&t, "lse_rows", red(g, OP_RLSE, mul(g, x, sc(g, 3)), 4));
+    tg_out(&t, "lse_sib", red(g, OP_SUM, mul(g, x, sc(g, 3)), 4));
+    tg_out(&t, "lse_cols", red(g, OP_RLSE, col, 1));
+    tg_out(&t, "lse_split", g_reduce(g, OP_RLSE, big, 3, false, L0));
     LProgram *p = run_both(&t, "reductions over leading, trailing, middle and all axes");
     if (p)
         th_check(count_workspace(p, "_part") == 0, "reductions: no split below the threshold", "%d splits",
                  count_workspace(p, "_part"));
     LowerOptions o = {PARALLEL};
     p = lower_entry(&t.e, &o);
-    th_check(count_workspace(p, "_part") == 3, "reductions: large full reductions are split", "%d splits",
+    th_check(count_workspace(p, "_part") == 4, "reductions: large full reductions are split", "%d splits",
              count_workspace(p, "_part"));
     tg_free(&t);
 }
