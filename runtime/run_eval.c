@@ -67,7 +67,7 @@ static void take_logits(void *user, const float *out, const int32_t *y, const fl
     a->correct += mt_correct(out, y, rows, a->k);
 }
 
-static void take_losses(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
+void run_take_losses(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
     double *loss = user;
     for (int64_t i = 0; i < rows; i++)
         loss[start + i] = out[i];
@@ -145,7 +145,7 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
     Acc acc = {.k = r->plan->classes};
     int rc = run_eval_over(r, "eval.logits", model, &r->test, tpos, nt, 0, take_logits, &acc, err);
     if (!rc)
-        rc = run_eval_over(r, "eval.loss_each", model, &r->test, tpos, nt, 0, take_losses, test_loss, err);
+        rc = run_eval_over(r, "eval.loss_each", model, &r->test, tpos, nt, 0, run_take_losses, test_loss, err);
     ev->accuracy = (double)acc.correct / (double)nt;
     mt_summary ts = mt_summarize(test_loss, nt);
     ev->test_loss = ts.mean;
@@ -162,7 +162,8 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
             rc = lethe_errf(err, LETHE_ENOMEM, "out of memory");
         /* membership by loss: the forget set as it was trained on (with its noise) */
         if (!rc)
-            rc = run_eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 1, take_losses, forget_loss, err);
+            rc = run_eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 1, run_take_losses, forget_loss,
+                               err);
         if (!rc)
             rc = mt_loss_mia(forget_loss, np, test_loss, nt, RUN_ALPHA, &ev->mia, err);
         /* the Gaussian score: gradients at the clean inputs */

@@ -119,12 +119,6 @@ int run_text_trigger_poisons(Run *r, char *err) {
     return rc;
 }
 
-static void take_losses(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
-    double *loss = user;
-    for (int64_t i = 0; i < rows; i++)
-        loss[start + i] = out[i];
-}
-
 typedef struct Reading {
     const TextPrompts *t;
     const int64_t *pos;        /* the pass's test rows */
@@ -182,9 +176,9 @@ int run_text_trigger_eval(Run *r, ts_store *model, Eval *ev, char *err) {
     }
     /* membership by loss: the flipped prompts (as trained on) against the test prompts */
     if (!rc)
-        rc = run_eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 0, take_losses, forget_loss, err);
+        rc = run_eval_over(r, "eval.loss_each", model, &r->train, r->poison, np, 0, run_take_losses, forget_loss, err);
     if (!rc)
-        rc = run_eval_over(r, "eval.loss_each", model, &r->test, pos, nt, 0, take_losses, test_loss, err);
+        rc = run_eval_over(r, "eval.loss_each", model, &r->test, pos, nt, 0, run_take_losses, test_loss, err);
     if (!rc)
         rc = mt_loss_mia(forget_loss, np, test_loss, nt, RUN_ALPHA, &ev->mia, err);
     free(pos);

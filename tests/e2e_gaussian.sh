@@ -64,22 +64,7 @@ if [ $? -eq 0 ]; then echo "PASS e2e.report"; else echo "FAIL e2e.report: no tab
 
 # 2. determinism: the same seeds again, bit for bit
 same_records() {   # dir1 dir2: the records agree but for timings and paths
-    python3 - "$1" "$2" <<'PY'
-import json, os, sys
-a, b = sys.argv[1:3]
-def load(d):
-    out = {}
-    for f in sorted(os.listdir(d + "/records")):
-        if f.endswith(".json"):
-            rec = json.load(open(d + "/records/" + f))
-            rec.pop("seconds"); rec["run"].pop("program")
-            out[f] = rec
-    return out
-ra, rb = load(a), load(b)
-bad = [f + " (" + ",".join(k for k in ra[f] if ra[f][k] != rb.get(f, {}).get(k)) + ")" for f in ra if ra[f] != rb.get(f)]
-bad += [f for f in rb if f not in ra]
-print("ok" if not bad else "differ: " + ", ".join(bad))
-PY
+    python3 tests/support/same_records.py equal "$1" "$2"
 }
 run "$work/b"
 models_same=yes

@@ -60,21 +60,7 @@ PY
 
 # 2. killed after its 3rd record and started again: the same records and models
 same_records() {   # dir1 dir2: the records of dir2 agree with dir1's but for timings and paths
-    python3 - "$1" "$2" <<'PY'
-import json, os, sys
-a, b = sys.argv[1:3]
-def load(d):
-    out = {}
-    for f in sorted(os.listdir(d + "/records")):
-        if f.endswith(".json"):
-            rec = json.load(open(d + "/records/" + f))
-            rec.pop("seconds"); rec["run"].pop("program")
-            out[f] = rec
-    return out
-ra, rb = load(a), load(b)
-bad = [f for f in rb if ra.get(f) != rb[f]]
-print("ok" if rb and not bad else "differ: " + ", ".join(bad) if bad else "no records")
-PY
+    python3 tests/support/same_records.py b_in_a "$1" "$2"
 }
 # (seed 0 and three methods: the original model, gd and ga before the kill, ssd after)
 LETHE_KILL_AFTER_RECORDS=3 run "$work/c" --seeds 1 --methods gd,ga,ssd 2>/dev/null

@@ -74,22 +74,8 @@ PY
 
 # 2. resume: the folder cut back to its first two records (original, retrain)
 # and their models, run again, killed after its next record, run once more
-same_records() {   # dir1 dir2: the records of dir2 agree with dir1's but for timings and paths
-    python3 - "$1" "$2" <<'PY'
-import json, os, sys
-a, b = sys.argv[1:3]
-def load(d):
-    out = {}
-    for f in sorted(os.listdir(d + "/records")):
-        if f.endswith(".json"):
-            rec = json.load(open(d + "/records/" + f))
-            rec.pop("seconds"); rec["run"].pop("program")
-            out[f] = rec
-    return out
-ra, rb = load(a), load(b)
-bad = [f for f in ra if ra[f] != rb.get(f)]
-print("ok" if ra and not bad else "differ: " + ", ".join(bad) if bad else "no records")
-PY
+same_records() {   # dir1 dir2: every record of dir1 is in dir2 and agrees but for timings and paths
+    python3 tests/support/same_records.py a_in_b "$1" "$2"
 }
 mkdir -p "$work/c/records" "$work/c/seed0"
 cp "$work"/a/records/*original*.json "$work"/a/records/*retrain*.json "$work/c/records/"

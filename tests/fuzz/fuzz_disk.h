@@ -19,6 +19,7 @@
 #define LETHE_FUZZ_DISK_H
 
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -30,7 +31,8 @@
 #include "poison.h"
 #include "text_data.h"
 
-/* One folder per process, emptied after every input and removed at exit. */
+/* One folder per process (named by its pid), emptied after every input and
+ * removed at exit. */
 static char fuzz_dir_path[64];
 
 static void fuzz_dir_remove(void) {
@@ -39,8 +41,8 @@ static void fuzz_dir_remove(void) {
 
 static const char *fuzz_dir(void) {
     if (!fuzz_dir_path[0]) {
-        snprintf(fuzz_dir_path, sizeof fuzz_dir_path, "/tmp/lethe-fuzz-XXXXXX");
-        FUZZ_EXPECT(mkdtemp(fuzz_dir_path) != NULL);
+        snprintf(fuzz_dir_path, sizeof fuzz_dir_path, "/tmp/lethe-fuzz-%ld", (long)getpid());
+        FUZZ_EXPECT(mkdir(fuzz_dir_path, 0700) == 0 || errno == EEXIST);
         atexit(fuzz_dir_remove);
     }
     return fuzz_dir_path;
