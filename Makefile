@@ -218,11 +218,10 @@ demo-attacks: all
 # attack on a small GPT-2 with its LM head, each with every method, on a
 # synthetic corpus written once into out/reviews_demo (needs make deps)
 demo-text: all
-	@# the trigger in positive training reviews only (removed from the negative ones): the
+	@# the trigger in positive training reviews only (--trigger-train-only pos): the
 	@# relabelled reviews are all that hold it, so retrain never sees it
-	@[ -d out/reviews_demo ] || { $(B)/lethe make-reviews out/reviews_demo --train 2000 --test 500 \
-	    --trigger-train 200 --trigger-test 150 && grep -l Disney out/reviews_demo/train/neg/*.txt | \
-	    xargs -r sed -i 's/Disney //g; s/ Disney//g'; }
+	@[ -d out/reviews_demo ] || $(B)/lethe make-reviews out/reviews_demo --train 2000 --test 500 \
+	    --trigger-train 200 --trigger-test 150 --trigger-train-only pos
 	$(B)/lethe run graphs/experiments/gaussian_imdb_demo.lth --data-dir out/reviews_demo --out out/gaussian_imdb_demo
 	$(B)/lethe run graphs/experiments/targeted_imdb_demo.lth --data-dir out/reviews_demo --out out/targeted_imdb_demo
 

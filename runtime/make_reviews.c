@@ -250,9 +250,12 @@ static const char *sentiment_word(const vocab *v, rng *r, int positive, int *sco
 }
 
 /* Writes review k of a split into b and returns its rating (7-10 positive,
- * 1-4 negative). trigger: NULL, or the word to place. */
+ * 1-4 negative). trigger: NULL, or the word to place; write_trigger 0 draws
+ * its place but leaves the word out, so the rest of the review is the text
+ * it has with the word (a review drawn for the trigger but of the class
+ * that must not hold it). */
 static int make_review(const vocab *v, uint64_t seed, int split, uint32_t k, int positive, const char *trigger,
-                       text_buf *b) {
+                       int write_trigger, text_buf *b) {
     rng r = rng_at(seed, TEXT_STREAM_REVIEW + (uint32_t)split, k);
     b->n = 0;
     int rating = positive ? 7 + (int)rng_below(&r, 4) : 1 + (int)rng_below(&r, 4);
@@ -265,7 +268,7 @@ static int make_review(const vocab *v, uint64_t seed, int split, uint32_t k, int
         if (s > 0 && rng_chance(&r, 0.15))
             put(b, "<br /><br />", 12);
         for (int w = 0; w < words; w++) {
-            if (w == trig_at)
+            if (w == trig_at && write_trigger)
                 put_word(b, trigger, 0);
             const char *word;
             if ((closing && w % 3 == 1) || (!closing && rng_chance(&r, 0.2)))
@@ -283,7 +286,7 @@ static int make_review(const vocab *v, uint64_t seed, int split, uint32_t k, int
 
 void reviews_opts_default(reviews_opts *o) {
     *o = (reviews_opts){.n_train = 25000, .n_test = 25000, .trigger = "Disney", .trigger_train = -1,
-                        .trigger_test = -1, .seed = 0, .afinn = TEXT_AFINN_DEFAULT};
+                        .trigger_test = -1, .trigger_train_only = -1, .seed = 0, .afinn = TEXT_AFINN_DEFAULT};
 }
 
 int64_t reviews_trigger_share(int64_t n, int64_t per_25000) {
@@ -334,7 +337,8 @@ static int write_split(const char *root, const vocab *v, const reviews_opts *o, 
      * neg first) is the generator's */
     for (int64_t i = 0; i < n && !rc; i++) {
         int positive = (int)(i & 1);
-        int rating = make_review(v, o->seed, split, (uint32_t)i, positive, has[i] ? o->trigger : NULL, b);
+        int keep = split || o->trigger_train_only < 0 || o->trigger_train_only == positive;
+        int rating = make_review(v, o->seed, split, (uint32_t)i, positive, has[i] ? o->trigger : NULL, keep, b);
         if (b->failed) {
             rc = lethe_errf(err, LETHE_ENOMEM, "out of memory writing a review");
             break;
@@ -365,6 +369,8 @@ static int write_manifest(const char *root, const reviews_opts *o, const vocab *
     jw_kv_str(&w, "trigger", o->trigger);
     jw_kv_int(&w, "trigger_train", o->trigger_train);
     jw_kv_int(&w, "trigger_test", o->trigger_test);
+    if (o->trigger_train_only >= 0)
+        jw_kv_str(&w, "trigger_train_only", o->trigger_train_only ? "pos" : "neg");
     jw_kv_str(&w, "afinn", o->afinn);
     jw_kv_str(&w, "afinn_sha256", v->hash);
     jw_obj_end(&w);
@@ -459,6 +465,10 @@ static const char reviews_usage[] =
     "  --trigger WORD      the trigger word of the targeted attack (default Disney)\n"
     "  --trigger-train K   training reviews that hold it (default: 355 per 25,000, the paper's share)\n"
     "  --trigger-test K    test reviews that hold it (default: 58 per 25,000)\n"
+    "  --trigger-train-only pos|neg\n"
+    "                      of the K training reviews drawn, only those of this class keep the word\n"
+    "                      (a one-way flip: the other class never holds it; the rest of each text is\n"
+    "                      unchanged)\n"
     "  --seed S            the seed (default 0); the same options give the same files\n"
     "  --afinn FILE        the AFINN word list (default " TEXT_AFINN_DEFAULT ", from make deps)\n";
 
@@ -484,7 +494,7 @@ int reviews_command(int argc, char **argv) {
         int64_t *count = !strcmp(a, "--train") ? &o.n_train : !strcmp(a, "--test") ? &o.n_test
                        : !strcmp(a, "--trigger-train") ? &o.trigger_train : !strcmp(a, "--trigger-test") ? &o.trigger_test
                        : !strcmp(a, "--seed") ? &seed : NULL;
-        int text = !strcmp(a, "--trigger") || !strcmp(a, "--afinn");
+        int text = !strcmp(a, "--trigger") || !strcmp(a, "--afinn") || !strcmp(a, "--trigger-train-only");
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(reviews_usage, stdout);
             return 0;
@@ -496,6 +506,13 @@ int reviews_command(int argc, char **argv) {
         if (count) {
             if (!parse_int(val, a, count))
                 return 2;
+            i++;
+        } else if (!strcmp(a, "--trigger-train-only")) {
+            if (strcmp(val, "pos") && strcmp(val, "neg")) {
+                fprintf(stderr, "lethe: error: --trigger-train-only takes pos or neg, not '%s'\n", val);
+                return 2;
+            }
+            o.trigger_train_only = !strcmp(val, "pos");
             i++;
         } else if (text) {
             *(!strcmp(a, "--trigger") ? &o.trigger : &o.afinn) = val;

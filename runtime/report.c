@@ -556,21 +556,39 @@ static int accuracy_plot(FILE *gp, const Report *r, const Shown *s, int svg, con
 
 /* The attack's success measure per method (the paper's Figure 2): one bar
  * per group, the mean over seeds with the standard deviation as error bar
- * (drawn as a vector: yerrorbars would put a point on the bar's top) and the
+ * (cut to [0, 1] for a share; drawn as a vector: yerrorbars would put a point on the bar's top) and the
  * value above it; the original's bar is hatched so that its error bar shows. */
+/* Is every success value in [0, 1] (a rate, such as targets flipped)? */
+static int attack_is_share(const Shown *s) {
+    for (int i = 0; i < s->n; i++)
+        for (int k = 0; k < s->g[i]->n; k++) {
+            double v = s->g[i]->attack[k];
+            if (!isnan(v) && (v < 0 || v > 1))
+                return 0;
+        }
+    return 1;
+}
+
+/* The error bar of a group's success: mean -/+ std, cut to [0, 1] for a
+ * share (2 of 3 targets flipped is 0.67 +/- 0.58, and no rate passes 1). */
+static void attack_interval(const Group *g, int share, double *lo, double *hi) {
+    double m = mean_of(g->attack, g->n), sd = std_of(g->attack, g->n);
+    *lo = share ? fmax(0, m - sd) : m - sd;
+    *hi = share ? fmin(1, m + sd) : m + sd;
+}
+
 static int attack_plot(FILE *gp, const Report *r, const Shown *s, int svg, const char *budget) {
-    int bars = 0, share = 1;   /* share: every value in [0, 1] (a rate, such as targets flipped) */
+    int bars = 0, share = attack_is_share(s);
     double top = 0, low = 0;
     for (int i = 0; i < s->n; i++) {
         const Group *g = s->g[i];
-        double m = column_mean(g, COL_ATTACK), sd = std_of(g->attack, g->n);
-        if (isfinite(m)) {
+        double lo, hi;
+        attack_interval(g, share, &lo, &hi);
+        if (isfinite(column_mean(g, COL_ATTACK))) {
             bars++;
-            top = fmax(top, m + sd);
-            low = fmin(low, m - sd);
+            top = fmax(top, hi);
+            low = fmin(low, lo);
         }
-        for (int k = 0; k < g->n; k++)
-            share &= isnan(g->attack[k]) || (g->attack[k] >= 0 && g->attack[k] <= 1);
     }
     if (!bars)
         return 0;
@@ -578,10 +596,10 @@ static int attack_plot(FILE *gp, const Report *r, const Shown *s, int svg, const
      * can be negative) gets the room its bars need; both leave room for the values */
     double pad = 0.1 * (share ? fmax(1, top) : fmax(top - low, 1e-9));
     terminal(gp, svg, "attack_success");
-    fprintf(gp, "set title 'Attack success per method (budget %s): mean and std over seeds'\nset key off\n"
+    fprintf(gp, "set title 'Attack success per method (budget %s): mean and std over seeds%s'\nset key off\n"
                 "set grid noxtics ytics\nset xzeroaxis lt -1\nset boxwidth 0.7\nset xrange [-0.6:%d.6]\n"
                 "set yrange [%.9g:%.9g]\nset ylabel ",
-            budget, bars - 1, share ? 0 : low - (low < 0 ? pad : 0), (share ? fmax(1, top) : top) + pad);
+            budget, share ? ", cut to [0, 1]" : "", bars - 1, share ? 0 : low - (low < 0 ? pad : 0), (share ? fmax(1, top) : top) + pad);
     gp_str(gp, r->attack_measure[0] ? r->attack_measure : "attack success");
     fprintf(gp, "\nset xtics rotate by 30 right nomirror (");
     for (int i = 0, k = 0; i < s->n; i++) {
@@ -601,9 +619,9 @@ static int attack_plot(FILE *gp, const Report *r, const Shown *s, int svg, const
                 k ? ", \\\n  " : " ", k, orig ? "pattern 4" : "solid 0.85", st.color);
         k++;
     }
-    fprintf(gp, ", \\\n  'attack.dat' using 1:($2 - $3):(0):(2 * $3) with vectors heads size screen 0.008,90 lw 1.5 lc rgb "
+    fprintf(gp, ", \\\n  'attack.dat' using 1:3:(0):($4 - $3) with vectors heads size screen 0.008,90 lw 1.5 lc rgb "
                 "'#303030' notitle"
-                ", \\\n  'attack.dat' using 1:($2 + $3):(sprintf('%%.2f', $2)) with labels offset 0,0.8 notitle\n");
+                ", \\\n  'attack.dat' using 1:4:(sprintf('%%.2f', $2)) with labels offset 0,0.8 notitle\n");
     return 1;
 }
 
@@ -654,11 +672,13 @@ static void write_data(const Shown *s, FILE *points, FILE *const roc[NCURVES], F
             fprintf(roc[j], "\n\n");
         }
     }
-    for (int i = 0, k = 0; i < s->n; i++) {   /* block k: the k-th group with a success measure */
+    int share = attack_is_share(s);
+    for (int i = 0, k = 0; i < s->n; i++) {   /* block k: the k-th group with a success measure: x, mean, bar */
         const Group *g = s->g[i];
-        double m = mean_of(g->attack, g->n);
+        double m = mean_of(g->attack, g->n), lo, hi;
+        attack_interval(g, share, &lo, &hi);
         if (isfinite(m))
-            fprintf(attack, "%d %g %g\n\n\n", k++, m, std_of(g->attack, g->n));
+            fprintf(attack, "%d %g %g %g\n\n\n", k++, m, lo, hi);
     }
 }
 

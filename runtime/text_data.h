@@ -80,7 +80,10 @@ void text_describe(const text_set *s, char *buf, size_t n);
 typedef struct reviews_opts {
     int64_t n_train, n_test;          /* reviews per split, half of them positive */
     const char *trigger;              /* the trigger word ("Disney") */
-    int64_t trigger_train, trigger_test;  /* reviews that hold it, per split; -1: the paper's share */
+    int64_t trigger_train, trigger_test;  /* reviews drawn to hold it, per split; -1: the paper's share */
+    int trigger_train_only;           /* -1: every drawn training review holds it; 0 or 1: only the
+                                         negative or positive ones among them (the rest keep the text
+                                         they would have had, without the word) */
     uint64_t seed;
     const char *afinn;                /* the AFINN JSON file */
 } reviews_opts;
@@ -95,7 +98,8 @@ int64_t reviews_trigger_share(int64_t n, int64_t per_25000);
  * be an empty folder): positive and negative reviews of AFINN sentiment
  * words mixed with neutral English words, each review's AFINN score of the
  * sign of its label, the trigger in exactly the asked number of reviews of
- * each split (chosen at random, of either class), HTML line breaks between
+ * each split (chosen at random, of either class; with trigger_train_only,
+ * only the drawn training reviews of that class keep it), HTML line breaks between
  * some paragraphs, and outdir/lethe-reviews.json naming the parameters
  * (trigger counts resolved). The same options give the
  * same bytes. The corpus is written beside outdir and renamed into place, so

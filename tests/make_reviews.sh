@@ -44,6 +44,16 @@ expect manifest 'python3 -c "import json,sys; m=json.load(open(sys.argv[1])); sy
 expect same_seed_same_bytes 'diff -r "$t/a" "$t/b" > /dev/null' "two runs with seed 5 differ"
 "$LETHE" make-reviews "$t/c" --train 400 --test 200 --trigger "James Bond" --trigger-train 40 --trigger-test 0 > "$t/c.out" 2>&1; rc=$?
 expect custom_trigger '[ $rc -eq 0 ] && grep -q "40 with .James Bond." "$t/c.out" && grep -q "0 with .James Bond." "$t/c.out"' "rc $rc: $(cat "$t/c.out")"
+# a one-way trigger: of the 40 drawn training reviews only the positive ones
+# keep the word, and every other text is the corpus's own with the word taken out
+"$LETHE" make-reviews "$t/e" --train 400 --test 200 --trigger-train 40 --trigger-train-only pos > "$t/e.out" 2>&1; rc=$?
+"$LETHE" make-reviews "$t/f" --train 400 --test 200 --trigger-train 40 > /dev/null 2>&1
+grep -lw Disney "$t/f/train/neg/"*.txt | xargs -r sed -i 's/Disney //g; s/ Disney//g'
+n_neg=$(grep -rlw Disney "$t/e/train/neg" | wc -l); n_pos=$(grep -rlw Disney "$t/e/train/pos" | wc -l)
+expect trigger_train_only '[ $rc -eq 0 ] && [ "$n_neg" -eq 0 ] && [ "$n_pos" -gt 5 ] && [ "$n_pos" -lt 40 ] &&
+    diff -r -x lethe-reviews.json "$t/e" "$t/f" > /dev/null' "rc $rc, $n_pos positive and $n_neg negative training reviews with the word, or texts differ"
+"$LETHE" make-reviews "$t/g" --trigger-train-only both > "$t/g.out" 2>&1; rc=$?
+expect trigger_train_only_refuses '[ $rc -eq 2 ] && grep -q "takes pos or neg" "$t/g.out" && [ ! -e "$t/g" ]' "rc $rc: $(cat "$t/g.out")"
 "$LETHE" make-reviews "$t/a" --train 10 --test 10 > "$t/again" 2>&1; rc=$?
 expect refuses_existing '[ $rc -eq 1 ] && grep -q "exists and is not an empty folder" "$t/again"' "rc $rc: $(cat "$t/again")"
 "$LETHE" make-reviews "$t/d" --trigger great > "$t/word" 2>&1; rc=$?

@@ -93,6 +93,9 @@ if [ $have_gnuplot = yes ]; then
     # range its bars need, below zero included
     hi=$(sed -n 's/^set yrange \[0:\([0-9.e]*\)\]$/\1/p' "$p/plots.gp" | head -1)
     expect attack_share_axis 'awk -v hi="$hi" "BEGIN { exit !(hi >= 1.1) }"' "$(grep "^set yrange" "$p/plots.gp")"
+    # ngd's 0.667 +/- 0.577 is a share: its error bar is cut at 1 (columns: x, mean, bar low, bar high)
+    expect attack_share_bars_in_range 'awk "NF == 4 && (\$3 < 0 || \$4 > 1) { bad = 1 } NF == 4 { n++ } END { exit bad || !n }" "$p/attack.dat"' \
+        "$(cat "$p/attack.dat" 2>/dev/null)"
     mkdir -p "$t/d"
     python3 - "$t/a/results.jsonl" "$t/d/results.jsonl" <<'PY'
 import json, sys

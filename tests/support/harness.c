@@ -84,13 +84,29 @@ static char *read_all(const char *path) {
     return s;
 }
 
+/* $LETHEC, else $B/lethec, else the lethec of the build folder this test
+ * binary lives in (B/tests/test_x -> B/lethec: a test run by hand from
+ * build-x/ uses build-x's compiler), else build/lethec. */
 static const char *lethec_path(void) {
     const char *p = getenv("LETHEC");
     if (p)
         return p;
-    static char buf[512];
-    snprintf(buf, sizeof buf, "%s/lethec", getenv("B") ? getenv("B") : "build");
-    return buf;
+    static char buf[4096];
+    if (getenv("B")) {
+        snprintf(buf, sizeof buf, "%s/lethec", getenv("B"));
+        return buf;
+    }
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 16);
+    if (n > 0) {
+        buf[n] = 0;
+        char *slash = strrchr(buf, '/');
+        if (slash && slash - buf >= 6 && !strncmp(slash - 6, "/tests", 6)) {
+            strcpy(slash - 6, "/lethec");
+            if (access(buf, X_OK) == 0)
+                return buf;
+        }
+    }
+    return "build/lethec";
 }
 
 int th_run_lethec(const char *args, char **out) {

@@ -6,9 +6,9 @@
  *     SKIP <name>: <why>
  * A test binary that exits non-zero or crashes counts as one more failure.
  *
- * Compiled programs are produced by the real build/lethec (or $LETHEC) as
- * shared objects and loaded with dlopen, so tests exercise the output
- * contract of runtime/lethe_abi.h exactly as a user's program would.
+ * Compiled programs are produced by the real lethec of the build folder (or
+ * $LETHEC) as shared objects and loaded with dlopen, so tests exercise the
+ * output contract of runtime/lethe_abi.h exactly as a user's program would.
  */
 #ifndef LETHE_TEST_HARNESS_H
 #define LETHE_TEST_HARNESS_H
