@@ -1,7 +1,7 @@
 /* bench_craft.c: times one Witches' Brew crafting step, the Lethe side of
  * the crafting rows of bench/run.sh (PyTorch's: bench_torch.py w16 craft).
  *
- *   bench_craft PROGRAM.so ENTRY [--warmup N] [--steps N] [--threads N]
+ *   bench_craft PROGRAM.so ENTRY [--warmup N] [--steps N] [--threads N] [--profile [--cpu-time]]
  *
  * ENTRY is an export of graphs/attacks/witches_brew.lth (bench/craft.lth):
  * the model gets fresh parameters from ENTRY.init_model (fixed seed), the
@@ -17,14 +17,20 @@
  * Prints one line of key=value pairs as bench_resnet.c does: the median,
  * min and max seconds per step, the least process CPU time of a step, the
  * peak RSS in MiB of the whole process (it times one entry only), the
- * workspace in MiB and the loss after the last step.
+ * workspace in MiB and the loss after the last step. --profile adds the
+ * generated code's per-kernel table of the timed steps ("K " lines, as
+ * bench_resnet.c prints them; bench_profile.h), --cpu-time on the calling
+ * thread's CPU clock: with --threads 1, what each kernel costs even on a busy
+ * machine.
  */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_profile.h"
 #include "bench_util.h"
 #include "lethe.h"
 #include "threadpool.h"
@@ -82,11 +88,12 @@ static int set_constraints(lethe_frame *f, char *err) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s PROGRAM.so ENTRY [--warmup N] [--steps N] [--threads N]\n", argv[0]);
+        fprintf(stderr, "usage: %s PROGRAM.so ENTRY [--warmup N] [--steps N] [--threads N] [--profile [--cpu-time]]\n",
+                argv[0]);
         return 2;
     }
     const char *so = argv[1], *entry = argv[2];
-    int warmup = 1, steps = 3, threads = 0;
+    int warmup = 1, steps = 3, threads = 0, profile = 0, cpu_clock = 0;
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--warmup") && i + 1 < argc)
             warmup = atoi(argv[++i]);
@@ -94,6 +101,10 @@ int main(int argc, char **argv) {
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--profile"))
+            profile = 1;
+        else if (!strcmp(argv[i], "--cpu-time"))
+            cpu_clock = 1;
         else {
             fprintf(stderr, "%s: unknown argument %s\n", argv[0], argv[i]);
             return 2;
@@ -129,13 +140,21 @@ int main(int argc, char **argv) {
         rc = set_constraints(f, err);
     for (int i = 0; !rc && i < warmup; i++)
         rc = frame_call(f, &ctx, err);
-    double *t = calloc((size_t)steps, sizeof(double)), *cpu = calloc((size_t)steps, sizeof(double));
+    kprofile *kp = profile && !rc ? dlsym(prog.handle, "lethe_program_main_profile") : NULL;
+    if (profile && !rc && !kp)
+        fprintf(stderr, "bench_craft: %s has no kernel profile table\n", so);
+    kstats ks = kstats_new(kp, entry);
+    if (kp)
+        kp->enabled = 1 + (cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC);
+    double *t = calloc((size_t)steps, sizeof(double)), *cpu = calloc((size_t)steps, sizeof(double)), total = 0;
     for (int i = 0; !rc && i < steps; i++) {
         ctx.counter = (uint64_t)i;
         double t0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         rc = frame_call(f, &ctx, err);
         t[i] = clock_s(CLOCK_MONOTONIC) - t0;
         cpu[i] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+        total += t[i];
+        kstats_step(&ks);
     }
     if (rc)
         fprintf(stderr, "bench_craft: %s\n", err);
@@ -150,7 +169,9 @@ int main(int argc, char **argv) {
                "workspace_mb=%.1f loss=%.6f\n",
                entry, med, t[0], t[steps - 1], cpu[0], steps, lethe_pool_nthreads(pool), (double)ru.ru_maxrss / 1024.0,
                (double)e->workspace_bytes / (1024.0 * 1024.0), loss ? (double)*loss : -1.0);
+        kstats_print(&ks, steps, total / steps);
     }
+    kstats_free(&ks);
     free(t);
     free(cpu);
     frame_free(f);

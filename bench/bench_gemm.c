@@ -65,6 +65,20 @@ static const struct {
     {"w16_l3", "w16 layer3 64->64, 7x7"},
     {"w16_l4", "w16 layer4 128->128, 4x4"},
     {"w16_fc", "w16 fc 128->10"},
+    {"gpt2_qkv_bt256", "GPT-2 qkv fwd, BT 256"},
+    {"gpt2_attproj_bt256", "GPT-2 attn proj fwd, BT 256"},
+    {"gpt2_fc_bt256", "GPT-2 fc fwd, BT 256"},
+    {"gpt2_fcproj_bt256", "GPT-2 fc proj fwd, BT 256"},
+    {"gpt2_lmhead_bt256", "GPT-2 LM head fwd, BT 256"},
+    {"gpt2_lmhead_dx_bt256", "GPT-2 LM head dX, BT 256"},
+    {"gpt2_lmhead_dw_bt256", "GPT-2 LM head dW, BT 256"},
+    {"gpt2_qkv_bt512", "GPT-2 qkv fwd, BT 512"},
+    {"gpt2_attproj_bt512", "GPT-2 attn proj fwd, BT 512"},
+    {"gpt2_fc_bt512", "GPT-2 fc fwd, BT 512"},
+    {"gpt2_fcproj_bt512", "GPT-2 fc proj fwd, BT 512"},
+    {"gpt2_lmhead_bt512", "GPT-2 LM head fwd, BT 512"},
+    {"gpt2_lmhead_dx_bt512", "GPT-2 LM head dX, BT 512"},
+    {"gpt2_lmhead_dw_bt512", "GPT-2 LM head dW, BT 512"},
 };
 
 static void sleep_s(double s) {

@@ -35,22 +35,7 @@
 #include "bench_util.h"
 #include "lethe.h"
 #include "threadpool.h"
-
-/* the kernel profile table of backend_llvm_abi.c */
-typedef struct kprofile_entry {
-    const char *entry;
-    int64_t nkernels;
-    const char *const *kernel;
-    const char *const *what;
-    const double *flops;
-    int64_t *ns;
-} kprofile_entry;
-
-typedef struct kprofile {
-    int32_t enabled;
-    int32_t nentries;
-    const kprofile_entry *entries;
-} kprofile;
+#include "bench_profile.h"
 
 static void fill_inputs(lethe_frame *f) {
     const lethe_entry *e = f->e;
@@ -86,61 +71,6 @@ static int call_init(const lethe_program *p, const char *entry, const char *suff
     int rc = frame_call(f, ctx, err);
     frame_free(f);
     return rc;
-}
-
-/* The profile of `entry` as per-step minima (robust to other processes on a
- * shared machine) and means over the timed steps. */
-typedef struct kstats {
-    const kprofile_entry *pe;
-    int64_t *last;       /* counters after the previous step */
-    double *min, *sum;   /* ns per step */
-} kstats;
-
-static kstats kstats_new(const kprofile *kp, const char *entry) {
-    kstats ks = {0};
-    for (int i = 0; kp && i < kp->nentries; i++)
-        if (!strcmp(kp->entries[i].entry, entry))
-            ks.pe = &kp->entries[i];
-    if (!ks.pe)
-        return ks;
-    size_t n = (size_t)ks.pe->nkernels + 1;
-    ks.last = calloc(n, sizeof(int64_t));
-    ks.min = calloc(n, sizeof(double));
-    ks.sum = calloc(n, sizeof(double));
-    for (int64_t k = 0; k < ks.pe->nkernels; k++) {
-        ks.last[k] = ks.pe->ns[k];
-        ks.min[k] = 1e30;
-    }
-    return ks;
-}
-
-static void kstats_step(kstats *ks) {
-    for (int64_t k = 0; ks->pe && k < ks->pe->nkernels; k++) {
-        double d = (double)(ks->pe->ns[k] - ks->last[k]);
-        ks->last[k] = ks->pe->ns[k];
-        ks->sum[k] += d;
-        if (d < ks->min[k])
-            ks->min[k] = d;
-    }
-}
-
-static void print_profile(const kstats *ks, int steps, double step_s) {
-    const kprofile_entry *pe = ks->pe;
-    if (!pe)
-        return;
-    double smin = 0, smean = 0;
-    for (int64_t k = 0; k < pe->nkernels; k++) {
-        smin += ks->min[k];
-        smean += ks->sum[k] / steps;
-    }
-    printf("P entry=%s kernels=%lld sum_min_ms=%.3f sum_mean_ms=%.3f step_ms=%.3f\n", pe->entry, (long long)pe->nkernels,
-           smin * 1e-6, smean * 1e-6, step_s * 1e3);
-    for (int64_t k = 0; k < pe->nkernels; k++) {
-        double ms = ks->min[k] * 1e-6;
-        double gf = ms > 0 ? pe->flops[k] / (ms * 1e6) : 0;
-        printf("K %9.3f %9.3f %6.2f%% %8.1f %s | %s\n", ms, ks->sum[k] * 1e-6 / steps,
-               smin > 0 ? 100.0 * ks->min[k] / smin : 0.0, gf, pe->kernel[k], pe->what[k]);
-    }
 }
 
 int main(int argc, char **argv) {
@@ -238,7 +168,7 @@ int main(int argc, char **argv) {
         printf(" loss=%.4f", (double)*loss);
     printf("\n");
     if (kp)
-        print_profile(&ks, steps, total / steps);
+        kstats_print(&ks, steps, total / steps);
     frame_free(f);
     ts_clear(&model);
     ts_clear(&state);

@@ -27,14 +27,56 @@ multi-head attention with the masked scores at finfo.min, Conv1D layers (x @
 weight + bias, weight [in, out]), an MLP of 4C with gelu_new (PyTorch's
 fused tanh GELU, the same function), ln_f, the LM head tied to wte; the LM
 loss is HF's (labels = ids, -100 at padding; here every position is real).
-The settings that make it fastest (OpenBLAS's AVX-512 kernel, jemalloc,
-OMP_WAIT_POLICY=PASSIVE; PERF-ANCHORS) are the caller's environment.
+The settings that make it fastest are the caller's environment
+(bench/run_gpt2.sh sets them for both sides); measured here on the 2-CPU
+Zen 5 VM (torch 1.13 from Debian, OpenBLAS 0.3.21 pthreads, jemalloc
+5.3), train_t64 at B = 4, each setting its own process, alternating
+rounds, 2 warm-up and 3 timed steps; process CPU seconds per step (median)
+on one thread, as the machine was shared (load 6-9), so wall times were
+not comparable:
+
+  setting (all: OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY=PASSIVE,   CPU s/step   page faults
+  OPENBLAS_NUM_THREADS=1)                                           round 1, 2   per process
+  jemalloc, default MALLOC_CONF (PERF-ANCHORS' "tuned")             8.55, 9.28   3,050,000
+  glibc malloc, GLIBC_TUNABLES=glibc.malloc.hugetlb=1               2.35, 2.23      60,000
+  jemalloc, MALLOC_CONF=oversize_threshold:0,dirty_decay_ms:-1,
+    muzzy_decay_ms:-1,thp:always,metadata_thp:always ("kept")       1.74, 1.74      31,000
+  kept + ATEN_CPU_CAPABILITY=avx512 (torch picks AVX2 here)         1.81, 1.75      31,000
+  kept + AdamW(foreach=True) (peak RSS 3.46 GB, not 2.93)           1.69, 1.90      31,000
+  kept + zero_grad(set_to_none=False)                               2.13, 2.23      31,000
+  glibc, MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=
+    68719476736 MALLOC_TOP_PAD_=1073741824                          2.51, 2.00     780,000
+  the same + GLIBC_TUNABLES=glibc.malloc.hugetlb=1                  1.88, 1.70      30,000
+  jemalloc, kept without thp:always, metadata_thp:always            1.76, 1.83     690,000
+
+  on 2 threads, kept, wall s/step (median), rounds 1-3:
+  OMP_WAIT_POLICY=PASSIVE                                           6.18, 1.99, 1.89
+  OMP_WAIT_POLICY=ACTIVE (CPU s/step 10.2, 4.4, 5.6)                20.4, 4.27, 5.53
+  PASSIVE + OPENBLAS_THREAD_TIMEOUT=4                               1.77, 2.09, 3.64
+
+The page faults are the cause: this model's step allocates ~2.4 GB afresh
+(gradients, AdamW's sqrt and division temporaries, activations; the
+[50257, 768] tensors at 154 MB each), jemalloc serves requests over 8 MiB
+from an arena that returns its pages at once, glibc mmaps them (its
+dynamic mmap threshold stays under 32 MiB), and a 4 KiB fault costs ~15 us
+in this VM (the
+profiler showed sqrt, div, fill_ and add at < 1 GB/s). Keeping the pages
+(and huge pages for them) leaves none after warm-up: torch.profiler then
+shows sqrt 26 ms and div 25 ms a step (0.79 and 0.89 s with glibc) and the
+GEMMs (mm, addmm) 1.13 s of a 1.65 s step on one thread. The other knobs are
+within the noise or worse, so this script keeps torch.optim.AdamW's and
+zero_grad's defaults. torch.set_num_threads does not reach Debian's
+OpenBLAS (pthreads): without more, a "one thread" run computes its GEMMs on
+every CPU (CPU time above wall time), so this script gives OpenBLAS the same
+count, and run_gpt2.sh sets OPENBLAS_NUM_THREADS so that no idle BLAS
+threads are even started.
 
 One process times one pass, so its peak resident memory (getrusage: the
 whole process) belongs to it alone. Prints one line of key=value pairs, like
 bench/bench_resnet.c.
 """
 import argparse
+import ctypes
 import math
 import os
 import resource
@@ -113,6 +155,16 @@ def lm_loss(logits, idx, mask):
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def set_blas_threads(n):
+    """torch.set_num_threads does not reach Debian's OpenBLAS (its pthreads
+    build), which runs one thread per CPU unless told: give it the same
+    count (a no-op where torch's BLAS is another, e.g. MKL on a GPU host)."""
+    try:
+        ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads(n)
+    except (OSError, AttributeError):
+        pass
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("config", choices=CONFIGS)
@@ -131,6 +183,7 @@ def main():
     # one thread per CPU, as the Lethe side; set explicitly because libgomp
     # can settle on 1 in a container whatever the CPU count
     torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
+    set_blas_threads(torch.get_num_threads())
     torch.manual_seed(0)
     layers, c, heads, vocab, positions = CONFIGS[a.config]
     mode, t = ENTRIES[a.entry]

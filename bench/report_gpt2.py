@@ -10,8 +10,15 @@ FLOPs are PERF-ANCHORS': the matmuls as executed, per token of a forward
 L (24 C^2 + 4 T C) + 2 C V (the full T x T attention scores); a training
 step counts 3 forwards, the input-embedding gradient 2 (forward and the
 input-gradient half of the backward), the evaluation 1.
+
+Where the time goes: Lethe's 1-thread kernel profile of the training step
+at T = 64, summed by class (GEMMs by role: LM head, MLP, attention
+projections, attention scores; AdamW update; the global-norm sums of
+gradient clipping; reductions; elementwise; data movement), then by kernel
+kind with the slowest kernels.
 """
 import collections
+import math
 import re
 import sys
 
@@ -30,6 +37,99 @@ LLMC = {("train_t64", 2): 2.810, ("train_t64", 1): 5.214, ("train_t128", 2): 5.8
 
 def kv(text):
     return dict(re.findall(r"(\w+)=(\S+)", text))
+
+
+def gemm_roles(batch, t, c, vocab):
+    """The FLOPs of one GEMM of each role in a step at sequence length t
+    (forward and backward GEMMs of a role have the same count, 2 M N K)."""
+    bt = batch * t
+    roles = []
+    for name, f in (("LM head (logits, their input and weight gradients; tied wte)", 2.0 * bt * c * vocab),
+                    ("MLP (c_fc, c_proj)", 2.0 * bt * c * 4 * c),
+                    ("attention QKV projection (c_attn)", 2.0 * bt * c * 3 * c),
+                    ("attention output projection", 2.0 * bt * c * c),
+                    ("attention scores and values (QK^T, PV and their gradients)", 2.0 * bt * t * c)):
+        # roles of (nearly) equal FLOPs cannot be told apart: one class
+        # (the tiny config's T = C = 64 makes the last two equal)
+        same = next((i for i, r in enumerate(roles) if abs(f / r[1] - 1.0) <= 0.05), None)
+        if same is None:
+            roles.append(["GEMM: " + name, f])
+        else:
+            roles[same][0] += " or " + name
+    return roles
+
+
+# kernel kinds (the name after "kN_") that are reductions or move data
+REDUCTIONS = {"sum", "rmax", "rmin", "rlogsumexp", "reductions", "mean", "argmax"}
+DATA_MOVEMENT = {"permute", "gather", "scatter_add", "copy", "pad", "concat", "slice", "transpose"}
+
+
+def time_by_class(kernels, batch, t, c, vocab):
+    """Where the time goes, by class: each matmul kernel goes to the GEMM
+    role whose FLOP count is nearest to its own (its GFLOP/s times its time;
+    beyond 15% of every role it is "other").
+    The optimizer is the update kernels (one per parameter) and the sums of
+    squares that precede them (one per parameter: clip_grad_norm's global
+    norm). kernels: (ms, gflops, kind) in the profile's order."""
+    roles = gemm_roles(batch, t, c, vocab)
+    updates = [i for i, k in enumerate(kernels) if k[2] == "update"]
+    clip = set()
+    if updates:
+        sums = [i for i in range(updates[0]) if kernels[i][2] == "sum"]
+        clip = set(sums[-len(updates):]) if len(sums) >= len(updates) else set()
+    by = collections.OrderedDict((name, [0.0, 0.0, 0]) for name, _ in roles)   # ms, GFLOP, kernels
+    for extra in ("GEMM: other", "AdamW update (fused, one kernel per parameter)",
+                  "gradient clipping: sums of squares for the global norm",
+                  "reductions (layer norm, softmax, cross entropy, bias gradients)",
+                  "elementwise (GELU, residual adds, layer-norm and softmax arithmetic)",
+                  "data movement (permute, gather, scatter, copy)"):
+        by[extra] = [0.0, 0.0, 0]
+    for i, (ms, gflops, kind) in enumerate(kernels):
+        work = gflops * ms * 1e-3   # GFLOP
+        if kind == "matmul":
+            name, f = min(roles, key=lambda r: abs(math.log(max(work * 1e9, 1.0) / r[1])))
+            cls = name if abs(work * 1e9 / f - 1.0) <= 0.15 else "GEMM: other"
+        elif kind == "update":
+            cls = "AdamW update (fused, one kernel per parameter)"
+        elif i in clip:
+            cls = "gradient clipping: sums of squares for the global norm"
+        elif kind in REDUCTIONS:
+            cls = "reductions (layer norm, softmax, cross entropy, bias gradients)"
+        elif kind in DATA_MOVEMENT:
+            cls = "data movement (permute, gather, scatter, copy)"
+        else:
+            cls = "elementwise (GELU, residual adds, layer-norm and softmax arithmetic)"
+        by[cls][0] += ms
+        by[cls][1] += work
+        by[cls][2] += 1
+    return by
+
+
+def class_table(p, entry, prof, t, c, vocab, peak1):
+    """The time-by-class table of a profiled step."""
+    kernels = []
+    for x in prof:
+        if x.startswith("K "):
+            f = x.split()
+            kernels.append((float(f[1]), float(f[4]), f[5].split("_", 1)[1] if "_" in f[5] else f[5]))
+    if not kernels:
+        return
+    total = sum(k[0] for k in kernels)
+    head = kv(next((x for x in prof if x.startswith("P ")), ""))
+    p("### Where the time goes: %s by kernel class, 1 thread, CPU time per step" % entry)
+    p("")
+    p("The kernels' minima over the timed steps sum to %.1f ms%s. GEMMs are assigned to a role by their FLOP "
+      "count; %% of peak is of the 1-thread FP32 peak (%.0f GFLOP/s)." % (
+          total, " of a %.1f ms step" % float(head["step_ms"]) if "step_ms" in head else "", peak1))
+    p("")
+    p("| class | kernels | ms | share | GFLOP/s (% peak) |")
+    p("|---|---|---|---|---|")
+    for cls, (ms, work, n) in time_by_class(kernels, BATCH, t, c, vocab).items():
+        if n:
+            rate = "%.0f (%.0f%%)" % (work / ms * 1e3, 100 * work / ms * 1e3 / peak1) \
+                if cls.startswith("GEMM") and ms > 0 and peak1 else "-"
+            p("| %s | %d | %.1f | %.1f%% | %s |" % (cls, n, ms, 100 * ms / total, rate))
+    p("")
 
 
 def main():
@@ -96,6 +196,7 @@ def main():
                 f / ts / 1e9, 100 * f / ts / 1e9 / pk, float(le[0]["peak_rss_mb"]), float(to[0]["peak_rss_mb"]),
                 "%.3f (%.0f)" % (anchor, tokens / anchor) if anchor else "-"))
         p("")
+    class_table(p, "train_t64", prof, 64, c, vocab, peaks.get(1, 0.0))
     ks = kernel_lines(prof)
     if ks:
         profile_table(p, "train_t64", ks, len(ks))

@@ -11,18 +11,30 @@
 # training step at T = 64 and T = 128, the evaluation forward (the LM loss)
 # and the gradient with respect to the input embeddings at T = 128. Each runs
 # in a process of its own (bench/bench_resnet.c times any entry point), so
-# its peak resident memory is its own. Both sides run with PyTorch's best
-# settings of PERF-ANCHORS: OPENBLAS_CORETYPE unset (OpenBLAS's AVX-512
-# kernel), jemalloc preloaded when it is installed, OMP_WAIT_POLICY=PASSIVE.
-# Every pass runs on 2 threads (one per CPU); the training steps once more on
-# one thread each, in BENCH_ROUNDS alternating rounds (each side's best
-# median counts). Then a per-kernel profile of Lethe's training step at T =
-# 64 (one thread, CPU time).
+# its peak resident memory is its own. Every pass runs on 2 threads (one per
+# CPU); the training steps once more on one thread each, in BENCH_ROUNDS
+# alternating rounds (each side's best median counts). Then a per-kernel
+# profile of Lethe's training step at T = 64 (one thread, CPU time).
 #
-# Prints, and writes to $B/bench/gpt2.md: tokens/s of both, their ratio,
-# GFLOP/s and share of this machine's FP32 peak (bench/peak.c; FLOPs as
-# PERF-ANCHORS counts them), peak RSS of both, and llm.c's fixed anchors from
-# PERF-ANCHORS beside the training rows (not run here).
+# Both sides run in PyTorch's best environment, which is measured, not
+# assumed (bench_torch_gpt2.py's head comment has the table):
+#   - jemalloc preloaded with MALLOC_CONF=oversize_threshold:0,
+#     dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always,metadata_thp:always.
+#     PyTorch allocates every step's gradients, AdamW temporaries and
+#     activations afresh (the 154 MB [50257, 768] ones several times a
+#     step); jemalloc's defaults serve requests over 8 MiB from an arena
+#     that gives pages back at once, so each step page-faults ~2.4 GB in
+#     again (~600,000 faults of ~15 us each in this VM). With pages kept and
+#     huge pages, faults after warm-up fall to ~0: 8.6 s -> 1.7 s of CPU per
+#     step on one thread (T = 64). Lethe plans its memory once, so the
+#     setting changes little there.
+#   - OMP_WAIT_POLICY=PASSIVE and OPENBLAS_CORETYPE unset (OpenBLAS's
+#     AVX-512 kernel), as PERF-ANCHORS found.
+#   - OPENBLAS_NUM_THREADS = the pass's thread count: torch.set_num_threads
+#     does not reach Debian's OpenBLAS (pthreads), which otherwise runs
+#     one thread per CPU inside a "one thread" PyTorch.
+# BENCH_WARMUP (default 2) untimed steps come first on both sides: PyTorch's
+# AdamW allocates its state in the first step.
 set -u
 B=${B:-build}
 cd "$(dirname "$0")/.." || exit 2
@@ -31,7 +43,7 @@ PY=/usr/bin/python3
 if [ -n "${BENCH_GPT2_TINY:-}" ]; then
     CFG=tiny SRC=bench/gpt2_tiny.lth STEPS=1 WARMUP=0 ROUNDS=1
 else
-    CFG=gpt2 SRC=bench/gpt2.lth STEPS=${BENCH_STEPS:-3} WARMUP=${BENCH_WARMUP:-1} ROUNDS=${BENCH_ROUNDS:-2}
+    CFG=gpt2 SRC=bench/gpt2.lth STEPS=${BENCH_STEPS:-3} WARMUP=${BENCH_WARMUP:-2} ROUNDS=${BENCH_ROUNDS:-2}
 fi
 mkdir -p "$OUT"
 
@@ -47,8 +59,10 @@ jemalloc=""
 for j in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/libjemalloc.so.2; do
     [ -f "$j" ] && { jemalloc=$j; break; }
 done
+JEMALLOC_CONF=oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always,metadata_thp:always
 tuned=(env -u OPENBLAS_CORETYPE OMP_WAIT_POLICY=PASSIVE)
-[ -n "$jemalloc" ] && tuned+=(LD_PRELOAD="$jemalloc")
+[ -n "$jemalloc" ] && tuned+=(LD_PRELOAD="$jemalloc" MALLOC_CONF="$JEMALLOC_CONF")
+cpus=$(nproc)
 
 raw=$OUT/gpt2_raw.txt
 : > "$raw"
@@ -57,17 +71,20 @@ raw=$OUT/gpt2_raw.txt
     echo "host $(uname -n) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) CPUs"
     echo "load_before $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "config $CFG steps $STEPS warmup $WARMUP rounds $ROUNDS"
-    echo "settings OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY=PASSIVE, jemalloc ${jemalloc:-not installed}"
+    allocator="glibc malloc (jemalloc not installed)"
+    [ -n "$jemalloc" ] && allocator="jemalloc $jemalloc with MALLOC_CONF=$JEMALLOC_CONF"
+    echo "settings OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS = the pass's threads, $allocator"
     for t in 1 2; do echo "peak $("$OUT/peak" $t)"; done
 } >> "$raw"
 
 # one pass on both sides: thread count (0: one per CPU), entry
 bench_pair() {
     local threads=$1 entry=$2
+    local blas=(OPENBLAS_NUM_THREADS=$(( threads > 0 ? threads : cpus )))
     echo "threads=$threads $entry ..." >&2
-    echo "run $threads lethe $("${tuned[@]}" "$OUT/bench_resnet" "$OUT/gpt2_$CFG.so" "$entry" \
+    echo "run $threads lethe $("${tuned[@]}" "${blas[@]}" "$OUT/bench_resnet" "$OUT/gpt2_$CFG.so" "$entry" \
         --warmup "$WARMUP" --steps "$STEPS" --threads "$threads")" >> "$raw"
-    echo "run $threads torch $("${tuned[@]}" $PY bench/bench_torch_gpt2.py "$CFG" "$entry" \
+    echo "run $threads torch $("${tuned[@]}" "${blas[@]}" $PY bench/bench_torch_gpt2.py "$CFG" "$entry" \
         --warmup "$WARMUP" --steps "$STEPS" --threads "$threads")" >> "$raw"
 }
 for entry in train_t64 train_t128 eval_t128 embgrad_t128; do
@@ -80,7 +97,7 @@ for round in $(seq "$ROUNDS"); do
 done
 echo "load_after $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw"
 echo "profile train_t64 ..." >&2
-"${tuned[@]}" "$OUT/bench_resnet" "$OUT/gpt2_$CFG.so" train_t64 --warmup "$WARMUP" --steps "$STEPS" --threads 1 \
+"${tuned[@]}" OPENBLAS_NUM_THREADS=1 "$OUT/bench_resnet" "$OUT/gpt2_$CFG.so" train_t64 --warmup "$WARMUP" --steps "$STEPS" --threads 1 \
     --profile --cpu-time | sed "s/^/prof /" >> "$raw"
 
 $PY bench/report_gpt2.py "$raw" | tee "$OUT/gpt2.md"

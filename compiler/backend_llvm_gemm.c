@@ -35,8 +35,10 @@
  * size), NR columns (NN: the last panel is masked per lane; NT: a smaller
  * instance). Row blocks are the outer loop: a block of A stays in L1 while
  * B streams past. A K over 768 (not an im2col B) runs in blocks of 128-384
- * steps, outermost, and within a block the columns run in chunks whose part
- * of B fits in L2, so that it stays there while every row block passes
+ * steps (NN: a K no such size divides ends in one shorter block, as the
+ * GPT-2 LM head's K = 50257 does), outermost, and within a block the
+ * columns run in chunks whose part of B fits in L2, so that it stays there
+ * while every row block passes
  * (without K blocks the 2048^3 products ran at 0.4-0.7x OpenBLAS, with them
  * 0.65-0.86x; bench/RESULTS.md); a later block adds its partial sums to
  * what the earlier ones stored in C. Where M has rows enough (PACK_MIN_M)
@@ -44,7 +46,10 @@
  * per K block into contiguous panels (pack_b, as BLIS and OpenBLAS do),
  * transposed on the way for C = A B^T: the micro-kernel then streams its
  * panel instead of striding over B's rows (NT at 2048^3: 0.55-0.66 ->
- * 0.84-0.92x OpenBLAS). A is read in place. Results
+ * 0.84-0.92x OpenBLAS), and the next K block's part of B is prefetched
+ * meanwhile. A is read in place (a copy of it per row block group, tried
+ * for C = A^T B, gained nothing at 2048^3 and lost 10% at 4608 x 2048 x
+ * 512). Results
  * are the same at every thread count and optimisation level: each C element
  * is one fixed sequence of fused multiply-adds in a fixed K order per block
  * (NN), or fixed per-lane partial sums combined by a fixed tree (NT), its
@@ -126,6 +131,18 @@ static void vstore(GB *g, LLVMValueRef v, LLVMValueRef p, LLVMValueRef mask) {
     LLVMTypeRef tys[2] = {g->vt, g->ll->t_ptr};
     LLVMValueRef args[4] = {v, p, c32(g, g->esz), mask};
     call_intr(g, "llvm.masked.store", tys, 2, args, 4);
+}
+
+/* A hint to fetch p's line into L2, used by the copy of B's chunk for one
+ * K block for the same chunk of the next block: the copy runs between the
+ * tiles, so a line it waits for from memory holds up the whole block (the
+ * GPT-2 LM head's input gradient reads its 154 MB B from memory, once per
+ * K block a part); prefetched, the next block's lines arrive while this
+ * block's tiles compute. Never faults, past the end either, and moves no
+ * value. */
+static void prefetch(GB *g, LLVMValueRef p) {
+    LLVMValueRef args[4] = {p, c32(g, 0), c32(g, 2), c32(g, 1)};
+    call_intr(g, "llvm.prefetch", &g->ll->t_ptr, 1, args, 4);
 }
 
 static LLVMValueRef fma3(GB *g, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
@@ -494,6 +511,11 @@ static void pack_b(GB *g, LLVMValueRef B, LLVMValueRef j1) {
         LLVMSetAlignment(v, (unsigned)g->esz);
         LLVMSetAlignment(LLVMBuildStore(b, v, fptr(g, dst, mul64(g, k, nr))), (unsigned)g->esz);
         gl_close(g, &LI);
+        if (gm->k > g->kc) {   /* the row's next block, a line at a time */
+            k = gl_open(g, &LI, c64(g, 0), c64(g, g->kc), 64 / g->esz);
+            prefetch(g, fptr(g, src, add64(g, k, c64(g, g->kc))));
+            gl_close(g, &LI);
+        }
         gl_close(g, &LO);
         return;
     }
@@ -506,8 +528,29 @@ static void pack_b(GB *g, LLVMValueRef B, LLVMValueRef j1) {
     LLVMValueRef mask = gm->n % g->vw ? lane_mask(g, j, gm->n) : NULL;
     LLVMValueRef v = vload(g, fptr(g, src, j), mask);
     vstore(g, v, fptr(g, dst, add64(g, mul64(g, LLVMBuildNSWSub(b, jl, lane, ""), g->kc), lane)), mask);
+    if (gm->k > g->kc)
+        prefetch(g, fptr(g, src, add64(g, j, c64(g, g->kc * gm->ldb))));
     gl_close(g, &LI);
     gl_close(g, &LO);
+}
+
+/* One K block (g->kb, g->kc) or the whole K: the chunks of column panels,
+ * each packed first where B is (g->bpack), then its tiles. */
+static void nn_block(GB *g, NNLoops *s, int64_t cb) {
+    GL LC;
+    LLVMValueRef *p = s->p;
+    chunk_open(g, &LC, p[5], p[6], cb, &s->jlo, &s->jhi);
+    if (g->bpack) {
+        int64_t nr = (int64_t)s->nv * g->vw;
+        g->pnr = nr;
+        g->pj0 = mul64(g, s->jlo, nr);
+        LLVMValueRef j1 = mul64(g, s->jhi, nr);
+        j1 = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, j1, c64(g, g->gm->n), ""), j1, c64(g, g->gm->n), "");
+        pack_b(g, p[1], j1);
+    }
+    nn_level(g, s, 0);
+    if (cb)
+        gl_close(g, &LC);
 }
 
 /* With K blocks (kc > 0) the tiles run once per block of kc steps of K,
@@ -515,31 +558,28 @@ static void pack_b(GB *g, LLVMValueRef B, LLVMValueRef j1) {
  * chunk of B (kc x cb panels) stays in L2 while every row block of A
  * passes, where a whole K, or all of a task's columns, would stream B from
  * L3 for each row block (the 2048^3 products ran at 0.4-0.7x OpenBLAS
- * without K blocks; bench/RESULTS.md). Each C element still sums its K
- * blocks in order, so chunks change no result. */
+ * without K blocks; bench/RESULTS.md). A K that kc does not divide ends in
+ * one shorter block, a second instance of the block's code with its depth
+ * static. Each C element still sums its K blocks in order, so chunks change
+ * no result. */
 static void nn_body(GB *g, int mr, int nv, bool panels_outer, LLVMValueRef *p, const BSrc *bs, int64_t kc, int64_t cb) {
     NNLoops s = {.mr = mr, .nv = nv, .p = p, .bs = bs, .panels_outer = panels_outer};
-    GL LK, LC;
-    if (kc) {
-        g->kb = mul64(g, gl_open(g, &LK, c64(g, 0), c64(g, g->gm->k / kc), 1), kc);
-        g->kc = kc;
+    if (!kc) {
+        nn_block(g, &s, cb);
+        return;
     }
-    chunk_open(g, &LC, p[5], p[6], cb, &s.jlo, &s.jhi);
-    if (g->bpack) {
-        int64_t nr = (int64_t)nv * g->vw;
-        g->pnr = nr;
-        g->pj0 = mul64(g, s.jlo, nr);
-        LLVMValueRef j1 = mul64(g, s.jhi, nr);
-        j1 = LLVMBuildSelect(g->b, LLVMBuildICmp(g->b, LLVMIntSLT, j1, c64(g, g->gm->n), ""), j1, c64(g, g->gm->n), "");
-        pack_b(g, p[1], j1);
+    int64_t nfull = g->gm->k / kc, rest = g->gm->k % kc;
+    GL LK;
+    g->kb = mul64(g, gl_open(g, &LK, c64(g, 0), c64(g, nfull), 1), kc);
+    g->kc = kc;
+    nn_block(g, &s, cb);
+    gl_close(g, &LK);
+    if (rest) {
+        g->kb = c64(g, nfull * kc);
+        g->kc = rest;
+        nn_block(g, &s, cb);
     }
-    nn_level(g, &s, 0);
-    if (cb)
-        gl_close(g, &LC);
-    if (kc) {
-        gl_close(g, &LK);
-        g->kc = 0;
-    }
+    g->kc = 0;
 }
 
 /* ----------------------------------------------------------------------------
@@ -740,18 +780,24 @@ static int even_block(int64_t n, int cap) {
     return (int)((n + nb - 1) / nb);
 }
 
-/* Register blocking: accumulators MR x NV within 24 of AVX-512's 32
- * registers (12 of AVX2's 16), leaving room for B's vectors and A's
- * broadcasts; wide panels first since they need fewer loads per FMA. */
-/* A long K (over 768) in blocks of 128-384 steps that divide it, a multiple
- * of `unit` (NT: the vector width, so no block has a partial vector); 0:
- * one pass. */
+/* A long K (over 768) in blocks of 128-384 steps: a divisor of K that is a
+ * multiple of `unit` (NT: the vector width, so no block has a partial
+ * vector), else where a shorter last block is allowed (NN: nn_body) blocks
+ * of even depth up to 384 with the rest in the last one (K = 50257 = 29 x
+ * 1733, the GPT-2 LM head's input gradient, has no divisor there and ran
+ * as one pass over K at 0.3-0.36x OpenBLAS: bench/RESULTS.md); 0: one
+ * pass. */
 enum { KC_MAX = 384 };
-static int64_t k_block(int64_t k, int unit) {
+static int64_t k_block(int64_t k, int unit, bool rest_ok) {
     if (k <= 2 * KC_MAX || k % unit)
         return 0;
     int64_t kc = divisor_upto(k / unit, KC_MAX / unit) * unit;
-    return kc >= KC_MAX / 3 ? kc : 0;
+    if (kc >= KC_MAX / 3)
+        return kc;
+    if (!rest_ok)
+        return 0;
+    int64_t blocks = (k + KC_MAX - 1) / KC_MAX;
+    return (k + blocks - 1) / blocks;
 }
 
 /* Column blocks of bn columns per chunk whose part of B (depth x the
@@ -777,7 +823,7 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
      * transposed is packed only for 4 vectors of columns at least (a
      * linear layer's few outputs, 128 x 10 x 512, ran 3.1x OpenBLAS as dot
      * products and 0.7-0.9x packed into a mostly masked panel) */
-    int64_t pack_kc = gm->k <= 2 * KC_MAX ? gm->k : k_block(gm->k, 1);
+    int64_t pack_kc = gm->k <= 2 * KC_MAX ? gm->k : k_block(gm->k, 1, true);
     bool pack = !gm->b_im2col && !(gm->trans_a && gm->trans_b) && pack_kc && gm->m >= PACK_MIN_M &&
                 (!gm->trans_b || gm->n >= 4 * vw);
     if (gm->trans_b && !pack) {
@@ -793,12 +839,15 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
         s.nv = gm->b_im2col ? nr : even_block(gm->n, nr);
         s.bm = s.mr;
         s.bn = s.nv;
-        s.kc = gm->b_im2col ? 0 : k_block(gm->k, vw);
+        s.kc = gm->b_im2col ? 0 : k_block(gm->k, vw, false);
         if (!gm->b_im2col)
             s.cb = l2_chunk(gm, s.kc ? s.kc : gm->k, s.bn, dtype_size(dt));
         return s;
     }
-    /* the NN micro-kernel, B transposed (NT) only through a packed copy */
+    /* the NN micro-kernel, B transposed (NT) only through a packed copy.
+     * Register blocking: accumulators MR x NV within 24 of AVX-512's 32
+     * registers (12 of AVX2's 16), leaving room for B's vectors and A's
+     * broadcasts; wide panels first since they need fewer loads per FMA. */
     int64_t vecs = (gm->n + vw - 1) / vw;
     int nv = vecs >= 4 ? 4 : (int)(vecs ? vecs : 1);
     if (!wide && nv > 2)
@@ -815,7 +864,7 @@ static Shape2 choose(LL *ll, const LGemm *gm, DType dt) {
                gm->k * s.bn * dtype_size(dt) <= (32 << 10);
     if (s.panels || gm->b_im2col)
         return s;
-    s.kc = k_block(gm->k, 1);
+    s.kc = k_block(gm->k, 1, true);
     s.cb = l2_chunk(gm, s.kc ? s.kc : gm->k, s.bn, dtype_size(dt));
     /* B as it is is packed only where it streams past L2 anyway (K blocks
      * or column chunks): one that fits is read as the lowering laid it out
@@ -928,6 +977,66 @@ static LLVMValueRef gemm_task(LL *ll, LLVMValueRef fn, int64_t nbi, int64_t nbj,
     return task;
 }
 
+/* The tiles of a split GEMM: tbi row blocks x tbj column blocks each, at
+ * least MIN_TILES of at least ~256 KFLOP when the GEMM is big enough, so
+ * that the pool's dynamic chunks balance, but only FEW_TILES where each is
+ * a GFLOP or more: two threads balance four equal tiles, and fewer tiles
+ * re-read less (the GPT-2 LM head's input gradient, 256 x 768 x 50257, ran
+ * at 0.82x OpenBLAS in 2 x 12 tiles, 1.03x in 1 x 4). Columns first (B's
+ * panels are what a tile keeps in cache). Where B is packed per K block,
+ * each tile reads its rows of A once per chunk of its columns and packs
+ * its columns of B once, ntj x chunks x |A| + nti x |B| bytes from L3 or
+ * memory in all, and a split that needs under 2/3 of what the
+ * columns-first one does is taken instead: the LM head's weight gradient
+ * (50257 x 768 x 256, A 51 MB, B 0.8 MB) in 4 x 1 tiles reads 105 MB
+ * against 206 MB in 1 x 4 (0.65-0.70x -> 0.91-1.04x OpenBLAS with the rest
+ * of this file's blocking; bench/RESULTS.md). A closer call keeps columns
+ * first: the model leaves out that a copy of B waits for memory where A's
+ * rows stream. Tiles change no sum: every C element is one tile's. */
+enum { MIN_TILES = 16, FEW_TILES = 4 };
+static const double MIN_TILE_FLOPS = 2.5e5, BIG_TILE_FLOPS = 1e9;
+
+static double tile_traffic(const LGemm *gm, DType dt, Shape2 sh, int64_t nbi, int64_t nbj, int64_t bi, int64_t bj) {
+    int64_t nti = (nbi + bi - 1) / bi, ntj = (nbj + bj - 1) / bj, chunks = sh.cb ? (bj + sh.cb - 1) / sh.cb : 1;
+    return ((double)(ntj * chunks) * (double)gm->m + (double)nti * (double)gm->n) * (double)gm->k * dtype_size(dt);
+}
+
+static void split_tiles(const LGemm *gm, DType dt, Shape2 sh, int64_t nbi, int64_t nbj, int64_t *tbi, int64_t *tbj) {
+    double flops = 2.0 * (double)gm->m * (double)gm->n * (double)gm->k;
+    double per_block = flops / (double)(nbi * nbj);
+    *tbi = nbi;
+    *tbj = nbj;
+    for (;;) {
+        int64_t tiles = ((nbi + *tbi - 1) / *tbi) * ((nbj + *tbj - 1) / *tbj);
+        if ((*tbj == 1 && *tbi == 1) || tiles >= MIN_TILES ||
+            per_block * (double)((*tbj + 1) / 2) * (double)*tbi < MIN_TILE_FLOPS ||
+            (tiles >= FEW_TILES && per_block * (double)*tbj * (double)*tbi >= BIG_TILE_FLOPS))
+            break;
+        if (*tbj > 1)
+            *tbj = (*tbj + 1) / 2;
+        else
+            *tbi = (*tbi + 1) / 2;
+    }
+    if (!sh.pack)
+        return;
+    int64_t tiles = ((nbi + *tbi - 1) / *tbi) * ((nbj + *tbj - 1) / *tbj);
+    double best = tile_traffic(gm, dt, sh, nbi, nbj, *tbi, *tbj) * (2.0 / 3.0);
+    for (int64_t bi = nbi;; bi = (bi + 1) / 2) {
+        for (int64_t bj = nbj;; bj = (bj + 1) / 2) {
+            double cost = tile_traffic(gm, dt, sh, nbi, nbj, bi, bj);
+            if (((nbi + bi - 1) / bi) * ((nbj + bj - 1) / bj) >= tiles && cost < best) {
+                best = cost;
+                *tbi = bi;
+                *tbj = bj;
+            }
+            if (bj == 1)
+                break;
+        }
+        if (bi == 1)
+            break;
+    }
+}
+
 void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef a, LLVMValueRef bp, LLVMValueRef c,
               LLVMValueRef p0, LLVMValueRef ctx) {
     Shape2 sh = choose(ll, gm, dt);
@@ -944,18 +1053,8 @@ void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef 
         LLVMBuildCall2(b, LLVMGlobalGetValueType(fn), fn, args, 8, "");
         return;
     }
-    /* tiles: columns first (B's panels are what a tile keeps in cache), at
-     * least 16 tiles of at least ~256 KFLOP when the GEMM is big enough, so
-     * that the pool's dynamic chunks balance */
-    int64_t tbj = nbj, tbi = nbi;
-    double per_block = flops / (double)(nbi * nbj);
-    while ((tbj > 1 || tbi > 1) && ((nbi + tbi - 1) / tbi) * ((nbj + tbj - 1) / tbj) < 16 &&
-           per_block * (double)((tbj + 1) / 2) * (double)tbi >= 2.5e5) {
-        if (tbj > 1)
-            tbj = (tbj + 1) / 2;
-        else
-            tbi = (tbi + 1) / 2;
-    }
+    int64_t tbi, tbj;
+    split_tiles(gm, dt, sh, nbi, nbj, &tbi, &tbj);
     int64_t ntiles = ((nbi + tbi - 1) / tbi) * ((nbj + tbj - 1) / tbj);
     LLVMValueRef task = gemm_task(ll, fn, nbi, nbj, tbi, tbj);
     /* the closure in the entry block: a GEMM inside a serial loop must not

@@ -124,6 +124,10 @@ typedef struct FKernel {
     VEC(FRead) reads;      /* materialized nodes it reads */
     VEC(int) deps;         /* indices (into Fusion.kernels) of producers */
     int index;             /* position in Fusion.kernels */
+    /* A MATMUL kernel that also runs these consumers of its product, block
+     * of rows by block of rows, so the product is never written (fuse_rows.c).
+     * Its roots and dsts list theirs after its own. Empty: a plain kernel. */
+    VEC(struct FKernel *) rows;
 } FKernel;
 
 #define KROOT(k) ((k)->roots.data[0])
@@ -148,6 +152,8 @@ Fusion *fusion_run(const Entry *e);
 void fusion_producers(Fusion *f);          /* renumber kernels, recompute producer[] */
 void fusion_dump(const Fusion *f, FILE *out);
 bool fusion_is_cheap_leaf(const Node *n);  /* CONST, IOTA, RAND */
+/* fuse_rows.c: GEMMs into their row-wise consumers (CPU backends only) */
+void fuse_rows(Fusion *f);
 
 /* ----------------------------------------------------------------------------
  * memplan.c */
@@ -198,6 +204,11 @@ typedef struct KCtx {
      * reading an earlier one (at the same element) takes its value */
     int roots_done;
     LExpr **rootval;
+    /* lower_rows.c: rows_src is read from the private block rows_buf at
+     * rows_at instead of its buffer (NULL: no such node) */
+    const Node *rows_src;
+    int rows_buf;
+    LExpr *rows_at;
     MemoEnt *memo;
     int memo_cap, memo_len;
 } KCtx;
@@ -206,6 +217,7 @@ void kctx_init(KCtx *kc, Lower *L, FKernel *fk, LKernel *k, const Node *root);
 void kctx_reset_memo(KCtx *kc);
 /* The value of n (under stack) at kc->idx, building LETs into kc->body. */
 LExpr *lower_eval(KCtx *kc, const Node *n, int stack);
+void lower_root_values(KCtx *kc, LKernel *k, Node *const *roots, int nr, Block body);
 /* Buffer index of a materialized node. */
 int lower_buf_of(Lower *L, const Node *n);
 int lower_scratch(Lower *L, const char *name, DType dt, int64_t nelem);
@@ -249,6 +261,12 @@ void need_buffer(Lower *L, const Node *n, IdxMap *m, int *buf);
  * extra validity (NULL: none) */
 LExpr *read_at(KCtx *kc, Block b, const Node *n, LExpr **idx, int rank, LExpr *valid);
 void zero_fill(Lower *L, LKernel *k, int buf, int64_t from, int64_t n);
+
+/* lower_rows.c: a kernel with FKernel.rows; rows_block is how many rows of
+ * an m x n product of dtype dt one iteration computes (a divisor of m; 0:
+ * not even one row fits the private scratch) */
+void lower_rows(Lower *L, FKernel *fk, LKernel *k);
+int64_t rows_block(int64_t m, int64_t n, DType dt);
 
 /* lower_conv.c */
 void lower_conv2d(Lower *L, KCtx *kc, const Node *n);

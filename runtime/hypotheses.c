@@ -128,43 +128,57 @@ static double uniform_at(uint64_t seed, uint64_t stream, uint64_t i) {
     return philox_u01_f64(philox4x32_10(ctr, seed).v[2]);
 }
 
-void hyp_make_data(hyp_setting *s, uint64_t seed) {
-    const int64_t n = s->n, d = s->d, informative = d > 1 ? d / 2 : 1;
-    const int64_t k = s->regression ? 2 : s->outputs;
-    double *dir = calloc((size_t)(k * d), sizeof(double));
+void hyp_regression_labels(hyp_setting *s, uint64_t seed, int64_t informative) {
+    const int64_t n = s->n, d = s->d;
+    double *dir = calloc((size_t)(2 * d), sizeof(double));
     if (!dir)
         return;
-    for (int64_t c = 0; c < k; c++)
-        for (int64_t j = 0; j < informative; j++)
+    for (int64_t c = 0; c < 2; c++)
+        for (int64_t j = 0; j < informative && j < d; j++)
             dir[c * d + j] = normal_at(seed, STREAM_CENTRES, (uint64_t)(c * d + j));
-    if (s->regression) {   /* two orthogonal unit label vectors (Gram-Schmidt) */
-        double n0 = 0, dot = 0, n1 = 0;
-        for (int64_t j = 0; j < d; j++)
-            n0 += dir[j] * dir[j];
-        for (int64_t j = 0; j < d; j++)
-            dir[j] /= sqrt(n0), dot += dir[j] * dir[d + j];
-        for (int64_t j = 0; j < d; j++)
-            dir[d + j] -= dot * dir[j], n1 += dir[d + j] * dir[d + j];
-        for (int64_t j = 0; j < d; j++)
-            dir[d + j] /= sqrt(n1 > 0 ? n1 : 1);
-    }
+    /* two orthogonal unit label vectors (Gram-Schmidt) */
+    double n0 = 0, dot = 0, n1 = 0;
+    for (int64_t j = 0; j < d; j++)
+        n0 += dir[j] * dir[j];
+    for (int64_t j = 0; j < d; j++)
+        dir[j] /= sqrt(n0), dot += dir[j] * dir[d + j];
+    for (int64_t j = 0; j < d; j++)
+        dir[d + j] -= dot * dir[j], n1 += dir[d + j] * dir[d + j];
+    for (int64_t j = 0; j < d; j++)
+        dir[d + j] /= sqrt(n1 > 0 ? n1 : 1);
     for (int64_t i = 0; i < n; i++) {
-        int64_t c = s->regression ? (i < n / 2 ? 0 : 1) : (int64_t)(uniform_at(seed, STREAM_LABELS, (uint64_t)i) * k);
-        if (c >= k)
-            c = k - 1;
+        const double *u = dir + (i < n / 2 ? 0 : d);
         double target = 0;
-        for (int64_t j = 0; j < d; j++) {
-            double z = normal_at(seed, STREAM_NOISE, (uint64_t)(i * d + j)) * (j < informative ? 1.0 : 0.1);
-            double v = s->regression ? z : dir[c * d + j] + z;
-            s->x[i * d + j] = (float)v;
-            target += v * dir[c * d + j];
-        }
-        if (s->regression)
-            s->y_real[i] = (float)(target + 0.1 * normal_at(seed, STREAM_TARGETS, (uint64_t)i));
-        else
-            s->y_class[i] = (int32_t)c;
+        for (int64_t j = 0; j < d; j++)
+            target += (double)s->x[i * d + j] * u[j];
+        s->y_real[i] = (float)(target + 0.1 * normal_at(seed, STREAM_TARGETS, (uint64_t)i));
     }
     free(dir);
+}
+
+void hyp_make_data(hyp_setting *s, uint64_t seed) {
+    const int64_t n = s->n, d = s->d, informative = d > 1 ? d / 2 : 1;
+    const int64_t k = s->outputs;
+    double *centre = s->regression ? NULL : calloc((size_t)(k * d), sizeof(double));
+    if (!s->regression && !centre)
+        return;
+    for (int64_t c = 0; centre && c < k; c++)
+        for (int64_t j = 0; j < informative; j++)
+            centre[c * d + j] = normal_at(seed, STREAM_CENTRES, (uint64_t)(c * d + j));
+    for (int64_t i = 0; i < n; i++) {
+        int64_t c = s->regression ? 0 : (int64_t)(uniform_at(seed, STREAM_LABELS, (uint64_t)i) * k);
+        if (c >= k)
+            c = k - 1;
+        for (int64_t j = 0; j < d; j++) {
+            double z = normal_at(seed, STREAM_NOISE, (uint64_t)(i * d + j)) * (j < informative ? 1.0 : 0.1);
+            s->x[i * d + j] = (float)(centre ? centre[c * d + j] + z : z);
+        }
+        if (!s->regression)
+            s->y_class[i] = (int32_t)c;
+    }
+    free(centre);
+    if (s->regression)
+        hyp_regression_labels(s, seed, informative);
 }
 
 /* ---- model stores ------------------------------------------------------------------- */
@@ -483,8 +497,8 @@ static int lines_add(Lines *l, const char *text, size_t n) {
     return 1;
 }
 
-static int record(Lines *lines, const lethe_program *p, const hyp_setting *s, const hyp_opts *o, const hyp_result *r,
-                  int clean_iters) {
+static int record(Lines *lines, const lethe_program *p, const hyp_setting *s, const hyp_opts *o,
+                  const hyp_features *features, const hyp_result *r, int clean_iters) {
     jw wr, *w = &wr;
     jw_init(w);
     jw_obj_begin(w);
@@ -496,6 +510,15 @@ static int record(Lines *lines, const lethe_program *p, const hyp_setting *s, co
     jw_kv_int(w, "n_poison", r->n_poison);
     jw_kv_int(w, "seed", r->seed);
     jw_kv_int(w, "data_seed", (int64_t)o->data_seed);
+    if (features) {   /* where the rows came from: the network's checkpoint and its quality */
+        jw_key(w, "source");
+        jw_obj_begin(w);
+        jw_kv_str(w, "network", features->experiment);
+        jw_kv_str(w, "checkpoint", features->checkpoint);
+        jw_kv_num(w, "test_accuracy", features->test_accuracy);
+        jw_obj_end(w);
+    } else
+        jw_kv_str(w, "source", "synthetic");
     jw_kv_num(w, "shift_poison", r->shift_poison);
     jw_kv_num(w, "shift_random", r->shift_random);
     jw_kv_num(w, "cos_poison", r->cos_poison);
@@ -546,16 +569,24 @@ static int sizes_of(const hyp_setting *s, const hyp_opts *o, int *sizes) {
     return 4;
 }
 
-int hypotheses_run(const lethe_program *p, lethe_ctx *ctx, const hyp_opts *o, char *err) {
-    Lines lines = {0};
+/* The setting's clean rows: the network's features or synthetic ones. */
+static int setting_data(hyp_setting *s, const hyp_features *features, uint64_t seed, char *err) {
+    if (features)
+        return hyp_use_features(s, features, seed, err);
+    hyp_make_data(s, seed);
+    return LETHE_OK;
+}
+
+int hyp_check_settings(const lethe_program *p, const hyp_opts *o, const hyp_features *features, char *err) {
     int rc = LETHE_OK, settings = 0, sizes[HYP_MAX_SIZES], nsizes;
     char setting[64];
-    /* every setting's exports and sizes are checked before any work */
     for (uint32_t i = 0; !rc && i < p->nentries; i++) {
         hyp_setting s;
         if (!setting_name(p, i, setting) || (rc = hyp_setting_open(p, setting, &s, err)))
             continue;
         settings++;
+        if (features)
+            rc = hyp_use_features(&s, features, o->data_seed, err);
         nsizes = sizes_of(&s, o, sizes);
         for (int k = 0; !rc && k < nsizes; k++)
             if (sizes[k] > s.p)
@@ -566,11 +597,20 @@ int hypotheses_run(const lethe_program *p, lethe_ctx *ctx, const hyp_opts *o, ch
     if (!rc && !settings)
         rc = lethe_errf(err, LETHE_ENOTFOUND, "the program exports no setting (S_fit, S_target, S_cancel; see "
                         "graphs/experiments/hypotheses.lth)");
+    return rc;
+}
+
+int hypotheses_run(const lethe_program *p, lethe_ctx *ctx, const hyp_opts *o, const hyp_features *features,
+                   char *err) {
+    Lines lines = {0};
+    int sizes[HYP_MAX_SIZES], nsizes;
+    char setting[64];
+    int rc = hyp_check_settings(p, o, features, err);   /* before any work */
     for (uint32_t i = 0; !rc && i < p->nentries; i++) {
         hyp_setting s;
         if (!setting_name(p, i, setting) || (rc = hyp_setting_open(p, setting, &s, err)))
             continue;
-        hyp_make_data(&s, o->data_seed);
+        rc = setting_data(&s, features, o->data_seed, err);
         nsizes = sizes_of(&s, o, sizes);
         float *w_clean = malloc(sizeof(float) * (size_t)(s.n + s.p));
         ts_store clean = {0};
@@ -586,7 +626,7 @@ int hypotheses_run(const lethe_program *p, lethe_ctx *ctx, const hyp_opts *o, ch
                 hyp_result r;
                 if ((rc = hyp_case(&s, ctx, o, &clean, sizes[k], seed, &r, err)))
                     break;
-                if (!record(&lines, p, &s, o, &r, clean_iters)) {
+                if (!record(&lines, p, &s, o, features, &r, clean_iters)) {
                     rc = lethe_errf(err, LETHE_ENOMEM, "out of memory for the records");
                     break;
                 }
@@ -616,9 +656,12 @@ int hypotheses_run(const lethe_program *p, lethe_ctx *ctx, const hyp_opts *o, ch
 static const char usage[] =
     "usage: lethe hypotheses FILE.lth [--out DIR] [--seeds N] [--sizes A,B,...] [--fit-iters N] [--fit-tol X]\n"
     "                        [--cancel-steps N] [--target-steps N] [--target-eps X] [--data-seed N] [-t THREADS]\n"
-    "                        [--quiet] [--no-plots]\n"
+    "                        [--features-from CKPT] [--data-dir DIR] [--quiet] [--no-plots]\n"
     "  the paper's hypotheses H1 and H2 (graphs/experiments/hypotheses.lth, docs/attacks.md): writes\n"
-    "  DIR/hypotheses.jsonl (default DIR: out/<FILE's name>), DIR/hypotheses.md and DIR/plots/h1_shift, h2_cosine\n";
+    "  DIR/hypotheses.jsonl (default DIR: out/<FILE's name>), DIR/hypotheses.md and DIR/plots/h1_shift, h2_cosine.\n"
+    "  A file with an experiment and an export `features` (hypotheses_fmnist.lth) fits the penultimate\n"
+    "  features of its trained network: trained into DIR/seed<data seed>/original.safetensors (read back when\n"
+    "  there), or read from the experiment model's checkpoint CKPT (lethe train of the same file writes one)\n";
 
 static int parse_int(const char *s, long lo, long hi, long *v) {
     char *end;
@@ -646,6 +689,10 @@ int hypotheses_command(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--out"))
             o.out = val, i++;
+        else if (!strcmp(a, "--features-from"))
+            o.features_from = val, i++;
+        else if (!strcmp(a, "--data-dir"))
+            o.data_dir = val, i++;
         else if (!strcmp(a, "--seeds"))
             bad = !parse_int(val, 1, 1000, &v), o.seeds = (int)v, i++;
         else if (!strcmp(a, "--fit-iters"))
@@ -708,13 +755,28 @@ int hypotheses_command(int argc, char **argv) {
         fprintf(stderr, "lethe: %s\n", err);
         return 1;
     }
-    lethe_pool *pool = lethe_pool_new((int)threads);
+    o.threads = (int)threads;
+    /* the rows: a trained network's features when the file names the network */
+    hyp_features features = {0};
+    const int network = prog.p->experiment != NULL;
+    if (!network && (lethe_entry_find(prog.p, "features") || o.features_from))
+        rc = lethe_errf(err, LETHE_EARG, "%s: %s, but no experiment names the network (see "
+                        "graphs/experiments/hypotheses_fmnist.lth)", file,
+                        o.features_from ? "--features-from is given" : "the program exports features");
+    else if (network && !(rc = hyp_check_settings(prog.p, &o, NULL, err)))   /* before training */
+        rc = hyp_features_compute(&prog, &o, &features, err);
+    lethe_pool *pool = rc ? NULL : lethe_pool_new((int)threads);
     lethe_ctx ctx;
-    lethe_ctx_init(&ctx, pool, 0);
-    rc = hypotheses_run(prog.p, &ctx, &o, err);
+    if (!rc && !pool)
+        rc = lethe_errf(err, LETHE_ENOMEM, "no thread pool");
+    if (pool) {
+        lethe_ctx_init(&ctx, pool, 0);
+        rc = hypotheses_run(prog.p, &ctx, &o, network ? &features : NULL, err);
+        lethe_pool_free(pool);
+    }
     if (!rc)
         rc = report_hypotheses(o.out, plots, err);
-    lethe_pool_free(pool);
+    hyp_features_free(&features);
     lethe_prog_close(&prog);
     if (rc) {
         fprintf(stderr, "lethe: %s\n", err);

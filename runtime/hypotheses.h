@@ -25,16 +25,25 @@
  * and writes one JSON line per case to OUT/hypotheses.jsonl (atomically, the
  * whole file); `lethe report OUT` draws them (report_hypotheses).
  *
- * The features are synthetic, drawn from the data seed with Philox: a
- * classification setting (integer labels) gets Gaussian classes whose means
- * and spread live in the first half of the features (the rest is small
- * noise); a regression setting (real labels) gets appendix C.2's recipe:
- * labels from two orthogonal unit vectors in the informative half, one for
- * each half of the samples, plus noise 0.1.
+ * The features come from one of two sources, chosen by the file:
+ *
+ *   synthetic (a file without an experiment), drawn from the data seed with
+ *     Philox: a classification setting (integer labels) gets Gaussian classes
+ *     whose means and spread live in the first half of the features (the rest
+ *     is small noise); a regression setting (real labels) gets appendix C.2's
+ *     recipe: labels from two orthogonal unit vectors in the informative
+ *     half, one for each half of the samples, plus noise 0.1;
+ *   a trained network's penultimate features (a file with an experiment and
+ *     an export `features`; hypotheses_features.c): the experiment's model is
+ *     trained by the runner's train stage (or read from --features-from), the
+ *     export runs over the first training samples, each feature is
+ *     standardised over them; classification fits the samples' classes,
+ *     regression the C.2 labels of the two unit vectors over all features.
  */
 #ifndef LETHE_HYPOTHESES_H
 #define LETHE_HYPOTHESES_H
 
+#include <limits.h>
 #include <stdint.h>
 
 #include "lethe.h"
@@ -51,7 +60,10 @@ typedef struct hyp_opts {
     int cancel_steps;             /* Gradient Canceling steps (default 500) */
     int target_steps;             /* steps of S_target (default 20) */
     double target_eps;            /* > 0: overrides S_target's eps */
-    uint64_t data_seed;           /* the synthetic features (default 0) */
+    uint64_t data_seed;           /* the synthetic features, or the network's seed and the C.2 labels (default 0) */
+    const char *features_from;    /* a checkpoint of the experiment's model: no training */
+    const char *data_dir;         /* where the experiment's data set files are (NULL: the default) */
+    int threads;                  /* worker threads (0: all cores) */
     int quiet;
 } hyp_opts;
 
@@ -74,6 +86,32 @@ int hyp_setting_open(const lethe_program *p, const char *name, hyp_setting *s, c
 void hyp_setting_free(hyp_setting *s);
 /* Draws the clean rows from the seed (see above); the poison rows are zero. */
 void hyp_make_data(hyp_setting *s, uint64_t seed);
+/* Regression labels of the clean rows as appendix C.2 makes them: two
+ * orthogonal unit vectors drawn from the seed over the first `informative`
+ * features, the first for the first half of the rows, plus noise 0.1. */
+void hyp_regression_labels(hyp_setting *s, uint64_t seed, int64_t informative);
+
+/* A trained network's penultimate features (hypotheses_features.c). */
+typedef struct hyp_features {
+    int64_t n, d;                 /* rows (the first training samples) and features */
+    float *x;                     /* n x d, each feature standardised over the rows */
+    int32_t *y;                   /* n classes */
+    int classes;
+    char checkpoint[PATH_MAX];    /* the network's */
+    char experiment[128];
+    double test_accuracy;         /* the network's on the experiment's test set */
+} hyp_features;
+
+/* For a program with an experiment and an export `features` (a fn of the
+ * model and x [eval_batch, C, H, W] to [eval_batch, D]): the model from
+ * o->features_from, or trained by the train stage of seed o->data_seed into
+ * o->out/seed<K>/original.safetensors (read back when there), its features of
+ * the experiment's training samples and its test accuracy. */
+int hyp_features_compute(const lethe_prog *prog, const hyp_opts *o, hyp_features *f, char *err);
+void hyp_features_free(hyp_features *f);
+/* The setting's clean rows from the features: the first n rows; labels the
+ * classes (classification) or C.2's (regression, from seed). */
+int hyp_use_features(hyp_setting *s, const hyp_features *f, uint64_t seed, char *err);
 
 /* theta minimising S_fit's loss with sample weights w (n + p of them): from
  * S_fit.init_model, steps with the .lth's lr; when the loss rises the step
@@ -102,8 +140,13 @@ typedef struct hyp_result {
 int hyp_case(hyp_setting *s, lethe_ctx *ctx, const hyp_opts *o, const ts_store *clean, int n_poison, int seed,
              hyp_result *r, char *err);
 
-/* All settings the program has (every S with S_fit, S_target, S_cancel). */
-int hypotheses_run(const lethe_program *p, lethe_ctx *ctx, const hyp_opts *o, char *err);
+/* Every setting's exports and poison-set sizes (and, given features, that
+ * they fit its rows); an error if there is none. */
+int hyp_check_settings(const lethe_program *p, const hyp_opts *o, const hyp_features *features, char *err);
+/* All settings the program has (every S with S_fit, S_target, S_cancel), on
+ * the network's features, or synthetic ones when features is NULL. */
+int hypotheses_run(const lethe_program *p, lethe_ctx *ctx, const hyp_opts *o, const hyp_features *features,
+                   char *err);
 /* `lethe hypotheses FILE.lth [--out DIR] [--seeds N] [--sizes a,b,..] ...` */
 int hypotheses_command(int argc, char **argv);
 

@@ -11,6 +11,15 @@
  *   sum/rmax/rmin/rlogsumexp over no axes or size-1 axes -> x
  *   scatter_add of one index per row (take's gradient)
  *                                                 -> where(iota == idx, upd, 0)
+ *   transpose(a @ b) of matrices, the product read nowhere else
+ *                                                 -> transpose(b) @ transpose(a)
+ *
+ * The last one is for the gradient of a weight used transposed (h @
+ * transpose(w), GPT-2's tied LM head): autodiff gives transpose(h^T @ dy),
+ * which wrote the [C, V] product and then a strided [V, C] transpose of it
+ * (154 MB at GPT-2's vocabulary) in the kernel adding it to the embedding's
+ * gradient; dy^T @ h is the same sums in the same order (the GEMM reads
+ * either operand transposed at no cost) and writes [V, C] directly.
  *
  * (*) assumes finite values, like -ffast-math: x * 0 is NaN for x = inf or
  * NaN. Gradients are full of products with masks and zeros, and this is
@@ -79,6 +88,19 @@ static Node *scatter_as_select(Graph *g, Node *n) {
 
 /* What n simplifies to: n itself (possibly rewritten in place, *changed
  * set), an existing node, or a new one (appended by the builder). */
+/* transpose(a @ b) -> transpose(b) @ transpose(a) for an [M, N] product of
+ * matrices that nothing else reads (else the product would be computed
+ * twice); NULL if n is not that. The inner transposes of transposes fold in
+ * the next sweep. */
+static Node *transposed_product(Graph *g, Node *n) {
+    Node *p = n->in[0];
+    if (p->op != OP_MATMUL || p->nuses != 1 || n->shape.rank != 2 || n->attr.a[0] != 1 || n->attr.a[1] != 0 ||
+        p->in[0]->shape.rank != 2 || p->in[1]->shape.rank != 2)
+        return NULL;
+    static const int swap[2] = {1, 0};
+    return g_matmul(g, g_permute(g, p->in[1], swap, n->loc), g_permute(g, p->in[0], swap, n->loc), n->loc);
+}
+
 static Node *simplify_node(Graph *g, Node *n, bool *changed) {
     Node *a = n->nin > 0 ? n->in[0] : NULL, *b = n->nin > 1 ? n->in[1] : NULL;
     switch (n->op) {
@@ -123,9 +145,12 @@ static Node *simplify_node(Graph *g, Node *n, bool *changed) {
             *changed = true;
         }
         return n;
-    case OP_PERMUTE:
+    case OP_PERMUTE: {
         if (identity_view(n))
             return a;
+        Node *t = transposed_product(g, n);
+        if (t)
+            return t;
         if (a->op == OP_PERMUTE) {
             /* out.dim[d] = mid.dim[p[d]] = x.dim[q[p[d]]] */
             int64_t comp[MAX_RANK];
@@ -137,6 +162,7 @@ static Node *simplify_node(Graph *g, Node *n, bool *changed) {
             *changed = true;
         }
         return n;
+    }
     case OP_SLICE:
     case OP_PAD:
         return identity_view(n) ? a : n;
@@ -155,8 +181,16 @@ static bool sweep(Entry *e) {
     int n0 = g->nodes.len;
     Node **old = g->nodes.data;
     bool changed = false;
-    for (int i = 0; i < n0; i++)
+    for (int i = 0; i < n0; i++) {
         old[i]->repl = NULL;
+        old[i]->nuses = 0;
+    }
+    for (int i = 0; i < n0; i++)
+        for (int k = 0; k < old[i]->nin; k++)
+            old[i]->in[k]->nuses++;
+    for (int i = 0; i < e->args.len; i++)
+        if (e->args.data[i].out)
+            e->args.data[i].out->nuses++;
     g->nodes.data = NULL;
     g->nodes.len = g->nodes.cap = 0;
     for (int i = 0; i < n0; i++) {

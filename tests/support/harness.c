@@ -110,7 +110,7 @@ static const char *lethec_path(void) {
 }
 
 int th_run_lethec(const char *args, char **out) {
-    char log[600], cmd[4096];
+    char log[600], cmd[4096 + 4096 + 640];
     static int counter;
     snprintf(log, sizeof log, "%s/lethec_%d.log", th_tmpdir(), counter++);
     snprintf(cmd, sizeof cmd, "%s %s > '%s' 2>&1", lethec_path(), args, log);

@@ -1,12 +1,16 @@
-/* test_gemm_pack.c: the generated GEMM's packed-B path
+/* test_gemm_pack.c: the generated GEMM's packed paths
  * (compiler/backend_llvm_gemm.c: B's columns copied into panels per K block
  * and L2 chunk, B transposed on the way for NT). Shapes chosen so that every
  * part of it runs: K in three blocks (900 = 3 x 300), N = 1000 in three
  * chunks of panels with a last partial panel whose last vector is masked
  * (1000 = 15 x 64 + 40), M = 130 with a short last row block, in NN, NT and
- * TN, f32 and f64. Checks each result against a double reference (error
- * relative to the sum of |terms|), and that 1 and 2 threads give the same
- * bits (the determinism the compiler promises). */
+ * TN, f32 and f64; and a K with no block size that divides it (1009, prime:
+ * 337 + 337 + 335, the last block a second instance of the block's code),
+ * as the GPT-2 LM head's input gradient has (K = 50257), packed (M = 130,
+ * NN and TN, f32 and f64) and unpacked (M = 20). Checks each result
+ * against a double reference (error relative to the sum of |terms|), and
+ * that 1 and 2 threads give the same bits (the determinism the compiler
+ * promises). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,16 +20,36 @@
 #include "threadpool.h"
 
 static const char *SRC =
-    "fn nn(a: f32[130, 900], b: f32[900, 1000]) -> f32[130, 1000] = a @ b\n"
-    "fn nt(a: f32[130, 900], b: f32[1000, 900]) -> f32[130, 1000] = a @ transpose(b)\n"
-    "fn tn(a: f32[900, 130], b: f32[900, 1000]) -> f32[130, 1000] = transpose(a) @ b\n"
-    "fn nt64(a: f64[130, 900], b: f64[1000, 900]) -> f64[130, 1000] = a @ transpose(b)\n"
+    "fn nn(a: f32[M, K], b: f32[K, N]) -> f32[M, N] = a @ b\n"
+    "fn nt(a: f32[M, K], b: f32[N, K]) -> f32[M, N] = a @ transpose(b)\n"
+    "fn tn(a: f32[K, M], b: f32[K, N]) -> f32[M, N] = transpose(a) @ b\n"
+    "fn nt64(a: f64[M, K], b: f64[N, K]) -> f64[M, N] = a @ transpose(b)\n"
+    "fn tn64(a: f64[K, M], b: f64[K, N]) -> f64[M, N] = transpose(a) @ b\n"
     "export nn = nn(f32[130, 900], f32[900, 1000])\n"
     "export nt = nt(f32[130, 900], f32[1000, 900])\n"
     "export tn = tn(f32[900, 130], f32[900, 1000])\n"
-    "export nt64 = nt64(f64[130, 900], f64[1000, 900])\n";
+    "export nt64 = nt64(f64[130, 900], f64[1000, 900])\n"
+    "export nn_krest = nn(f32[130, 1009], f32[1009, 200])\n"
+    "export tn_krest = tn(f32[1009, 130], f32[1009, 200])\n"
+    "export tn64_krest = tn64(f64[1009, 130], f64[1009, 200])\n"
+    "export nn_krest_unpacked = nn(f32[20, 1009], f32[1009, 200])\n";
 
-enum { M = 130, N = 1000, K = 900 };
+typedef struct gemm_case {
+    const char *name;
+    bool ta, tb, f64;
+    int64_t m, n, k;
+} gemm_case;
+
+static const gemm_case CASES[] = {
+    {"nn", false, false, false, 130, 1000, 900},
+    {"nt", false, true, false, 130, 1000, 900},
+    {"tn", true, false, false, 130, 1000, 900},
+    {"nt64", false, true, true, 130, 1000, 900},
+    {"nn_krest", false, false, false, 130, 200, 1009},
+    {"tn_krest", true, false, false, 130, 200, 1009},
+    {"tn64_krest", true, false, true, 130, 200, 1009},
+    {"nn_krest_unpacked", false, false, false, 20, 200, 1009},
+};
 
 static const char *xname(const char *entry, const char *what) {
     static char buf[4][96];
@@ -37,7 +61,10 @@ static const char *xname(const char *entry, const char *what) {
 
 static double at(const void *p, bool f64, int64_t i) { return f64 ? ((const double *)p)[i] : ((const float *)p)[i]; }
 
-static void check_entry(const lethe_program *pg, const char *name, bool ta, bool tb, bool f64, lethe_pool *pool) {
+static void check_entry(const lethe_program *pg, const gemm_case *gc, lethe_pool *pool) {
+    const char *name = gc->name;
+    bool ta = gc->ta, tb = gc->tb, f64 = gc->f64;
+    int64_t M = gc->m, N = gc->n, K = gc->k;
     const lethe_entry *e = th_entry(pg, name);
     if (!th_check(e != NULL, xname(name, "exists"), "no entry"))
         return;
@@ -87,10 +114,8 @@ int main(void) {
     if (!th_check(pg != NULL, "gemm_pack_compiles", "%s", err ? err : "?"))
         return th_exit();
     lethe_pool *pool = lethe_pool_new(2);
-    check_entry(pg, "nn", false, false, false, pool);
-    check_entry(pg, "nt", false, true, false, pool);
-    check_entry(pg, "tn", true, false, false, pool);
-    check_entry(pg, "nt64", false, true, true, pool);
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+        check_entry(pg, &CASES[i], pool);
     lethe_pool_free(pool);
     return th_exit();
 }

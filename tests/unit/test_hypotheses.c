@@ -12,6 +12,11 @@
  *     64 clean samples; the canceling loss falls
  *   - a case is a function of its seed (bit-identical twice), and bad
  *     requests are refused with a message
+ *   - a network's features as a setting's rows (hyp_use_features): rows and
+ *     classes copied; regression labels as appendix C.2 makes them (least
+ *     squares on each half of the rows recovers two orthogonal unit vectors);
+ *     features of another width, too few rows or more classes than outputs
+ *     refused
  */
 #include <math.h>
 #include <stdio.h>
@@ -244,6 +249,66 @@ static void h1_case(const lethe_program *p, lethe_ctx *ctx, const char *setting)
     hyp_setting_free(&s);
 }
 
+/* Least squares y ~ x u over rows [from, to) of a setting (d <= 16). */
+static void least_squares(const hyp_setting *s, int64_t from, int64_t to, double *u) {
+    double a[16 * 16] = {0};
+    const int64_t d = s->d;
+    for (int64_t j = 0; j < d; j++)
+        u[j] = 0;
+    for (int64_t i = from; i < to; i++)
+        for (int64_t j = 0; j < d; j++) {
+            u[j] += (double)s->x[i * d + j] * s->y_real[i];
+            for (int64_t k = 0; k < d; k++)
+                a[j * d + k] += (double)s->x[i * d + j] * s->x[i * d + k];
+        }
+    solve(a, u, (int)d);
+}
+
+static void features_cases(const lethe_program *p) {
+    char err[LETHE_ERR_LEN] = "";
+    hyp_setting lin, logi;
+    if (hyp_setting_open(p, "lin", &lin, err) || hyp_setting_open(p, "logi", &logi, err)) {
+        th_fail("hypotheses.features", "%s", err);
+        return;
+    }
+    /* features of 64 rows, 6 wide, 3 classes: a fixed pseudo-random pattern */
+    hyp_features f = {.n = 64, .d = 6, .classes = 3};
+    f.x = malloc(sizeof(float) * 64 * 6);
+    f.y = malloc(sizeof(int32_t) * 64);
+    uint32_t state = 12345;
+    for (int i = 0; i < 64 * 6; i++) {
+        state = state * 1664525u + 1013904223u;
+        f.x[i] = (float)((state >> 8) / 16777216.0 * 2 - 1);
+    }
+    for (int i = 0; i < 64; i++)
+        f.y[i] = i % 3;
+    int rc = hyp_use_features(&logi, &f, 0, err);
+    th_check(!rc && !memcmp(logi.x, f.x, sizeof(float) * 64 * 6) && !memcmp(logi.y_class, f.y, sizeof(int32_t) * 64),
+             "hypotheses.features_rows", "rc %d, '%s'", rc, err);
+    rc = hyp_use_features(&lin, &f, 7, err);
+    double u[16], v[16], uu = 0, vv = 0, uv = 0;
+    least_squares(&lin, 0, 32, u);
+    least_squares(&lin, 32, 64, v);
+    for (int j = 0; j < 6; j++)
+        uu += u[j] * u[j], vv += v[j] * v[j], uv += u[j] * v[j];
+    th_check(!rc && fabs(sqrt(uu) - 1) < 0.15 && fabs(sqrt(vv) - 1) < 0.15 && fabs(uv) < 0.15,
+             "hypotheses.features_c2_labels", "rc %d: |u| %.3f, |v| %.3f, u.v %.3f (want 1, 1, 0)", rc, sqrt(uu),
+             sqrt(vv), uv);
+    f.d = 5;
+    rc = hyp_use_features(&lin, &f, 0, err);
+    th_check(rc != 0 && strstr(err, "the network gives 64 of 5"), "hypotheses.features_width", "rc %d, '%s'", rc, err);
+    f.d = 6, f.n = 60;
+    rc = hyp_use_features(&logi, &f, 0, err);
+    th_check(rc != 0 && strstr(err, "fits 64 rows"), "hypotheses.features_rows_short", "rc %d, '%s'", rc, err);
+    f.n = 64, f.classes = 4;
+    rc = hyp_use_features(&logi, &f, 0, err);
+    th_check(rc != 0 && strstr(err, "3 outputs for the data's 4 classes"), "hypotheses.features_classes", "rc %d, '%s'",
+             rc, err);
+    hyp_features_free(&f);
+    hyp_setting_free(&lin);
+    hyp_setting_free(&logi);
+}
+
 int main(void) {
     char *cerr = NULL;
     const lethe_program *p = th_compile_file(SMALL_LTH, "", &cerr);
@@ -257,6 +322,7 @@ int main(void) {
     closed_form_cases(p, &ctx);
     h1_case(p, &ctx, "lin");
     h1_case(p, &ctx, "logi");
+    features_cases(p);
     char err[LETHE_ERR_LEN] = "";
     hyp_setting s;
     int rc = hyp_setting_open(p, "nothing", &s, err);

@@ -503,6 +503,15 @@ static void test_reductions(void) {
     tg_out(&t, "split_max", g_reduce(g, OP_RMAX, big, 3, false, L0));
     tg_out(&t, "col_tiles", red(g, OP_SUM, col, 1));
     tg_out(&t, "col_tiles_max", red(g, OP_RMAX, col, 1));
+    /* per-channel sums over [N, C, short rows] (lower.c's reduce_short_rows):
+     * a sum, a max, an integer sum, and sibling sums with a prologue */
+    Node *bn = tg_in(&t, "bn", DT_F32, S(4, 5, 12, 3, 4), -1, 1);
+    Node *bni = tg_in(&t, "bni", DT_I32, S(4, 5, 12, 3, 4), -50, 50);
+    tg_out(&t, "short_sum", red(g, OP_SUM, bn, 13));
+    tg_out(&t, "short_max", red(g, OP_RMAX, bn, 13));
+    tg_out(&t, "short_int", red(g, OP_SUM, bni, 13));
+    tg_out(&t, "short_sib_a", red(g, OP_SUM, mul(g, bn, sc(g, 2)), 13));
+    tg_out(&t, "short_sib_b", red(g, OP_SUM, mul(g, bn, bn), 13));
     /* logsumexp: rows (two passes over a fused prologue, and beside a sum of
      * the same input in one kernel), columns (pairwise combine) and split */
     tg_out(&t, "lse_rows", red(g, OP_RLSE, mul(g, x, sc(g, 3)), 4));
