@@ -29,6 +29,11 @@
 # PyTorch's create_graph=True (bench_torch.py w16 craft), one thread per CPU
 # and then one thread each in alternating rounds, with both peak RSS.
 #
+# Both sides run in the environment of bench/env.sh (jemalloc keeping freed
+# pages and using huge pages when it is installed, OpenBLAS's threads set to
+# the pass's): without it PyTorch page-faults its activations in again every
+# step, which in this VM made its w64 training step 2.6x slower.
+#
 # Prints, and writes to $B/bench/results.md: images/s of both, their ratio,
 # GFLOP/s and its share of this machine's FP32 peak (bench/peak.c, FLOPs
 # counted as PERF-ANCHORS does: 2 x the convolutions' and the linear layer's
@@ -86,13 +91,14 @@ if [ "$CRAFT" != 0 ]; then
     "$B/lethec" bench/craft.lth --emit=so -o "$OUT/craft.so" || exit 1
 fi
 
+. bench/env.sh
 raw=$OUT/raw.txt
 : > "$raw"
 {
     echo "date $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "host $(uname -n) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) CPUs"
     echo "load_before $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "inherited OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}"
+    echo "inherited OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; both sides: $BENCH_ALLOC_DESC, OPENBLAS_NUM_THREADS = the pass's threads"
     echo "steps $STEPS warmup $WARMUP"
     for t in 1 2; do echo "peak $("$OUT/peak" $t)"; done
     for cfg in w64 w16; do echo "macs $cfg $($PY bench/bench_torch.py $cfg macs nchw)"; done
@@ -103,6 +109,7 @@ bench_pair() {
     local env=$1 threads=$2 cfg=$3 mode=$4 envcmd lethe=("$OUT/bench_resnet" "$OUT/resnet18.so")
     [ "$mode" = craft ] && lethe=("$OUT/bench_craft" "$OUT/craft.so")
     if [ "$env" = unset ]; then envcmd=(env -u OPENBLAS_CORETYPE); else envcmd=(env OPENBLAS_CORETYPE="$SET_VALUE"); fi
+    envcmd+=("${BENCH_ALLOC[@]}" "$(bench_blas_threads "$threads")")
     echo "$env threads=$threads $cfg $mode ..." >&2
     echo "run $env/$threads lethe $("${envcmd[@]}" "${lethe[@]}" ${mode}_$cfg \
         --warmup "$WARMUP" --steps "$STEPS" --threads "$threads")" >> "$raw"
@@ -137,7 +144,8 @@ fi
 echo "load_after $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw"
 for cfg in w16 w64; do
     echo "profile $cfg ..." >&2
-    "$OUT/bench_resnet" "$OUT/resnet18.so" train_$cfg --warmup 1 --steps 2 --threads 1 --profile --cpu-time \
+    env "${BENCH_ALLOC[@]}" OPENBLAS_NUM_THREADS=1 "$OUT/bench_resnet" "$OUT/resnet18.so" train_$cfg --warmup 1 --steps 2 \
+        --threads 1 --profile --cpu-time \
         | sed "s/^/prof $cfg /" >> "$raw"
 done
 

@@ -55,14 +55,8 @@ t0=$(date +%s)
 "$B/lethec" "$SRC" --emit=so -o "$OUT/gpt2_$CFG.so" || exit 1
 echo "compiled in $(( $(date +%s) - t0 )) s" >&2
 
-jemalloc=""
-for j in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/libjemalloc.so.2; do
-    [ -f "$j" ] && { jemalloc=$j; break; }
-done
-JEMALLOC_CONF=oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always,metadata_thp:always
-tuned=(env -u OPENBLAS_CORETYPE OMP_WAIT_POLICY=PASSIVE)
-[ -n "$jemalloc" ] && tuned+=(LD_PRELOAD="$jemalloc" MALLOC_CONF="$JEMALLOC_CONF")
-cpus=$(nproc)
+. bench/env.sh
+tuned=(env -u OPENBLAS_CORETYPE OMP_WAIT_POLICY=PASSIVE "${BENCH_ALLOC[@]}")
 
 raw=$OUT/gpt2_raw.txt
 : > "$raw"
@@ -71,16 +65,14 @@ raw=$OUT/gpt2_raw.txt
     echo "host $(uname -n) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) CPUs"
     echo "load_before $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "config $CFG steps $STEPS warmup $WARMUP rounds $ROUNDS"
-    allocator="glibc malloc (jemalloc not installed)"
-    [ -n "$jemalloc" ] && allocator="jemalloc $jemalloc with MALLOC_CONF=$JEMALLOC_CONF"
-    echo "settings OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS = the pass's threads, $allocator"
+    echo "settings OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY=PASSIVE, OPENBLAS_NUM_THREADS = the pass's threads, $BENCH_ALLOC_DESC"
     for t in 1 2; do echo "peak $("$OUT/peak" $t)"; done
 } >> "$raw"
 
 # one pass on both sides: thread count (0: one per CPU), entry
 bench_pair() {
     local threads=$1 entry=$2
-    local blas=(OPENBLAS_NUM_THREADS=$(( threads > 0 ? threads : cpus )))
+    local blas=("$(bench_blas_threads "$threads")")
     echo "threads=$threads $entry ..." >&2
     echo "run $threads lethe $("${tuned[@]}" "${blas[@]}" "$OUT/bench_resnet" "$OUT/gpt2_$CFG.so" "$entry" \
         --warmup "$WARMUP" --steps "$STEPS" --threads "$threads")" >> "$raw"
