@@ -19,10 +19,9 @@ kind with the slowest kernels.
 """
 import collections
 import math
-import re
 import sys
 
-from report import kernel_lines, profile_table  # bench/report.py, beside this file
+from report import kernel_lines, kv, profile_table  # bench/report.py, beside this file
 
 BATCH = 4
 CONFIGS = {"gpt2": (12, 768, 12, 50257), "tiny": (2, 64, 4, 512)}
@@ -33,10 +32,6 @@ PASSES = (("train_t64", 64, 3, "training step (AdamW), T = 64"),
 # llm.c's train_gpt2.c on the Zen 5 machine of PERF-ANCHORS (seconds per
 # step by thread count): a fixed anchor, not run here
 LLMC = {("train_t64", 2): 2.810, ("train_t64", 1): 5.214, ("train_t128", 2): 5.847, ("train_t128", 1): 11.270}
-
-
-def kv(text):
-    return dict(re.findall(r"(\w+)=(\S+)", text))
 
 
 def gemm_roles(batch, t, c, vocab):

@@ -16,23 +16,11 @@
 # alternating rounds (each side's best median counts). Then a per-kernel
 # profile of Lethe's training step at T = 64 (one thread, CPU time).
 #
-# Both sides run in PyTorch's best environment, which is measured, not
-# assumed (bench_torch_gpt2.py's head comment has the table):
-#   - jemalloc preloaded with MALLOC_CONF=oversize_threshold:0,
-#     dirty_decay_ms:-1,muzzy_decay_ms:-1,thp:always,metadata_thp:always.
-#     PyTorch allocates every step's gradients, AdamW temporaries and
-#     activations afresh (the 154 MB [50257, 768] ones several times a
-#     step); jemalloc's defaults serve requests over 8 MiB from an arena
-#     that gives pages back at once, so each step page-faults ~2.4 GB in
-#     again (~600,000 faults of ~15 us each in this VM). With pages kept and
-#     huge pages, faults after warm-up fall to ~0: 8.6 s -> 1.7 s of CPU per
-#     step on one thread (T = 64). Lethe plans its memory once, so the
-#     setting changes little there.
-#   - OMP_WAIT_POLICY=PASSIVE and OPENBLAS_CORETYPE unset (OpenBLAS's
-#     AVX-512 kernel), as PERF-ANCHORS found.
-#   - OPENBLAS_NUM_THREADS = the pass's thread count: torch.set_num_threads
-#     does not reach Debian's OpenBLAS (pthreads), which otherwise runs
-#     one thread per CPU inside a "one thread" PyTorch.
+# Both sides run in bench/env.sh's environment (jemalloc keeping freed
+# pages, huge pages, OPENBLAS_NUM_THREADS = the pass's threads: PyTorch's
+# best, measured, bench_torch_gpt2.py's head comment has the table), with
+# OMP_WAIT_POLICY=PASSIVE and OPENBLAS_CORETYPE unset (OpenBLAS's AVX-512
+# kernel), as PERF-ANCHORS found.
 # BENCH_WARMUP (default 2) untimed steps come first on both sides: PyTorch's
 # AdamW allocates its state in the first step.
 set -u

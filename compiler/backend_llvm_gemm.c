@@ -996,6 +996,11 @@ static LLVMValueRef gemm_task(LL *ll, LLVMValueRef fn, int64_t nbi, int64_t nbj,
 enum { MIN_TILES = 16, FEW_TILES = 4 };
 static const double MIN_TILE_FLOPS = 2.5e5, BIG_TILE_FLOPS = 1e9;
 
+/* Tiles of tbi x tbj blocks over nbi x nbj blocks. */
+static int64_t tile_count(int64_t nbi, int64_t nbj, int64_t tbi, int64_t tbj) {
+    return ((nbi + tbi - 1) / tbi) * ((nbj + tbj - 1) / tbj);
+}
+
 static double tile_traffic(const LGemm *gm, DType dt, Shape2 sh, int64_t nbi, int64_t nbj, int64_t bi, int64_t bj) {
     int64_t nti = (nbi + bi - 1) / bi, ntj = (nbj + bj - 1) / bj, chunks = sh.cb ? (bj + sh.cb - 1) / sh.cb : 1;
     return ((double)(ntj * chunks) * (double)gm->m + (double)nti * (double)gm->n) * (double)gm->k * dtype_size(dt);
@@ -1007,7 +1012,7 @@ static void split_tiles(const LGemm *gm, DType dt, Shape2 sh, int64_t nbi, int64
     *tbi = nbi;
     *tbj = nbj;
     for (;;) {
-        int64_t tiles = ((nbi + *tbi - 1) / *tbi) * ((nbj + *tbj - 1) / *tbj);
+        int64_t tiles = tile_count(nbi, nbj, *tbi, *tbj);
         if ((*tbj == 1 && *tbi == 1) || tiles >= MIN_TILES ||
             per_block * (double)((*tbj + 1) / 2) * (double)*tbi < MIN_TILE_FLOPS ||
             (tiles >= FEW_TILES && per_block * (double)*tbj * (double)*tbi >= BIG_TILE_FLOPS))
@@ -1019,12 +1024,12 @@ static void split_tiles(const LGemm *gm, DType dt, Shape2 sh, int64_t nbi, int64
     }
     if (!sh.pack)
         return;
-    int64_t tiles = ((nbi + *tbi - 1) / *tbi) * ((nbj + *tbj - 1) / *tbj);
+    int64_t tiles = tile_count(nbi, nbj, *tbi, *tbj);
     double best = tile_traffic(gm, dt, sh, nbi, nbj, *tbi, *tbj) * (2.0 / 3.0);
     for (int64_t bi = nbi;; bi = (bi + 1) / 2) {
         for (int64_t bj = nbj;; bj = (bj + 1) / 2) {
             double cost = tile_traffic(gm, dt, sh, nbi, nbj, bi, bj);
-            if (((nbi + bi - 1) / bi) * ((nbj + bj - 1) / bj) >= tiles && cost < best) {
+            if (tile_count(nbi, nbj, bi, bj) >= tiles && cost < best) {
                 best = cost;
                 *tbi = bi;
                 *tbj = bj;
@@ -1055,7 +1060,7 @@ void llg_emit(LL *ll, LLVMBuilderRef b, const LGemm *gm, DType dt, LLVMValueRef 
     }
     int64_t tbi, tbj;
     split_tiles(gm, dt, sh, nbi, nbj, &tbi, &tbj);
-    int64_t ntiles = ((nbi + tbi - 1) / tbi) * ((nbj + tbj - 1) / tbj);
+    int64_t ntiles = tile_count(nbi, nbj, tbi, tbj);
     LLVMValueRef task = gemm_task(ll, fn, nbi, nbj, tbi, tbj);
     /* the closure in the entry block: a GEMM inside a serial loop must not
      * grow the stack per iteration */

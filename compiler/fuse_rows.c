@@ -222,33 +222,10 @@ static void merge_group(Fusion *f, int gi, const unsigned char *group) {
         for (int j = 0; j < c->deps.len; j++)
             vec_push(&g->deps, c->deps.data[j]);
     }
-    int *pos = xalloc(sizeof(int) * ((size_t)n + 1));
-    int m = 0;
+    int *owner = xalloc(sizeof(int) * ((size_t)n + 1));
     for (int i = 0; i < n; i++)
-        if (!group[i] || i == gi)
-            pos[i] = m++;
-    for (int i = 0; i < n; i++)
-        if (group[i] && i != gi)
-            pos[i] = pos[gi];
-    m = 0;
-    for (int i = 0; i < n; i++)
-        if (!group[i] || i == gi)
-            f->kernels.data[m++] = f->kernels.data[i];
-    f->kernels.len = m;
-    for (int i = 0; i < m; i++) {
-        FKernel *k = f->kernels.data[i];
-        int nd = 0;
-        for (int d = 0; d < k->deps.len; d++) {
-            int v = pos[k->deps.data[d]];
-            bool dup = v == i;
-            for (int e = 0; e < nd && !dup; e++)
-                dup = k->deps.data[e] == v;
-            if (!dup)
-                k->deps.data[nd++] = v;
-        }
-        k->deps.len = nd;
-    }
-    fusion_producers(f);
+        owner[i] = group[i] ? gi : i;
+    fusion_compact(f, owner);
 }
 
 /* Try the GEMM kernel gi; true if it absorbed its consumers. */

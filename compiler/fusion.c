@@ -617,23 +617,25 @@ static Sib sib_new(Fusion *f) {
     return s;
 }
 
-/* Drop the absorbed kernels and renumber the dependencies. */
-static void sib_compact(Fusion *f, Sib *s) {
+/* Drops every kernel i with owner[i] != i (it was merged into kernel
+ * owner[i], itself kept) and renumbers the dependencies: a dependency on a
+ * dropped kernel becomes one on its owner, none on the kernel itself, each
+ * once. */
+void fusion_compact(Fusion *f, const int *owner) {
     int n = f->kernels.len;
     int *pos = xalloc(sizeof(int) * ((size_t)n + 1));
     int m = 0;
     for (int i = 0; i < n; i++)
-        if (s->fwd[i] == i) {
+        if (owner[i] == i) {
             pos[i] = m;
             f->kernels.data[m++] = f->kernels.data[i];
         }
     f->kernels.len = m;
     for (int i = 0; i < m; i++) {
         FKernel *k = f->kernels.data[i];
-        k->index = i;
         int nd = 0;
         for (int d = 0; d < k->deps.len; d++) {
-            int x = pos[resolve(s, k->deps.data[d])];
+            int x = pos[owner[k->deps.data[d]]];
             bool dup = x == i;
             for (int e = 0; e < nd && !dup; e++)
                 dup = k->deps.data[e] == x;
@@ -643,6 +645,15 @@ static void sib_compact(Fusion *f, Sib *s) {
         k->deps.len = nd;
     }
     fusion_producers(f);
+}
+
+/* Drop the absorbed kernels and renumber the dependencies. */
+static void sib_compact(Fusion *f, Sib *s) {
+    int n = f->kernels.len;
+    int *owner = xalloc(sizeof(int) * ((size_t)n + 1));
+    for (int i = 0; i < n; i++)
+        owner[i] = resolve(s, i);
+    fusion_compact(f, owner);
 }
 
 /* Merges each kernel b that `rule` admits into an earlier kernel it pairs

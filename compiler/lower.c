@@ -433,7 +433,7 @@ static void set_space(KCtx *kc, const int64_t *dims, int rank) {
 
 static double work_of(const KCtx *kc, int64_t numel) { return (double)numel * (double)(kc->ops + 1); }
 
-static LExpr *reduce_init(Op op, DType dt) {
+LExpr *reduce_init(Op op, DType dt) {
     bool fl = dt == DT_F32 || dt == DT_F64;
     switch (op) {
     case OP_SUM: return zero_of(dt);
@@ -456,7 +456,7 @@ static LExpr *lse_pair(DType dt, LExpr *a, LExpr *b) {
     return le_op3(OP_WHERE, dt, le_op2(OP_EQ, DT_BOOL, hi, le_const_f(dt, -INFINITY)), hi, r);
 }
 
-static LExpr *reduce_combine(Op op, DType dt, LExpr *acc, LExpr *v) {
+LExpr *reduce_combine(Op op, DType dt, LExpr *acc, LExpr *v) {
     if (op == OP_RLSE)
         return lse_pair(dt, acc, v);
     if (dt == DT_BOOL)

@@ -150,6 +150,7 @@ typedef struct Fusion {
 
 Fusion *fusion_run(const Entry *e);
 void fusion_producers(Fusion *f);          /* renumber kernels, recompute producer[] */
+void fusion_compact(Fusion *f, const int *owner);   /* drop merged kernels (owner[i] != i), renumber deps */
 void fusion_dump(const Fusion *f, FILE *out);
 bool fusion_is_cheap_leaf(const Node *n);  /* CONST, IOTA, RAND */
 /* fuse_rows.c: GEMMs into their row-wise consumers (CPU backends only) */
@@ -218,6 +219,11 @@ void kctx_reset_memo(KCtx *kc);
 /* The value of n (under stack) at kc->idx, building LETs into kc->body. */
 LExpr *lower_eval(KCtx *kc, const Node *n, int stack);
 void lower_root_values(KCtx *kc, LKernel *k, Node *const *roots, int nr, Block body);
+/* A reduction's identity (lower.c) and one step of it: acc op v. */
+LExpr *reduce_init(Op op, DType dt);
+LExpr *reduce_combine(Op op, DType dt, LExpr *acc, LExpr *v);
+/* The offset of a batched GEMM operand at batch indices bidx[0..nb) (lower_opaque.c). */
+LExpr *gemm_off(const IdxMap *m, LExpr *const *bidx, int nb);
 /* Buffer index of a materialized node. */
 int lower_buf_of(Lower *L, const Node *n);
 int lower_scratch(Lower *L, const char *name, DType dt, int64_t nelem);

@@ -71,7 +71,7 @@ LExpr *read_at(KCtx *kc, Block b, const Node *n, LExpr **idx, int rank, LExpr *v
     return v;
 }
 
-static LExpr *gemm_off(const IdxMap *m, LExpr *const *bidx, int nb) {
+LExpr *gemm_off(const IdxMap *m, LExpr *const *bidx, int nb) {
     LExpr *e = iconst(m->offset);
     for (int d = 0; d < nb; d++)
         if (m->dim[d] != 1 && m->stride[d])

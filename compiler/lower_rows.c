@@ -41,27 +41,6 @@ int64_t rows_block(int64_t m, int64_t n, DType dt) {
     return 1;
 }
 
-static LExpr *batch_off(const IdxMap *m, LExpr *const *bidx, int nb) {
-    LExpr *e = iconst(m->offset);
-    for (int d = 0; d < nb; d++)
-        if (m->dim[d] != 1 && m->stride[d])
-            e = iadd(e, imul(bidx[d], m->stride[d]));
-    return e;
-}
-
-static LExpr *red_init(Op op, DType dt) {
-    switch (op) {
-    case OP_SUM: return le_const_f(dt, 0);
-    case OP_RMAX: return le_const_f(dt, -INFINITY);
-    case OP_RMIN: return le_const_f(dt, INFINITY);
-    default: unreachable();
-    }
-}
-
-static LExpr *red_combine(Op op, DType dt, LExpr *acc, LExpr *v) {
-    return le_op2(op == OP_SUM ? OP_ADD : op == OP_RMAX ? OP_MAX : OP_MIN, dt, acc, v);
-}
-
 /* What one iteration shares with every consumer. */
 typedef struct RowsCtx {
     Lower *L;
@@ -122,7 +101,7 @@ static double consumer(RowsCtx *rc, FKernel *c) {
     int *acc = xalloc(sizeof(int) * (size_t)nr);
     for (int t = 0; t < nr; t++) {
         const Node *rd = c->roots.data[t];
-        blk_push(rowb, ls_let(k, rd->dtype, red_init(rd->op, rd->dtype), &acc[t]));
+        blk_push(rowb, ls_let(k, rd->dtype, reduce_init(rd->op, rd->dtype), &acc[t]));
     }
     Block colb = open_loop(rowb, rc->n, &j);
     point(rc, &kc, i, j);
@@ -134,7 +113,7 @@ static double consumer(RowsCtx *rc, FKernel *c) {
     }
     for (int t = 0; t < nr; t++) {
         const Node *rd = c->roots.data[t];
-        blk_push(colb, ls_assign(acc[t], red_combine(rd->op, rd->dtype, le_var(k, acc[t]), v[t])));
+        blk_push(colb, ls_assign(acc[t], reduce_combine(rd->op, rd->dtype, le_var(k, acc[t]), v[t])));
     }
     for (int t = 0; t < nr; t++)
         blk_push(rowb, ls_store(lower_buf_of(L, c->roots.data[t]), row, le_var(k, acc[t]), false));
@@ -170,8 +149,8 @@ void lower_rows(Lower *L, FKernel *fk, LKernel *k) {
     g.beta = 0;
     g.c_buf = rc.scratch;
     g.ldc = N;
-    g.a_off = iadd(batch_off(&ma, rc.idx, nb), le_op2(OP_MUL, DT_I64, rc.idx[nb], iconst(ma.stride[r - 2])));
-    g.b_off = batch_off(&mb, rc.idx, nb);
+    g.a_off = iadd(gemm_off(&ma, rc.idx, nb), le_op2(OP_MUL, DT_I64, rc.idx[nb], iconst(ma.stride[r - 2])));
+    g.b_off = gemm_off(&mb, rc.idx, nb);
     g.c_off = iconst(0);
     blk_push(rc.body, ls_gemm(&g));
     k->flops = gemm_flops;

@@ -23,16 +23,6 @@ static void take_features(void *user, const float *out, const int32_t *y, const 
     memcpy(f->y + start, y, sizeof(int32_t) * (size_t)rows);
 }
 
-typedef struct Correct {
-    int64_t correct;
-    int classes;
-} Correct;
-
-static void take_correct(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
-    Correct *c = user;
-    c->correct += mt_correct(out, y, rows, c->classes);
-}
-
 /* Each feature to mean 0 and standard deviation 1 over the rows (float64
  * sums); a feature constant over them (a unit that never fires) becomes 0. */
 static void standardise(hyp_features *f) {
@@ -137,13 +127,11 @@ int hyp_features_compute(const lethe_prog *prog, const hyp_opts *o, hyp_features
                 (long long)f->n, f->checkpoint);
     if (!rc && (rc = run_eval_over(&r, "features", &model, &r.train, pos, f->n, 0, take_features, f, err)))
         prefix_error(err, rc, "the features of the network ", f->checkpoint);
-    Correct c = {0, plan.classes};
     for (int64_t i = 0; !rc && i < r.test.n; i++)
         pos[i] = i;
     if (!rc)
-        rc = run_eval_over(&r, "eval.logits", &model, &r.test, pos, r.test.n, 0, take_correct, &c, err);
+        rc = run_accuracy(&r, &model, &r.test, pos, r.test.n, &f->test_accuracy, err);
     if (!rc) {
-        f->test_accuracy = r.test.n ? (double)c.correct / (double)r.test.n : NAN;
         standardise(f);
         if (!o->quiet)
             fprintf(stderr, "lethe hypotheses: the network's test accuracy %.4f (%lld samples)\n", f->test_accuracy,

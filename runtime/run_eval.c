@@ -59,12 +59,19 @@ int run_eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset
 typedef struct Acc {
     int64_t correct;
     int k;
-    double *loss;
 } Acc;
 
 static void take_logits(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
     Acc *a = user;
     a->correct += mt_correct(out, y, rows, a->k);
+}
+
+int run_accuracy(Run *r, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n, double *accuracy,
+                 char *err) {
+    Acc acc = {.k = r->plan->classes};
+    int rc = run_eval_over(r, "eval.logits", model, ds, pos, n, 0, take_logits, &acc, err);
+    *accuracy = n ? (double)acc.correct / (double)n : NAN;
+    return rc;
 }
 
 void run_take_losses(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows) {
@@ -142,11 +149,9 @@ int run_evaluate(Run *r, ts_store *model, Eval *ev, char *err) {
     }
     for (int64_t i = 0; i < nt; i++)
         tpos[i] = i;
-    Acc acc = {.k = r->plan->classes};
-    int rc = run_eval_over(r, "eval.logits", model, &r->test, tpos, nt, 0, take_logits, &acc, err);
+    int rc = run_accuracy(r, model, &r->test, tpos, nt, &ev->accuracy, err);
     if (!rc)
         rc = run_eval_over(r, "eval.loss_each", model, &r->test, tpos, nt, 0, run_take_losses, test_loss, err);
-    ev->accuracy = (double)acc.correct / (double)nt;
     mt_summary ts = mt_summarize(test_loss, nt);
     ev->test_loss = ts.mean;
     int64_t np = r->n_poison;

@@ -131,6 +131,9 @@ int run_eval_over(Run *r, const char *name, ts_store *model, const lethe_dataset
                   int noisy, run_take_fn take, void *user, char *err);
 /* A run_take_fn for per-sample losses: out[i] into ((double *)user)[start + i]. */
 void run_take_losses(void *user, const float *out, const int32_t *y, const float *x, int64_t start, int64_t rows);
+/* The share of ds's samples at pos[0..n) the model classifies right ("eval.logits"; NaN for n = 0). */
+int run_accuracy(Run *r, ts_store *model, const lethe_dataset *ds, const int64_t *pos, int64_t n, double *accuracy,
+                 char *err);
 /* A ROC kept at 41 log-spaced false positive rates 1e-3 .. 1: for each, the
  * best TPR at a FPR not above it. Returns the count. */
 int run_roc_sample(const mt_roc_point *pts, int64_t npts, double *fpr, double *tpr);
