@@ -333,6 +333,14 @@ static void permutation(int64_t *perm, int64_t n, uint64_t seed, uint64_t stream
     }
 }
 
+static uint64_t case_key(int seed) { return (uint64_t)seed * 0x9E3779B97F4A7C15ull + 0x5eed; }
+
+int64_t hyp_random_rows(const hyp_setting *s, int seed, int64_t *perm) {
+    const int64_t pool = s->regression ? s->n / 2 : s->n;
+    permutation(perm, pool, case_key(seed), STREAM_RANDOM_ROWS);
+    return pool;
+}
+
 /* The corrupted model: S_target's steps from the clean fit, on the clean rows. */
 static int make_target(const hyp_setting *s, lethe_ctx *ctx, const hyp_opts *o, const float *w_clean,
                        ts_store *target, char *err) {
@@ -428,10 +436,9 @@ int hyp_case(hyp_setting *s, lethe_ctx *ctx, const hyp_opts *o, const ts_store *
     int rc = perm && w && w_clean ? LETHE_OK : lethe_errf(err, LETHE_ENOMEM, "out of memory");
     for (int64_t i = 0; !rc && i < rows; i++)
         w_clean[i] = i < s->n;
-    const uint64_t key = (uint64_t)seed * 0x9E3779B97F4A7C15ull + 0x5eed;
     int iters = 0;
     if (!rc)
-        permutation(perm, s->n, key, STREAM_POISON_ROWS);
+        permutation(perm, s->n, case_key(seed), STREAM_POISON_ROWS);
     if (!rc && !(rc = ts_copy(&target, clean, err)) && !(rc = make_target(s, ctx, o, w_clean, &target, err)))
         rc = cancel(s, ctx, o, &target, perm, n_poison, w_clean, r, err);
     if (!rc) {
@@ -450,7 +457,7 @@ int hyp_case(hyp_setting *s, lethe_ctx *ctx, const hyp_opts *o, const ts_store *
     /* random clean samples: nested subsets of one permutation, doubled until
      * their shift reaches the poisons' (or a quarter of the clean rows) */
     if (!rc)
-        permutation(perm, s->n, key, STREAM_RANDOM_ROWS);
+        hyp_random_rows(s, seed, perm);
     for (int k = n_poison; !rc; k *= 2) {
         memcpy(w, w_clean, sizeof(float) * (size_t)rows);
         for (int j = 0; j < k; j++)

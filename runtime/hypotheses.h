@@ -15,6 +15,8 @@
  *
  *   shift_poison  ||theta(clean + poisons) - theta(clean)||: unlearning the poisons
  *   shift_random  ||theta(clean) - theta(clean - R)||, R as many random clean samples
+ *                 (for regression, from the rows of the first label vector,
+ *                 as appendix C.2 draws them)
  *   cos_poison    cosine between one gradient-descent step on the retain set
  *                 at theta(clean + poisons) and the shift to theta(clean)
  *   cos_random    the same for R, at theta(clean)
@@ -125,6 +127,13 @@ int hyp_fit(const hyp_setting *s, lethe_ctx *ctx, const float *w, int max_iters,
  * (a model store of the same tensors: the wanted change of theta). */
 int hyp_update_cosine(const hyp_setting *s, lethe_ctx *ctx, const float *w, const ts_store *theta,
                       const ts_store *shift_to, double *cosine, char *err);
+
+/* The random clean rows of case `seed` in the order a case takes them
+ * (perm, room for s->n): the rows of the first label vector (the first half,
+ * hyp_regression_labels) for a regression setting, as appendix C.2 draws
+ * them, so that removing them moves the fit along one labeling; every clean
+ * row otherwise. Returns how many rows perm holds. */
+int64_t hyp_random_rows(const hyp_setting *s, int seed, int64_t *perm);
 
 /* Everything measured for one (setting, poison-set size, seed). */
 typedef struct hyp_result {

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hypotheses.h"
 #include "run_internal.h"
@@ -139,8 +140,15 @@ int hyp_features_compute(const lethe_prog *prog, const hyp_opts *o, hyp_features
     }
     free(pos);
     ts_clear(&model);
-    if (opened)
+    if (opened) {
+        /* opening the run made OUT/records and OUT/seed<K>; what the feature
+         * stage left empty goes (rmdir keeps a folder with files) */
+        char dir[PATH_MAX + 16];
         run_close(&r);
+        snprintf(dir, sizeof dir, "%s/records", r.dir);
+        rmdir(dir);
+        rmdir(r.seed_dir);
+    }
     plan_free(&plan);
     if (rc)
         hyp_features_free(f);

@@ -107,6 +107,8 @@ print("ok" if a == b and a else f"{len(a)} and {len(b)} records differ")
 PY
 )
 expect features_from "[ $rc -eq 0 ] && [ ! -e '$t/g/seed0/original.safetensors' ] && [ \"$same\" = ok ]" "exit $rc: $same $(tail -2 "$t/g.err")"
+# the feature stage opens a run (OUT/records, OUT/seed0) but leaves no empty folder behind
+expect features_no_empty_dirs "[ ! -e '$t/g/records' ] && [ ! -e '$t/g/seed0' ] && [ ! -e '$t/f/records' ]" "$(ls "$t/g" "$t/f")"
 
 $LETHE hypotheses $feat --out "$t/h" --features-from "$t/nothing.safetensors" --quiet > "$t/h.out" 2>&1; rc=$?
 expect features_from_missing "[ $rc -ne 0 ] && grep -q \"network's checkpoint\" '$t/h.out'" "exit $rc: $(tail -2 "$t/h.out")"

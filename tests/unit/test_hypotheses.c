@@ -12,6 +12,8 @@
  *     64 clean samples; the canceling loss falls
  *   - a case is a function of its seed (bit-identical twice), and bad
  *     requests are refused with a message
+ *   - the random clean rows: for regression from the first label vector's
+ *     half only (appendix C.2), for classification from all clean rows
  *   - a network's features as a setting's rows (hyp_use_features): rows and
  *     classes copied; regression labels as appendix C.2 makes them (least
  *     squares on each half of the rows recovers two orthogonal unit vectors);
@@ -264,13 +266,20 @@ static void least_squares(const hyp_setting *s, int64_t from, int64_t to, double
     solve(a, u, (int)d);
 }
 
+/* The small file's two settings, or a failure under `name`. */
+static int open_settings(const lethe_program *p, hyp_setting *lin, hyp_setting *logi, const char *name) {
+    char err[LETHE_ERR_LEN] = "";
+    if (!hyp_setting_open(p, "lin", lin, err) && !hyp_setting_open(p, "logi", logi, err))
+        return 1;
+    th_fail(name, "%s", err);
+    return 0;
+}
+
 static void features_cases(const lethe_program *p) {
     char err[LETHE_ERR_LEN] = "";
     hyp_setting lin, logi;
-    if (hyp_setting_open(p, "lin", &lin, err) || hyp_setting_open(p, "logi", &logi, err)) {
-        th_fail("hypotheses.features", "%s", err);
+    if (!open_settings(p, &lin, &logi, "hypotheses.features"))
         return;
-    }
     /* features of 64 rows, 6 wide, 3 classes: a fixed pseudo-random pattern */
     hyp_features f = {.n = 64, .d = 6, .classes = 3};
     f.x = malloc(sizeof(float) * 64 * 6);
@@ -309,6 +318,34 @@ static void features_cases(const lethe_program *p) {
     hyp_setting_free(&logi);
 }
 
+/* The random clean rows: for regression a permutation of the first label
+ * vector's rows (the first half; appendix C.2), for classification of all
+ * clean rows; a function of the seed. */
+static void random_rows_cases(const lethe_program *p) {
+    hyp_setting lin, logi;
+    if (!open_settings(p, &lin, &logi, "hypotheses.random_rows"))
+        return;
+    const hyp_setting *set[2] = {&lin, &logi};
+    for (int k = 0; k < 2; k++) {
+        const hyp_setting *s = set[k];
+        int64_t *perm = malloc(sizeof(int64_t) * (size_t)s->n), *again = malloc(sizeof(int64_t) * (size_t)s->n);
+        char *seen = calloc((size_t)s->n, 1);
+        int64_t pool = hyp_random_rows(s, 3, perm), want = s->regression ? s->n / 2 : s->n;
+        int ok = pool == want && hyp_random_rows(s, 3, again) == pool && !memcmp(perm, again, sizeof(int64_t) * (size_t)pool);
+        for (int64_t i = 0; ok && i < pool; i++) {
+            ok = perm[i] >= 0 && perm[i] < want && !seen[perm[i]];
+            if (ok)
+                seen[perm[i]] = 1;
+        }
+        th_check(ok, s->regression ? "hypotheses.lin.random_rows_first_labeling" : "hypotheses.logi.random_rows_all",
+                 "pool %lld of %lld clean rows (want %lld), a permutation of them, the same twice", (long long)pool,
+                 (long long)s->n, (long long)want);
+        free(perm), free(again), free(seen);
+    }
+    hyp_setting_free(&lin);
+    hyp_setting_free(&logi);
+}
+
 int main(void) {
     char *cerr = NULL;
     const lethe_program *p = th_compile_file(SMALL_LTH, "", &cerr);
@@ -323,6 +360,7 @@ int main(void) {
     h1_case(p, &ctx, "lin");
     h1_case(p, &ctx, "logi");
     features_cases(p);
+    random_rows_cases(p);
     char err[LETHE_ERR_LEN] = "";
     hyp_setting s;
     int rc = hyp_setting_open(p, "nothing", &s, err);
