@@ -17,7 +17,8 @@
  * Prints one line of key=value pairs as bench_resnet.c does: the median,
  * min and max seconds per step, the least process CPU time of a step, the
  * peak RSS in MiB of the whole process (it times one entry only), the
- * workspace in MiB and the loss after the last step. --profile adds the
+ * workspace in MiB, the loss after the last step and the step's GFLOP (the
+ * program's static per-kernel counts). --profile adds the
  * generated code's per-kernel table of the timed steps ("K " lines, as
  * bench_resnet.c prints them; bench_profile.h), --cpu-time on the calling
  * thread's CPU clock: with --threads 1, what each kernel costs even on a busy
@@ -140,11 +141,16 @@ int main(int argc, char **argv) {
         rc = set_constraints(f, err);
     for (int i = 0; !rc && i < warmup; i++)
         rc = frame_call(f, &ctx, err);
-    kprofile *kp = profile && !rc ? dlsym(prog.handle, "lethe_program_main_profile") : NULL;
+    /* every program carries the table (its FLOP counts are static): the
+     * step's FLOPs give both sides' share of the peak in bench/report.py */
+    kprofile *kp = !rc ? dlsym(prog.handle, "lethe_program_main_profile") : NULL;
     if (profile && !rc && !kp)
         fprintf(stderr, "bench_craft: %s has no kernel profile table\n", so);
     kstats ks = kstats_new(kp, entry);
-    if (kp)
+    double step_flops = 0;
+    for (int64_t k = 0; ks.pe && k < ks.pe->nkernels; k++)
+        step_flops += ks.pe->flops[k];
+    if (kp && profile)
         kp->enabled = 1 + (cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC);
     double *t = calloc((size_t)steps, sizeof(double)), *cpu = calloc((size_t)steps, sizeof(double)), total = 0;
     for (int i = 0; !rc && i < steps; i++) {
@@ -166,10 +172,11 @@ int main(int argc, char **argv) {
         getrusage(RUSAGE_SELF, &ru);
         const float *loss = frame_arg(f, "loss");
         printf("entry=%s median_s=%.5f min_s=%.5f max_s=%.5f cpu_min_s=%.5f steps=%d threads=%d peak_rss_mb=%.1f "
-               "workspace_mb=%.1f loss=%.6f\n",
+               "workspace_mb=%.1f loss=%.6f gflop=%.4f\n",
                entry, med, t[0], t[steps - 1], cpu[0], steps, lethe_pool_nthreads(pool), (double)ru.ru_maxrss / 1024.0,
-               (double)e->workspace_bytes / (1024.0 * 1024.0), loss ? (double)*loss : -1.0);
-        kstats_print(&ks, steps, total / steps);
+               (double)e->workspace_bytes / (1024.0 * 1024.0), loss ? (double)*loss : -1.0, step_flops * 1e-9);
+        if (profile)
+            kstats_print(&ks, steps, total / steps);
     }
     kstats_free(&ks);
     free(t);

@@ -9,8 +9,9 @@
  * nt C = A B^T, tn C = A^T B, conv a 3x3 convolution with pad 1 (Lethe's
  * implicit-im2col GEMMs). For each entry and thread count, both sides run
  * once to warm up and then in N alternating rounds (Lethe, then OpenBLAS, on
- * the same inputs); each side's fastest call counts, since other processes
- * on a shared machine only ever make a call slower. The OpenBLAS side of a
+ * the same inputs; a round of a GEMM under ~10 ms repeats it, MIN_ROUND_FLOP);
+ * each side's fastest round counts, since other processes on a shared
+ * machine only ever make a call slower. The OpenBLAS side of a
  * conv row is one cblas_sgemm per image on im2col columns built beforehand
  * (the im2col is not timed), so its ratio flatters OpenBLAS.
  *
@@ -42,8 +43,12 @@ static const double MISMATCH = 1e-3;
  * thread timeout) before they sleep; Lethe's 2-thread run waits that long
  * after it so that they do not take its second core. */
 static const double BLAS_IDLE_S = 0.15;
-/* about a millisecond at 100 GFLOP/s */
-static const double MIN_ROUND_FLOP = 1e8;
+/* A round repeats a GEMM of under ~10 ms (at 200 GFLOP/s) back to back, as
+ * a step runs its kernels, and counts the mean call: a lone call of 1-3 ms
+ * on two threads measured mostly the wake-up of the idle second thread
+ * after the gap between rounds (GPT-2's 256 x 768 x 768 on 2 threads: 1.72
+ * ms alone, 0.77 ms per call in a round of 20; 1.43 ms on one thread). */
+static const double MIN_ROUND_FLOP = 2e9;
 
 typedef enum form { F_NN, F_NT, F_TN, F_CONV } form;
 static const char *const FORM_NAME[] = {"NN", "NT", "TN", "conv"};
@@ -318,7 +323,8 @@ int main(int argc, char **argv) {
            openblas_get_config(), openblas_get_corename(), coretype ? coretype : "(unset)",
            getenv("OPENBLAS_L2_SIZE") ? getenv("OPENBLAS_L2_SIZE") : "(unset)",
            coretype ? " (set: this is not OpenBLAS's own choice of kernel)" : " (OpenBLAS's own choice)");
-    printf("Each figure: the fastest of %d alternating calls per side after one warm-up call; ratio = Lethe GFLOP/s "
+    printf("Each figure: the fastest of %d alternating rounds per side after one warm-up round, a round being "
+           "one call or, for a GEMM under ~10 ms, that many back to back (its mean call, as in a step); ratio = Lethe GFLOP/s "
            "over OpenBLAS GFLOP/s (>1: Lethe faster), on 1 thread also by each side's least CPU time of the calling "
            "thread (robust to other processes); %% peak of bench/peak.c's FP32 peak for the threads used; diff = "
            "max |Lethe - OpenBLAS| / max |OpenBLAS|. Conv rows: Lethe's conv2d entry (implicit im2col) against one "
@@ -365,8 +371,8 @@ int main(int argc, char **argv) {
             failed = 1;
         }
         double flops = 2.0 * (double)p.images * (double)p.m * (double)p.n * (double)p.k;
-        /* a timed round of a small GEMM (the fc layers: microseconds) runs
-         * it often enough to take about a millisecond */
+        /* a timed round of a small GEMM runs it often enough to take about
+         * 10 ms (MIN_ROUND_FLOP) */
         int calls = flops >= MIN_ROUND_FLOP ? 1 : (int)ceil(MIN_ROUND_FLOP / flops);
         for (int ti = 0; ti < nthr && !failed; ti++) {
             double best_l = INFINITY, best_b = INFINITY, cpu_l = INFINITY, cpu_b = INFINITY;

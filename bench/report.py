@@ -49,10 +49,10 @@ def profile_table(p, entry, ks, nkernels):
     p("")
 
 
-def craft_rows(p, runs, set_value):
+def craft_rows(p, runs, peaks, set_value):
     """The crafting step (bench/craft.lth against bench_torch.py's craft
-    mode): poisons per second, ratio and peak RSS, per thread count; each
-    side's best round by median step."""
+    mode): poisons per second, ratio, ceiling, share of the peak and peak
+    RSS, per thread count; each side's best round by median step."""
     envs = [env for env in ("set/0", "set/1") if runs.get((env, "lethe", "craft_w16"))]
     if not envs:
         return
@@ -63,8 +63,8 @@ def craft_rows(p, runs, set_value):
       "images (second order; PyTorch: create_graph=True), then signed Adam and the projection.")
     p("")
     p("| threads | Lethe poisons/s | PyTorch poisons/s (NCHW / channels_last) | ratio | ratio of best steps "
-      "| Lethe peak RSS MiB | PyTorch peak RSS MiB |")
-    p("|---|---|---|---|---|---|---|")
+      "| ceiling | Lethe GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | Lethe peak RSS MiB | PyTorch peak RSS MiB |")
+    p("|---|---|---|---|---|---|---|---|---|---|")
     for env in envs:
         le = sorted(runs[(env, "lethe", "craft_w16")], key=lambda d: float(d["median_s"]))
         to = {}
@@ -73,18 +73,23 @@ def craft_rows(p, runs, set_value):
                 to[d["layout"]] = d
         threads = le[0].get("threads", env.split("/")[1])
         if not to:
-            p("| %s | %.1f | (missing) | | | %.0f | |" % (threads, CRAFT_POISONS / float(le[0]["median_s"]),
-                                                          float(le[0]["peak_rss_mb"])))
+            p("| %s | %.1f | (missing) | | | | | | %.0f | |" % (threads, CRAFT_POISONS / float(le[0]["median_s"]),
+                                                                float(le[0]["peak_rss_mb"])))
             continue
         ls = float(le[0]["median_s"])
         ts = {k: float(v["median_s"]) for k, v in to.items()}
         best = min(ts, key=ts.get)
         tmin = min(float(v["min_s"]) for v in runs[(env, "torch", "craft_w16")])
         lmin = min(float(d["min_s"]) for d in le)
-        p("| %s | %.1f | %.1f / %.1f | %.2f | %.2f | %.0f | %.0f |" % (
+        # the step's FLOPs as Lethe's program counts them (bench_craft's
+        # gflop=): the same seven convolutions per layer on both sides
+        gflop = float(le[0].get("gflop", "nan"))
+        pk = peaks[2] if env.endswith("/0") else peaks[1]
+        lg, tg = gflop / ls, gflop / ts[best]
+        p("| %s | %.1f | %.1f / %.1f | %.2f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f |" % (
             threads, CRAFT_POISONS / ls, CRAFT_POISONS / ts.get("nchw", float("nan")),
-            CRAFT_POISONS / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, float(le[0]["peak_rss_mb"]),
-            float(to[best]["peak_rss_mb"])))
+            CRAFT_POISONS / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, pk / tg, lg, 100 * lg / pk,
+            tg, 100 * tg / pk, float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
     p("")
 
 
@@ -131,7 +136,10 @@ def main():
     p("FP32 peak measured by bench/peak.c (FMA chains, per-thread CPU time): %.0f GFLOP/s on 1 thread, "
       "%.0f on 2; %% of peak below is of the figure for the threads used." % (peaks.get(1, 0), peak))
     p("img/s and GFLOP/s are of the median step; the ratio is Lethe's img/s over PyTorch's faster layout, "
-      "the ratio of best steps the same for each side's fastest step (less sensitive to other processes).")
+      "the ratio of best steps the same for each side's fastest step (less sensitive to other processes); "
+      "the ceiling is the ratio Lethe would reach running the same FLOPs at 100% of the peak "
+      "(PyTorch's time over the FLOPs' time at peak: 100% over PyTorch's share of the peak), the most any "
+      "lowering of the same arithmetic can give.")
     p("")
     tables = [("set/0", "OPENBLAS_CORETYPE=%s, one thread per CPU" % set_value, ("train", "eval", "gus")),
               ("unset/0", "OPENBLAS_CORETYPE unset, one thread per CPU", ("train", "eval", "gus")),
@@ -139,13 +147,14 @@ def main():
     for env, title, modes in tables:
         p("### %s" % title)
         p("")
-        rounds = max([len(v) for k, v in runs.items() if k[0] == env and k[1] == "lethe"] or [0])
+        rounds = max([len(v) for k, v in runs.items()
+                      if k[0] == env and k[1] == "lethe" and k[2].split("_")[0] in modes] or [0])
         if rounds > 1:
             p("%d rounds, alternating the sides; each side's best round (by median step) counts." % rounds)
             p("")
         p("| config | pass | Lethe img/s | PyTorch img/s (NCHW / channels_last) | ratio | ratio of best steps "
-          "| Lethe GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | Lethe peak RSS MiB | PyTorch peak RSS MiB |")
-        p("|---|---|---|---|---|---|---|---|---|---|")
+          "| ceiling | Lethe GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | Lethe peak RSS MiB | PyTorch peak RSS MiB |")
+        p("|---|---|---|---|---|---|---|---|---|---|---|")
         for cfg, label in (("w64", "w64 3x32x32"), ("w16", "w16 1x28x28")):
             for mode in modes:
                 entry = "%s_%s" % (mode, cfg)
@@ -156,7 +165,7 @@ def main():
                     if d["layout"] not in to or float(d["median_s"]) < float(to[d["layout"]]["median_s"]):
                         to[d["layout"]] = d
                 if not le or not to:
-                    p("| %s | %s | (missing) | | | | | | | |" % (label, mode))
+                    p("| %s | %s | (missing) | | | | | | | | |" % (label, mode))
                     continue
                 ls = float(le[0]["median_s"])
                 ts = {k: float(v["median_s"]) for k, v in to.items()}
@@ -166,12 +175,12 @@ def main():
                 pk = peak if env.endswith("/0") else peaks.get(1, peak)
                 tmin = min(float(v["min_s"]) for v in runs[(env, "torch", entry)])
                 lmin = min(float(d["min_s"]) for d in le)
-                p("| %s | %s | %.0f | %.0f / %.0f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f |" % (
+                p("| %s | %s | %.0f | %.0f / %.0f | %.2f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f |" % (
                     label, mode, BATCH / ls, BATCH / ts.get("nchw", float("nan")),
-                    BATCH / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, lg,
+                    BATCH / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, pk / tg, lg,
                     100 * lg / pk, tg, 100 * tg / pk, float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
         p("")
-    craft_rows(p, runs, set_value)
+    craft_rows(p, runs, peaks, set_value)
     for cfg in ("w16", "w64"):
         lines = prof.get(cfg, [])
         head = [kv(x) for x in lines if x.startswith("P ")]

@@ -60,8 +60,9 @@ DATA_MOVEMENT = {"permute", "gather", "scatter_add", "copy", "pad", "concat", "s
 
 
 def time_by_class(kernels, batch, t, c, vocab):
-    """Where the time goes, by class: each matmul kernel goes to the GEMM
-    role whose FLOP count is nearest to its own (its GFLOP/s times its time;
+    """Where the time goes, by class: each matmul kernel (also one fused
+    into its row-wise consumer) goes to the GEMM role whose FLOP count is
+    nearest to its own (its GFLOP/s times its time;
     beyond 15% of every role it is "other").
     The optimizer is the update kernels (one per parameter) and the sums of
     squares that precede them (one per parameter: clip_grad_norm's global
@@ -81,7 +82,7 @@ def time_by_class(kernels, batch, t, c, vocab):
         by[extra] = [0.0, 0.0, 0]
     for i, (ms, gflops, kind) in enumerate(kernels):
         work = gflops * ms * 1e-3   # GFLOP
-        if kind == "matmul":
+        if kind in ("matmul", "matmul_rows"):   # matmul_rows: a GEMM inside its row-wise consumer (fuse_rows.c)
             name, f = min(roles, key=lambda r: abs(math.log(max(work * 1e9, 1.0) / r[1])))
             cls = name if abs(work * 1e9 / f - 1.0) <= 0.15 else "GEMM: other"
         elif kind == "update":
@@ -161,23 +162,24 @@ def main():
                                                               info.get("load_after", "?"), info.get("settings", "?")))
     p("FP32 peak (bench/peak.c): %.0f GFLOP/s on 1 thread, %.0f on 2. tokens/s and GFLOP/s are of the median "
       "step; the ratio is Lethe's tokens/s over PyTorch's (the ratio of best steps: the same for each side's "
-      "fastest step). llm.c: PERF-ANCHORS' fixed figure on the same kind of machine, not run here."
+      "fastest step; the ceiling: the ratio at 100%% of the peak, PyTorch's time over the FLOPs' time at "
+      "peak). llm.c: PERF-ANCHORS' fixed figure on the same kind of machine, not run here."
       % (peaks.get(1, 0), peaks.get(2, 0)))
     p("")
     for threads, title in (("0", "one thread per CPU"), ("1", "one thread each, alternating rounds")):
         nthreads = 2 if threads == "0" else 1
         p("### %s" % title)
         p("")
-        p("| pass | Lethe tokens/s | PyTorch tokens/s | ratio | ratio of best steps | Lethe GFLOP/s (% peak) "
+        p("| pass | Lethe tokens/s | PyTorch tokens/s | ratio | ratio of best steps | ceiling | Lethe GFLOP/s (% peak) "
           "| PyTorch GFLOP/s (% peak) | Lethe peak RSS MiB | PyTorch peak RSS MiB | llm.c s/step (tokens/s) |")
-        p("|---|---|---|---|---|---|---|---|---|---|")
+        p("|---|---|---|---|---|---|---|---|---|---|---|")
         for entry, t, forwards, label in PASSES:
             le = sorted(runs.get((threads, "lethe", entry), []), key=lambda d: float(d["median_s"]))
             to = sorted(runs.get((threads, "torch", entry), []), key=lambda d: float(d["median_s"]))
             if not le and not to:
                 continue
             if not le or not to:
-                p("| %s | (missing: %s) | | | | | | | | |" % (label, "Lethe" if not le else "PyTorch"))
+                p("| %s | (missing: %s) | | | | | | | | | |" % (label, "Lethe" if not le else "PyTorch"))
                 continue
             ls, ts = float(le[0]["median_s"]), float(to[0]["median_s"])
             lmin = min(float(d["min_s"]) for d in le)
@@ -186,8 +188,9 @@ def main():
             f = flops(t, forwards)
             pk = peaks.get(nthreads, float("nan"))
             anchor = LLMC.get((entry, nthreads)) if cfg == "gpt2" else None
-            p("| %s | %.0f | %.0f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f | %s |" % (
-                label, tokens / ls, tokens / ts, ts / ls, tmin / lmin, f / ls / 1e9, 100 * f / ls / 1e9 / pk,
+            p("| %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f | %s |" % (
+                label, tokens / ls, tokens / ts, ts / ls, tmin / lmin, ts * pk * 1e9 / f, f / ls / 1e9,
+                100 * f / ls / 1e9 / pk,
                 f / ts / 1e9, 100 * f / ts / 1e9 / pk, float(le[0]["peak_rss_mb"]), float(to[0]["peak_rss_mb"]),
                 "%.3f (%.0f)" % (anchor, tokens / anchor) if anchor else "-"))
         p("")

@@ -98,7 +98,7 @@ raw=$OUT/raw.txt
     echo "date $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "host $(uname -n) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) CPUs"
     echo "load_before $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "inherited OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; both sides: $BENCH_ALLOC_DESC, OPENBLAS_NUM_THREADS = the pass's threads"
+    echo "inherited OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; both sides: $BENCH_ALLOC_DESC, OPENBLAS_NUM_THREADS = the pass's threads (crafting: 1)"
     echo "steps $STEPS warmup $WARMUP"
     for t in 1 2; do echo "peak $("$OUT/peak" $t)"; done
     for cfg in w64 w16; do echo "macs $cfg $($PY bench/bench_torch.py $cfg macs nchw)"; done
@@ -109,7 +109,13 @@ bench_pair() {
     local env=$1 threads=$2 cfg=$3 mode=$4 envcmd lethe=("$OUT/bench_resnet" "$OUT/resnet18.so")
     [ "$mode" = craft ] && lethe=("$OUT/bench_craft" "$OUT/craft.so")
     if [ "$env" = unset ]; then envcmd=(env -u OPENBLAS_CORETYPE); else envcmd=(env OPENBLAS_CORETYPE="$SET_VALUE"); fi
-    envcmd+=("${BENCH_ALLOC[@]}" "$(bench_blas_threads "$threads")")
+    # PyTorch's double backward (crafting) calls OpenBLAS inside its own
+    # OpenMP threads: OpenBLAS threads of its own oversubscribe the CPUs
+    # (2 threads: 241 ms per step, 143 ms with OPENBLAS_NUM_THREADS=1;
+    # the training passes gain nothing either way). Lethe's convolutions
+    # do not call OpenBLAS.
+    if [ "$mode" = craft ]; then envcmd+=("${BENCH_ALLOC[@]}" OPENBLAS_NUM_THREADS=1)
+    else envcmd+=("${BENCH_ALLOC[@]}" "$(bench_blas_threads "$threads")"); fi
     echo "$env threads=$threads $cfg $mode ..." >&2
     echo "run $env/$threads lethe $("${envcmd[@]}" "${lethe[@]}" ${mode}_$cfg \
         --warmup "$WARMUP" --steps "$STEPS" --threads "$threads")" >> "$raw"
@@ -135,9 +141,11 @@ for round in $(seq "${BENCH_ROUNDS:-2}"); do
         bench_pair set 1 $cfg train
     done
 done
+# the crafting step in rounds at both thread counts: PyTorch's two-thread
+# crafting step varied most between runs (117-197 poisons/s; RESULTS.md)
 if [ "$CRAFT" != 0 ]; then
-    bench_pair set 0 w16 craft
     for round in $(seq "${BENCH_ROUNDS:-2}"); do
+        bench_pair set 0 w16 craft
         bench_pair set 1 w16 craft
     done
 fi
