@@ -18,6 +18,16 @@ def kv(text):
     return dict(re.findall(r"(\w+)=(\S+)", text))
 
 
+def rate_cells(flop, lethe_s, torch_s, peak):
+    """The "ceiling | Lethe GFLOP/s (% peak) | PyTorch GFLOP/s (% peak)"
+    cells of a row: flop of one step, each side's seconds per step, the FP32
+    peak in GFLOP/s for the threads used. The ceiling is the ratio Lethe
+    would reach at 100% of the peak: PyTorch's time over the FLOPs' time
+    there."""
+    lg, tg = flop / lethe_s * 1e-9, flop / torch_s * 1e-9
+    return "%.2f | %.0f (%.0f%%) | %.0f (%.0f%%)" % (peak / tg, lg, 100 * lg / peak, tg, 100 * tg / peak)
+
+
 def kernel_lines(lines):
     """(ms, kernel name, what it computes) of each "K " line of a profile."""
     ks = []
@@ -83,13 +93,12 @@ def craft_rows(p, runs, peaks, set_value):
         lmin = min(float(d["min_s"]) for d in le)
         # the step's FLOPs as Lethe's program counts them (bench_craft's
         # gflop=): the same seven convolutions per layer on both sides
-        gflop = float(le[0].get("gflop", "nan"))
+        flop = float(le[0].get("gflop", "nan")) * 1e9
         pk = peaks[2] if env.endswith("/0") else peaks[1]
-        lg, tg = gflop / ls, gflop / ts[best]
-        p("| %s | %.1f | %.1f / %.1f | %.2f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f |" % (
+        p("| %s | %.1f | %.1f / %.1f | %.2f | %.2f | %s | %.0f | %.0f |" % (
             threads, CRAFT_POISONS / ls, CRAFT_POISONS / ts.get("nchw", float("nan")),
-            CRAFT_POISONS / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, pk / tg, lg, 100 * lg / pk,
-            tg, 100 * tg / pk, float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
+            CRAFT_POISONS / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, rate_cells(flop, ls, ts[best], pk),
+            float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
     p("")
 
 
@@ -171,14 +180,13 @@ def main():
                 ts = {k: float(v["median_s"]) for k, v in to.items()}
                 best = min(ts, key=ts.get)
                 f = flops(mode, cfg)
-                lg, tg = f / ls / 1e9, f / ts[best] / 1e9
                 pk = peak if env.endswith("/0") else peaks.get(1, peak)
                 tmin = min(float(v["min_s"]) for v in runs[(env, "torch", entry)])
                 lmin = min(float(d["min_s"]) for d in le)
-                p("| %s | %s | %.0f | %.0f / %.0f | %.2f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f |" % (
+                p("| %s | %s | %.0f | %.0f / %.0f | %.2f | %.2f | %s | %.0f | %.0f |" % (
                     label, mode, BATCH / ls, BATCH / ts.get("nchw", float("nan")),
-                    BATCH / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, pk / tg, lg,
-                    100 * lg / pk, tg, 100 * tg / pk, float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
+                    BATCH / ts.get("cl", float("nan")), ts[best] / ls, tmin / lmin, rate_cells(f, ls, ts[best], pk),
+                    float(le[0]["peak_rss_mb"]), float(to[best]["peak_rss_mb"])))
         p("")
     craft_rows(p, runs, peaks, set_value)
     for cfg in ("w16", "w64"):

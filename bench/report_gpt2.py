@@ -21,7 +21,7 @@ import collections
 import math
 import sys
 
-from report import kernel_lines, kv, profile_table  # bench/report.py, beside this file
+from report import kernel_lines, kv, profile_table, rate_cells  # bench/report.py, beside this file
 
 BATCH = 4
 CONFIGS = {"gpt2": (12, 768, 12, 50257), "tiny": (2, 64, 4, 512)}
@@ -188,10 +188,9 @@ def main():
             f = flops(t, forwards)
             pk = peaks.get(nthreads, float("nan"))
             anchor = LLMC.get((entry, nthreads)) if cfg == "gpt2" else None
-            p("| %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f | %.0f | %s |" % (
-                label, tokens / ls, tokens / ts, ts / ls, tmin / lmin, ts * pk * 1e9 / f, f / ls / 1e9,
-                100 * f / ls / 1e9 / pk,
-                f / ts / 1e9, 100 * f / ts / 1e9 / pk, float(le[0]["peak_rss_mb"]), float(to[0]["peak_rss_mb"]),
+            p("| %s | %.0f | %.0f | %.2f | %.2f | %s | %.0f | %.0f | %s |" % (
+                label, tokens / ls, tokens / ts, ts / ls, tmin / lmin, rate_cells(f, ls, ts, pk),
+                float(le[0]["peak_rss_mb"]), float(to[0]["peak_rss_mb"]),
                 "%.3f (%.0f)" % (anchor, tokens / anchor) if anchor else "-"))
         p("")
     class_table(p, "train_t64", prof, 64, c, vocab, peaks.get(1, 0.0))
